@@ -1,0 +1,1 @@
+"""CLI, settings, process lifecycle, status/metrics and the embedded reference host."""

@@ -1,0 +1,1 @@
+"""Content-addressed module store, pull policy, expiry and purge."""

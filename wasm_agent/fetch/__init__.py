@@ -1,0 +1,1 @@
+"""Fetchers for remote Wasm modules (HTTP(S), OCI, file) and module validation."""
