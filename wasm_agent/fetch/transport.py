@@ -131,14 +131,28 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def tls_context(verify: bool | ssl.SSLContext = True) -> ssl.SSLContext:
+    """The TLS context for a client: the system trust store (which honours ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR``, as Go does), no verification when ``verify`` is False, or ``verify``."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify:
+        return ssl.create_default_context()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """``httpx.AsyncHTTPTransport`` whose connection pool connects through the guard."""
 
     def __init__(self, settings: FetchSettings, *, verify: bool | ssl.SSLContext = True) -> None:
-        super().__init__(verify=verify, trust_env=False)
+        ctx = tls_context(verify)
+        super().__init__(verify=ctx, trust_env=False)
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=ctx,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -152,8 +166,9 @@ def make_client(
     """An ``httpx.AsyncClient`` for fetching modules.
 
     No redirects followed, per-request timeout ``settings.http_request_timeout``, TLS verified
-    unless ``insecure`` (callers pass ``settings.is_insecure(host)``), SSRF guard at connect time.
-    ``verify`` overrides the trust store (tests pass a context trusting their own CA).
+    against the system trust store unless ``insecure`` (callers pass
+    ``settings.is_insecure(host)``), SSRF guard at connect time. ``verify`` replaces the trust
+    store with a given context. Proxy variables and ``.netrc`` are ignored.
     """
     tls: bool | ssl.SSLContext = False if insecure else (verify if verify is not None else True)
     return httpx.AsyncClient(
@@ -217,5 +232,6 @@ __all__ = [
     "ResolveError",
     "describe_transport_error",
     "make_client",
+    "tls_context",
     "to_fetch_error",
 ]
