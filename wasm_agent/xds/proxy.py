@@ -1,0 +1,148 @@
+"""The downstream gRPC server Envoy connects to (SotW and Delta ADS, bytes in and out)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from wasm_agent.xds.ecds import Converter
+from wasm_agent.xds.streams import ProxyStream
+from wasm_agent.xds.types import Flavour
+from wasm_agent.xds.upstream import ADS_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    """Where Envoy connects and what the downstream server accepts."""
+
+    address: str = "unix:./etc/istio/proxy/XDS"
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_streams: int = 100
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+
+
+def grpc_listen_address(address: str) -> tuple[str, Path | None]:
+    """``unix:PATH`` or ``HOST:PORT`` to a grpc bind address (and the socket path, if any)."""
+    if address.startswith("unix:"):
+        path = Path(address[len("unix:") :].removeprefix("//"))
+        if not str(path):
+            raise ValueError("--listen unix: needs a path")
+        return f"unix:{path}", path
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--listen: expected unix:PATH or HOST:PORT, got {address!r}")
+    return address, None
+
+
+class XdsProxy:
+    """Serves Envoy's ADS streams, each joined to its own upstream stream to istiod."""
+
+    def __init__(
+        self, listen: ListenSettings, upstream: Upstream, converter: Converter | None = None
+    ) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self.converter = converter
+        self.streams: set[ProxyStream] = set()
+        self.up_streams: set[ProxyStream] = set()
+        self.server: grpc.aio.Server | None = None
+        self.bound_port = 0
+        self._socket_path: Path | None = None
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        """True while at least one upstream stream to istiod is up."""
+        return bool(self.up_streams) and not self.draining
+
+    def stream_up(self, stream: ProxyStream) -> None:
+        if not self.up_streams:
+            log.info("upstream stream to istiod is up", extra={"stream": stream.id})
+        self.up_streams.add(stream)
+
+    def stream_down(self, stream: ProxyStream) -> None:
+        self.up_streams.discard(stream)
+
+    def _server_options(self) -> list[tuple[str, Any]]:
+        s = self.listen
+        return [
+            ("grpc.max_receive_message_length", s.max_message_size),
+            ("grpc.max_send_message_length", s.max_message_size),
+            ("grpc.keepalive_time_ms", int(s.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    async def start(self) -> None:
+        """Bind the listen address and start serving."""
+        address, path = grpc_listen_address(self.listen.address)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists() or path.is_symlink():
+                path.unlink()  # a stale socket from an earlier run
+            self._socket_path = path
+        self.server = grpc.aio.server(options=self._server_options())
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(self._sotw),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(self._delta),
+        }
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
+        )
+        self.bound_port = self.server.add_insecure_port(address)
+        if path is None and self.bound_port == 0:
+            raise OSError(f"cannot listen on {self.listen.address}")
+        await self.server.start()
+        if path is not None:
+            os.chmod(path, 0o660)
+        log.info("xDS proxy listening", extra={"address": self.listen.address})
+
+    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(Flavour.SOTW, requests, context)
+
+    async def _delta(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._serve(Flavour.DELTA, requests, context)
+
+    async def _serve(self, flavour: Flavour, requests: Any, context: Any) -> None:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "agent shutting down")
+        if len(self.streams) >= self.listen.max_streams:
+            log.warning("too many envoy streams", extra={"limit": self.listen.max_streams})
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many xDS streams (limit {self.listen.max_streams})",
+            )
+        stream = ProxyStream(self, flavour, requests, context)
+        self.streams.add(stream)
+        try:
+            await stream.run()
+        finally:
+            self.streams.discard(stream)
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Drain: end open streams cleanly, stop the server, close upstream channels."""
+        self.draining = True
+        for stream in list(self.streams):
+            stream.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.streams and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.server is not None:
+            await self.server.stop(grace=max(0.0, deadline - loop.time()))
+        await self.upstream.close()
+        if self._socket_path is not None:
+            self._socket_path.unlink(missing_ok=True)
+        log.info("xDS proxy stopped")

@@ -1,0 +1,228 @@
+"""The connection to istiod: channel options, TLS/mTLS, bearer token and stream metadata.
+
+One ``grpc.aio`` channel is shared by every Envoy stream; it is rebuilt (for new streams) when
+the CA, certificate or key files change, so rotated credentials are picked up without a restart.
+The bearer token is read from its file for every new stream (tokens rotate) and is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SOTW_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
+DELTA_METHOD = f"/{ADS_SERVICE}/DeltaAggregatedResources"
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+XDS_HEADER_PREFIX = "XDS_HEADER_"
+
+# Envoy-side metadata that never goes upstream: credentials, hop-by-hop/transport headers,
+# Envoy's internal headers, gRPC reserved keys. Everything else Envoy sends is forwarded.
+_DROPPED_METADATA = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "user-agent",
+        "te",
+        "content-type",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "upgrade",
+        "forwarded",
+    }
+)
+_DROPPED_PREFIXES = (":", "grpc-", "x-envoy-", "x-forwarded-", "x-request-id")
+
+
+class UpstreamError(RuntimeError):
+    """The upstream connection cannot be configured (unreadable CA, key, token file ...)."""
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """How to reach istiod."""
+
+    address: str
+    plaintext: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token_file: Path | None = None
+    server_name: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.plaintext and (self.ca_file or self.cert_file or self.key_file or self.token_file):
+            raise UpstreamError("--plaintext excludes --tls-ca/--tls-cert/--tls-key/--token-file")
+        if not self.plaintext and self.ca_file is None:
+            raise UpstreamError("TLS to istiod needs --tls-ca FILE (or --plaintext)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise UpstreamError("--tls-cert and --tls-key go together")
+
+
+def xds_headers_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Upstream metadata from ``XDS_HEADER_<name>=<value>`` variables (names lowercased)."""
+    env = os.environ if env is None else env
+    headers = {}
+    for key, value in env.items():
+        if key.startswith(XDS_HEADER_PREFIX) and len(key) > len(XDS_HEADER_PREFIX):
+            headers[key[len(XDS_HEADER_PREFIX) :].lower()] = value
+    return headers
+
+
+def filter_downstream_metadata(metadata: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """Envoy's invocation metadata minus what must not leak upstream."""
+    kept = []
+    for key, value in metadata or ():
+        name = key.lower()
+        if name in _DROPPED_METADATA or name.startswith(_DROPPED_PREFIXES):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def channel_options(settings: UpstreamSettings) -> list[tuple[str, Any]]:
+    """grpc channel arguments for the istiod hop."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_message_size),
+        ("grpc.max_send_message_length", settings.max_message_size),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.enable_retries", 0),
+    ]
+    if settings.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.server_name))
+        options.append(("grpc.default_authority", settings.server_name))
+    return options
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UpstreamError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+class _Channel:
+    def __init__(self, channel: Any, fingerprint: tuple[bytes | None, ...]) -> None:
+        self.channel = channel
+        self.fingerprint = fingerprint
+        self.users = 0
+        self.retired = False
+
+
+class Upstream:
+    """Opens ADS streams to istiod with the current credentials."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self._current: _Channel | None = None
+        self._all: set[_Channel] = set()
+
+    def _credentials(self) -> tuple[Any, tuple[bytes | None, ...]]:
+        import grpc
+
+        s = self.settings
+        ca = _read(s.ca_file, "CA file")
+        cert = _read(s.cert_file, "certificate file")
+        key = _read(s.key_file, "key file")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
+        return creds, (ca, cert, key)
+
+    def _channel(self) -> _Channel:
+        import grpc.aio
+
+        s = self.settings
+        if s.plaintext:
+            if self._current is None:
+                channel = grpc.aio.insecure_channel(s.address, options=channel_options(s))
+                self._current = _Channel(channel, ())
+                self._all.add(self._current)
+            return self._current
+        creds, fingerprint = self._credentials()
+        if self._current is not None and self._current.fingerprint == fingerprint:
+            return self._current
+        if self._current is not None:
+            log.info("istiod credentials changed; new streams use a new channel")
+            self._retire(self._current)
+        channel = grpc.aio.secure_channel(s.address, creds, options=channel_options(s))
+        self._current = _Channel(channel, fingerprint)
+        self._all.add(self._current)
+        return self._current
+
+    def _retire(self, holder: _Channel) -> None:
+        holder.retired = True
+        if holder.users == 0:
+            self._all.discard(holder)
+            _close_soon(holder.channel)
+
+    def stream_metadata(self, downstream: Sequence[tuple[str, Any]] | None = ()) -> list:
+        """Metadata for a new upstream stream: Envoy's (filtered), ``XDS_HEADER_*``, token."""
+        metadata = filter_downstream_metadata(downstream)
+        metadata.extend((k, v) for k, v in self.settings.headers.items())
+        token = _read(self.settings.token_file, "token file")
+        if token is not None:
+            token_text = token.decode("utf-8", "replace").strip()
+            if token_text:
+                metadata.append(("authorization", f"Bearer {token_text}"))
+        return metadata
+
+    def open(self, method: str, downstream_metadata: Sequence[tuple[str, Any]] | None = ()):
+        """Start one bidirectional stream; returns ``(call, done)``: call ``done()`` when over."""
+        metadata = self.stream_metadata(downstream_metadata)
+        holder = self._channel()
+        multicallable = holder.channel.stream_stream(
+            method, request_serializer=None, response_deserializer=None
+        )
+        call = multicallable(metadata=tuple(metadata))
+        holder.users += 1
+        released = False
+
+        def done() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            holder.users -= 1
+            if holder.retired and holder.users == 0:
+                self._all.discard(holder)
+                _close_soon(holder.channel)
+
+        return call, done
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for holder in list(self._all):
+            await holder.channel.close(grace=None)
+        self._all.clear()
+        self._current = None
+
+
+def _close_soon(channel: Any) -> None:
+    import asyncio
+    import contextlib
+
+    with contextlib.suppress(RuntimeError):  # no loop: the process is ending anyway
+        asyncio.get_running_loop().create_task(channel.close(grace=None))
