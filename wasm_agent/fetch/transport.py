@@ -16,6 +16,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Iterable
@@ -184,6 +185,18 @@ def _cause_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _os_error_text(exc: BaseException) -> str:
+    """The message of ``exc``, else of the first ``OSError`` in its cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen).strip():
+            return str(seen).strip()
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    return "connection reset"
+
+
 def describe_transport_error(exc: BaseException) -> str:
     """A short human cause for a transport-level exception (no URL, no credentials)."""
     if isinstance(exc, GuardError):
@@ -209,7 +222,7 @@ def describe_transport_error(exc: BaseException) -> str:
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"connection closed by server mid-response: {exc}"
     if isinstance(exc, httpx.ReadError):
-        return f"connection broken while reading: {exc}"
+        return f"connection broken while reading: {_os_error_text(exc)}"
     return f"transport error: {_cause_text(exc)}"
 
 

@@ -1,0 +1,116 @@
+"""The fetch client: SSRF guard at connect time, no redirects followed, TLS modes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.modserver import ModServer
+from tests.support.wasm import minimal_module
+from wasm_agent.agent.settings import FetchSettings, fetch_settings_from_env
+from wasm_agent.fetch.errors import BlockedAddress, DownloadFailure
+from wasm_agent.fetch.transport import (
+    TRANSPORT_ERRORS,
+    AddressBlockedError,
+    GuardedBackend,
+    ResolveError,
+    make_client,
+    to_fetch_error,
+)
+
+WASM = minimal_module()
+LOOPBACK_BLOCKED = fetch_settings_from_env({"BLOCKED_CIDRS_IN_WASM_FETCH": "127.0.0.0/8"})
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "169.254.169.254",
+        "169.254.0.1",
+        "fe80::1",
+        "fe80::1%eth0",
+        "100.100.100.200",
+        "fd00:ec2::254",
+        "::ffff:169.254.169.254",
+        "::ffff:100.100.100.200",
+    ],
+)
+def test_always_blocked(address):
+    assert FetchSettings().is_blocked(address)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.0.0.1", "192.168.1.1", "fd00::1"])
+def test_loopback_and_private_allowed_by_default(address):
+    assert not FetchSettings().is_blocked(address)
+
+
+def test_configured_cidrs_add_to_the_built_in_ones():
+    settings = fetch_settings_from_env({"BLOCKED_CIDRS_IN_WASM_FETCH": "127.0.0.0/8, 10.0.0.0/8"})
+    for address in ("127.0.0.1", "::ffff:127.0.0.1", "10.1.2.3", "169.254.169.254"):
+        assert settings.is_blocked(address)
+    assert not settings.is_blocked("192.168.0.1")
+
+
+async def test_guard_checks_literals_and_resolved_names():
+    backend = GuardedBackend(LOOPBACK_BLOCKED)
+    for host in ("127.0.0.1", "localhost", "169.254.169.254", "[fe80::1%lo]"):
+        with pytest.raises(AddressBlockedError):
+            await backend.resolve(host, 80, timeout=2)
+    assert await GuardedBackend(FetchSettings()).resolve("127.0.0.1", 80, 2) == ["127.0.0.1"]
+    with pytest.raises(ResolveError, match=r"cannot resolve host nowhere\.invalid"):
+        await backend.resolve("nowhere.invalid", 80, timeout=2)
+
+
+async def test_blocked_before_any_connection(modserver: ModServer):
+    url = modserver.serve("/m.wasm", WASM)
+    async with make_client(LOOPBACK_BLOCKED) as client:
+        for target in (url, modserver.url("/m.wasm", host="localhost")):
+            with pytest.raises(AddressBlockedError) as info:
+                await client.get(target)
+            error = to_fetch_error(target, info.value)
+            assert isinstance(error, BlockedAddress)
+            assert error.result == "download_failure"
+            assert "127.0.0.1" in str(error)
+    assert modserver.count("/m.wasm") == 0
+
+
+async def test_allowed_fetch_and_redirects_not_followed(modserver: ModServer):
+    url = modserver.serve("/m.wasm", WASM)
+    redirect = modserver.redirect("/r", "/m.wasm")
+    async with make_client(FetchSettings()) as client:
+        assert (await client.get(url)).content == WASM
+        response = await client.get(redirect)
+        assert response.status_code == 302
+        assert response.headers["location"] == "/m.wasm"
+    assert modserver.count("/m.wasm") == 1
+
+
+async def test_tls_verified_by_name_with_sni(tls_modserver: ModServer):
+    tls_modserver.serve("/m.wasm", WASM)
+    trusted = tls_modserver.tls.client_context()
+    async with make_client(FetchSettings(), verify=trusted) as client:
+        # the socket goes to the checked IP; certificate checks still use the URL's host name
+        assert (await client.get(tls_modserver.url("/m.wasm", host="localhost"))).content == WASM
+    async with make_client(FetchSettings()) as client:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.get(tls_modserver.url("/m.wasm"))
+        error = to_fetch_error(tls_modserver.url("/m.wasm"), info.value)
+        assert type(error) is DownloadFailure and "certificate verify failed" in error.cause
+    async with make_client(FetchSettings(), insecure=True) as client:
+        assert (await client.get(tls_modserver.url("/m.wasm"))).content == WASM
+
+
+async def test_proxy_environment_is_ignored(modserver: ModServer, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://169.254.169.254:3128")
+    monkeypatch.setenv("ALL_PROXY", "http://169.254.169.254:3128")
+    url = modserver.serve("/m.wasm", WASM)
+    async with make_client(FetchSettings()) as client:
+        assert (await client.get(url)).content == WASM
+
+
+async def test_transport_errors_are_mapped(modserver: ModServer):
+    async with make_client(FetchSettings()) as client:
+        with pytest.raises(TRANSPORT_ERRORS) as info:
+            await client.get("http://127.0.0.1:1/x")
+    error = to_fetch_error("http://user:pw@127.0.0.1:1/x", info.value, attempts=3)
+    assert str(error) == "http://127.0.0.1:1/x: connection refused (after 3 attempts)"

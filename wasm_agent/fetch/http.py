@@ -1,0 +1,217 @@
+"""Fetch a module over HTTP(S): retries, bounded redirects, size cap, unboxing, checksum.
+
+One fetch is bounded by its deadline (``request.timeout`` or ``settings.default_fetch_timeout``),
+which covers every attempt, redirect, backoff sleep and slow body. Each attempt (redirects
+included) is also bounded by ``settings.http_request_timeout``. The SSRF guard lives in the
+transport (:mod:`wasm_agent.fetch.transport`), so every hop is checked when it connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from contextlib import AsyncExitStack
+
+import httpx
+
+from wasm_agent.agent.logs import redact_url
+from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.fetch import retry as _retry
+from wasm_agent.fetch.errors import (
+    BlockedAddress,
+    ChecksumMismatch,
+    DownloadFailure,
+    FetchError,
+    InvalidModule,
+    UnsupportedScheme,
+)
+from wasm_agent.fetch.model import WASM_MAGIC, FetchedModule, FetchRequest, Progress
+from wasm_agent.fetch.model import normalize_sha256 as _normalize
+from wasm_agent.fetch.retry import (
+    Backoff,
+    Deadline,
+    RetriesExhausted,
+    Retryable,
+    retryable_status,
+    with_retries,
+)
+from wasm_agent.fetch.transport import (
+    TRANSPORT_ERRORS,
+    AddressBlockedError,
+    make_client,
+    to_fetch_error,
+)
+from wasm_agent.fetch.unbox import unbox
+
+log = logging.getLogger(__name__)
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "wasm-agent"}
+
+
+class _Clients:
+    """One verified and one unverified client, created on first use, closed together."""
+
+    def __init__(self, settings: FetchSettings, stack: AsyncExitStack) -> None:
+        self._settings = settings
+        self._stack = stack
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    async def get(self, insecure: bool) -> httpx.AsyncClient:
+        if insecure not in self._clients:
+            client = make_client(self._settings, insecure=insecure)
+            self._clients[insecure] = await self._stack.enter_async_context(client)
+        return self._clients[insecure]
+
+
+def _host_port(url: httpx.URL) -> str:
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}" if url.port else host
+
+
+async def _read_body(
+    response: httpx.Response, url: str, max_size: int, progress: Progress | None
+) -> bytes:
+    """The whole body, refusing more than ``max_size`` bytes (announced or received)."""
+    total: int | None = None
+    announced = response.headers.get("content-length")
+    if announced is not None and announced.strip().isdigit():
+        total = int(announced)
+        if total > max_size:
+            raise DownloadFailure(url, f"module exceeds {max_size} bytes (Content-Length: {total})")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > max_size:
+            raise DownloadFailure(url, f"module exceeds {max_size} bytes (body still streaming)")
+        if progress is not None:
+            progress(len(body), total)
+    return bytes(body)
+
+
+async def _attempt(
+    url: str, settings: FetchSettings, clients: _Clients, progress: Progress | None
+) -> bytes:
+    """One GET of ``url``, walking redirects; transport errors and 5xx become Retryable."""
+    current = httpx.URL(url)
+    seen = {str(current)}
+    for hop in range(settings.max_redirects + 1):
+        client = await clients.get(settings.is_insecure(_host_port(current)))
+        where = "" if hop == 0 else f" (redirected to {redact_url(str(current))})"
+        try:
+            async with (
+                asyncio.timeout(settings.http_request_timeout),
+                client.stream("GET", current, headers=_HEADERS) as response,
+            ):
+                status = response.status_code
+                if status in REDIRECT_STATUSES and "location" in response.headers:
+                    target = current.join(response.headers["location"])
+                    if target.scheme not in ("http", "https"):
+                        raise DownloadFailure(
+                            url, f"redirect to unsupported scheme {target.scheme!r}{where}"
+                        )
+                    if str(target) in seen:
+                        raise DownloadFailure(
+                            url, f"redirect loop at {redact_url(str(target))}{where}"
+                        )
+                    seen.add(str(target))
+                    current = target
+                    continue
+                if status != 200:
+                    failure = DownloadFailure(url, f"HTTP status {status}{where}")
+                    if retryable_status(status):
+                        raise Retryable(failure)
+                    raise failure
+                return await _read_body(response, url, settings.max_binary_size, progress)
+        except AddressBlockedError as exc:
+            raise BlockedAddress(url, f"{exc.cause}{where}") from None
+        except TRANSPORT_ERRORS as exc:
+            error = to_fetch_error(url, exc)
+            raise Retryable(DownloadFailure(url, f"{error.cause}{where}")) from None
+        except TimeoutError:
+            cause = f"request timed out after {settings.http_request_timeout:g}s{where}"
+            raise Retryable(DownloadFailure(url, cause)) from None
+    raise DownloadFailure(url, f"too many redirects (more than {settings.max_redirects})")
+
+
+async def download(
+    url: str,
+    settings: FetchSettings,
+    deadline: float,
+    progress: Progress | None = None,
+    *,
+    backoff: Backoff | None = None,
+) -> bytes:
+    """The raw body at ``url`` with Istio's retry rules, all within ``deadline`` seconds."""
+    last: list[FetchError] = []
+
+    def on_retry(attempt: int, error: Exception, delay: float) -> None:
+        log.info(
+            "wasm module download failed, retrying",
+            extra={
+                "url": redact_url(url),
+                "attempt": attempt,
+                "cause": str(error),
+                "backoff_s": round(delay, 3),
+            },
+        )
+
+    async def attempt(number: int) -> bytes:
+        try:
+            return await _attempt(url, settings, clients, progress)
+        except Retryable as failure:
+            last.append(failure.error)  # type: ignore[arg-type]
+            raise
+
+    timer = Deadline(deadline)
+    try:
+        async with AsyncExitStack() as stack, asyncio.timeout(deadline):
+            clients = _Clients(settings, stack)
+            return await with_retries(
+                attempt,
+                max_attempts=settings.http_max_retries,
+                deadline=timer,
+                backoff=backoff or _retry.DEFAULT_BACKOFF,
+                on_retry=on_retry,
+            )
+    except RetriesExhausted as exc:
+        cause = exc.last.cause if isinstance(exc.last, FetchError) else str(exc.last)
+        if exc.deadline:
+            cause = f"fetch deadline of {deadline:g}s would pass before the next retry; {cause}"
+        raise DownloadFailure(url, f"{cause} (after {exc.attempts} attempts)") from None
+    except TimeoutError:
+        detail = f"; last error: {last[-1].cause}" if last else ""
+        raise DownloadFailure(url, f"fetch deadline of {deadline:g}s exceeded{detail}") from None
+
+
+async def fetch_http(
+    request: FetchRequest,
+    settings: FetchSettings,
+    progress: Progress | None = None,
+    *,
+    backoff: Backoff | None = None,
+) -> FetchedModule:
+    """Download, unbox and verify an ``http(s)://`` module; raise a :class:`FetchError`."""
+    url = request.url
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in ("http", "https"):
+        raise UnsupportedScheme(url, f"not an http(s) URL (scheme {scheme!r})")
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise DownloadFailure(url, f"invalid URL: {exc}") from None
+    deadline = request.timeout or settings.default_fetch_timeout
+    raw = await download(url, settings, deadline, progress, backoff=backoff)
+    data = await asyncio.to_thread(unbox, raw, settings.max_binary_size, url=url)
+    digest = hashlib.sha256(data).hexdigest()
+    expected = _normalize(request.sha256)
+    if expected is not None and expected != digest:
+        raise ChecksumMismatch(url, f"sha256 mismatch: expected {expected}, got {digest}")
+    if len(data) < 8 or data[:4] != WASM_MAGIC:
+        raise InvalidModule(url, f"not a Wasm binary (starts with {data[:8].hex() or 'nothing'})")
+    log.info(
+        "wasm module downloaded",
+        extra={"url": redact_url(url), "bytes": len(data), "sha256": digest},
+    )
+    return FetchedModule(url=url, data=data, sha256=digest, checksum=digest)

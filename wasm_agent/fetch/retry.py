@@ -1,0 +1,113 @@
+"""Retry rules for module downloads (Istio's ``HTTPFetcher``), with an injectable backoff.
+
+Up to ``max_attempts`` attempts in total; an attempt signals a retryable failure by raising
+:class:`Retryable`; anything else propagates at once. Between attempts the delay grows
+exponentially (500 ms, x1.5, +-50 % jitter, capped at 60 s) and never sleeps past the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+# 5xx statuses that retrying cannot fix.
+NOT_RETRYABLE_5XX = frozenset({501, 505, 511})
+
+
+def retryable_status(status: int) -> bool:
+    """True for 5xx statuses other than 501, 505 and 511."""
+    return status >= 500 and status not in NOT_RETRYABLE_5XX
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter (the shape of Go's ``backoff.ExponentialBackOff``)."""
+
+    initial: float = 0.5
+    multiplier: float = 1.5
+    jitter: float = 0.5
+    max_interval: float = 60.0
+    rand: Callable[[], float] = field(default=random.random, compare=False, repr=False)
+
+    def delays(self) -> Iterator[float]:
+        """Successive randomized delays in seconds."""
+        interval = self.initial
+        while True:
+            spread = self.jitter * interval
+            yield interval - spread + self.rand() * 2 * spread
+            interval = min(interval * self.multiplier, self.max_interval)
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+class Deadline:
+    """A point in time (monotonic clock) that a whole operation must finish by."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._end = clock() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0.0
+
+
+class Retryable(Exception):
+    """Raised by an attempt whose failure may be retried; ``error`` is what to report."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+class RetriesExhausted(Exception):
+    """Every attempt failed; ``last`` is the last attempt's error."""
+
+    def __init__(self, last: Exception, attempts: int, *, deadline: bool = False) -> None:
+        self.last = last
+        self.attempts = attempts
+        self.deadline = deadline  # stopped early: the next backoff would pass the deadline
+        super().__init__(f"{attempts} attempts, last error: {last}")
+
+
+async def with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    *,
+    max_attempts: int,
+    deadline: Deadline,
+    backoff: Backoff = DEFAULT_BACKOFF,
+    on_retry: Callable[[int, Exception, float], None] | None = None,
+) -> T:
+    """Run ``attempt(n)`` (n = 1, 2, ...) until it returns, raises a non-:class:`Retryable`
+    error, or ``max_attempts`` attempts failed (:class:`RetriesExhausted`).
+
+    Sleeps the backoff delay between attempts, except when the delay would reach past
+    ``deadline``: then it stops at once with ``RetriesExhausted(deadline=True)``.
+    """
+    delays = backoff.delays()
+    attempts = max(1, max_attempts)
+    for number in range(1, attempts + 1):
+        try:
+            return await attempt(number)
+        except Retryable as failure:
+            last = failure.error
+        if number == attempts:
+            break
+        delay = next(delays)
+        if delay >= deadline.remaining():
+            raise RetriesExhausted(last, number, deadline=True)
+        if on_retry is not None:
+            on_retry(number, last, delay)
+        await asyncio.sleep(delay)
+    raise RetriesExhausted(last, attempts)
