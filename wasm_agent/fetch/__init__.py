@@ -6,6 +6,7 @@ that never fetches (a warm ``prefetch``) does not pay for httpx.
 
 from __future__ import annotations
 
+from wasm_agent.fetch.dispatch import fetch_module
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress
 

@@ -1,0 +1,217 @@
+"""Fetch, verify and cache Wasm modules (warm a node or an image).
+
+Modules are given as URLs (``http(s)://``, ``oci://``, ``file://`` or a path; no scheme means
+OCI) or read from Istio ``WasmPlugin`` manifests with ``-f``. Each is fetched (concurrently),
+checked against its sha256, compiled with wasmtime, and stored in the cache directory. A
+module already cached is served without network or compile, so a warm run is fast.
+Exit status: 0 all modules ready, 1 any failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from wasm_agent.agent.settings import (
+    SettingsError,
+    cache_settings_from_env,
+    fetch_settings_from_env,
+)
+from wasm_agent.cache.layout import HEX64
+from wasm_agent.cache.model import ModuleRequest
+from wasm_agent.cache.module_cache import ModuleCache
+from wasm_agent.cache.policy import PullPolicy
+from wasm_agent.fetch.errors import FetchError
+from wasm_agent.fetch.model import normalize_sha256
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class UsageError(ValueError):
+    """Bad flags or manifests: exit status 2."""
+
+
+@dataclass
+class Result:
+    """One module's outcome, printed as a line or a JSON object."""
+
+    url: str
+    sha256: str | None = None
+    path: str | None = None
+    size: int | None = None
+    cached: bool = False
+    error: str | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``prefetch`` flags."""
+    parser.add_argument("urls", nargs="*", metavar="URL", help="module URL or path")
+    parser.add_argument(
+        "-f",
+        "--filename",
+        dest="files",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="Istio WasmPlugin manifest (YAML, several documents allowed); repeatable",
+    )
+    parser.add_argument("--sha256", metavar="HEX", help="expected sha256 (one URL only)")
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="cache directory (default: $WASM_AGENT_CACHE_DIR, else ~/.cache/wasm-agent)",
+    )
+    parser.add_argument(
+        "--pull-secret",
+        type=Path,
+        metavar="FILE",
+        help="registry credentials, a .dockerconfigjson file (OCI only)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"deadline for each module's whole fetch (default: {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="allow plain HTTP / unverified TLS to this registry ('*' for all); repeatable",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list of results")
+
+
+def _requests(args: argparse.Namespace) -> list[ModuleRequest]:
+    if not args.urls and not args.files:
+        raise UsageError("give at least one URL or -f FILE")
+    sha = None
+    if args.sha256 is not None:
+        if len(args.urls) != 1 or args.files:
+            raise UsageError("--sha256 applies to exactly one URL")
+        sha = normalize_sha256(args.sha256)
+        if sha is None or not HEX64.fullmatch(sha):
+            raise UsageError(f"--sha256: not a sha256 hex digest: {args.sha256!r}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    secret = None
+    if args.pull_secret is not None:
+        try:
+            secret = args.pull_secret.read_bytes()
+        except OSError as error:
+            raise UsageError(f"--pull-secret: cannot read {args.pull_secret}: {error}") from None
+    common = {"pull_secret": secret, "timeout": args.timeout}
+    requests = [ModuleRequest(url=url, sha256=sha, **common) for url in args.urls]
+    for path in args.files:
+        requests.extend(_manifest_requests(path, common))
+    return requests
+
+
+def _manifest_requests(path: Path, common: dict) -> list[ModuleRequest]:
+    from wasm_agent.agent.wasmplugin import ManifestError, load_wasmplugins
+
+    try:
+        plugins = load_wasmplugins(path)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+    requests = []
+    for plugin in plugins:
+        sha = normalize_sha256(plugin.sha256)
+        if sha is not None and not HEX64.fullmatch(sha):
+            raise UsageError(f"{plugin.origin}: spec.sha256 is not a sha256 hex digest")
+        try:
+            policy = PullPolicy.parse(plugin.pull_policy)
+        except ValueError as error:
+            raise UsageError(f"{plugin.origin}: spec.imagePullPolicy: {error}") from None
+        requests.append(
+            ModuleRequest(
+                url=plugin.url, sha256=sha, pull_policy=policy, resource_name=plugin.name, **common
+            )
+        )
+    return requests
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prefetch every module; print one result per module."""
+    try:
+        requests = _requests(args)
+        fetch_settings = fetch_settings_from_env()
+        cache_settings = cache_settings_from_env(args.cache_dir)
+    except (UsageError, SettingsError) as error:
+        print(f"wasm-agent prefetch: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.insecure_registry:
+        from dataclasses import replace
+
+        hosts = fetch_settings.insecure_registries | set(args.insecure_registry)
+        fetch_settings = replace(fetch_settings, insecure_registries=frozenset(hosts))
+    cache = ModuleCache(cache_settings, fetch_settings)
+    results: list[Result | None] = [None] * len(requests)
+    for i, request in enumerate(requests):  # warm path: no event loop, no network
+        try:
+            found = cache.lookup(request)
+        except FetchError as error:
+            results[i] = Result(url=request.url, error=error.cause)
+            continue
+        if found is not None:
+            results[i] = _result(request, found)
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        import asyncio
+
+        fetched = asyncio.run(_fetch_all(cache, [requests[i] for i in missing]))
+        for i, result in zip(missing, fetched, strict=True):
+            results[i] = result
+    return _report([r for r in results if r is not None], args.json)
+
+
+def _result(request: ModuleRequest, found) -> Result:
+    return Result(
+        url=request.url,
+        sha256=found.sha256,
+        path=str(found.path),
+        size=found.size,
+        cached=found.hit,
+    )
+
+
+async def _fetch_all(cache: ModuleCache, requests: list[ModuleRequest]) -> list[Result]:
+    import asyncio
+
+    from wasm_agent.agent.logs import redact_url
+    from wasm_agent.agent.progress import ProgressDisplay
+
+    display = ProgressDisplay()
+
+    async def one(request: ModuleRequest) -> Result:
+        label = redact_url(request.url)
+        try:
+            found = await cache.get(request, display.callback(label))
+        except FetchError as error:
+            display.finish(label, "failed")
+            return Result(url=request.url, error=error.cause)
+        display.finish(label, "done")
+        return _result(request, found)
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))
+
+
+def _report(results: list[Result], as_json: bool) -> int:
+    failed = [r for r in results if r.error]
+    if as_json:
+        json.dump([r.__dict__ for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            if not r.error:
+                print(f"{r.url} {r.sha256} {r.path}")
+    for r in failed:
+        print(f"wasm-agent prefetch: {r.url}: {r.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK

@@ -1,0 +1,91 @@
+"""Cross-process file locks (``fcntl.flock``) that never block the event loop.
+
+flock locks belong to an open file description, so they conflict between processes *and*
+between two opens in one process, and vanish when the holder dies (even by ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from wasm_agent.cache.layout import FILE_MODE
+
+
+def try_lock(fd: int, exclusive: bool = True) -> bool:
+    """Take a flock on ``fd`` without waiting; False if another holder conflicts."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class FileLock:
+    """An exclusive lock on ``path`` for ``async with``; polls with short sleeps while held."""
+
+    def __init__(self, path: Path, timeout: float, poll: float = 0.01) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.poll = poll
+        self.fd = -1
+        self.waited = False
+
+    async def __aenter__(self) -> FileLock:
+        import asyncio
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        deadline = time.monotonic() + self.timeout
+        delay = self.poll
+        while not try_lock(fd):
+            self.waited = True
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TimeoutError(f"lock {self.path} still held after {self.timeout:g}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+        self.fd = fd
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing releases the flock
+        self.fd = -1
+
+
+def hold_file(path: Path, attempts: int = 50) -> int | None:
+    """Open ``path`` and keep a shared flock on it (marks it in use); None if it is gone.
+
+    A purger holds the exclusive lock only for the instant it re-checks and unlinks, so a few
+    short retries suffice; the inode check catches a file unlinked while we waited.
+    """
+    for _ in range(attempts):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        if try_lock(fd, exclusive=False):
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+            return None
+        os.close(fd)
+        time.sleep(0.002)
+    return None
+
+
+def in_use(path: Path) -> bool:
+    """True if some process (this one included) holds ``path`` with :func:`hold_file`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        return not try_lock(fd, exclusive=True)
+    finally:
+        os.close(fd)

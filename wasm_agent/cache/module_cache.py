@@ -1,0 +1,307 @@
+"""ModuleCache: modules by content, shared safely by every process using one directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from wasm_agent.agent.logs import redact_url
+from wasm_agent.agent.settings import CacheSettings, FetchSettings
+from wasm_agent.cache import store
+from wasm_agent.cache.index import Index, IndexData, UrlRecord
+from wasm_agent.cache.layout import CacheLayout
+from wasm_agent.cache.locks import FileLock, hold_file, in_use
+from wasm_agent.cache.metrics import CACHE_ENTRIES, CACHE_LOOKUPS
+from wasm_agent.cache.model import CachedModule, CacheEntry, ModuleRequest
+from wasm_agent.cache.policy import Decision, decide
+from wasm_agent.cache.purge import purge_expired
+from wasm_agent.fetch.errors import CacheWriteError, DownloadFailure, FetchError, InvalidModule
+from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress, normalize_sha256
+
+log = logging.getLogger(__name__)
+
+Fetcher = Callable[[FetchRequest, FetchSettings, Progress | None], Awaitable[FetchedModule]]
+Validator = Callable[[Path, Any], Awaitable[None]]
+TOUCH_INTERVAL = 60.0  # a hit rewrites the index at most this often per URL
+LOCK_WAIT_MARGIN = 120.0  # beyond the fetch deadline: the holder may still be compiling
+
+
+class ModuleGone(LookupError):
+    """A module to hold is no longer in the cache (purged or removed by hand)."""
+
+
+class ModuleCache:
+    """Fetch-once, content-addressed module cache (see docs/design.md)."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        fetch_settings: FetchSettings,
+        *,
+        fetcher: Fetcher | None = None,
+        validator: Validator | None = None,
+        validate_settings: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.fetch_settings = fetch_settings
+        self.layout = CacheLayout(settings.directory)
+        self.index = Index(self.layout)
+        self._fetcher = fetcher
+        self._validator = validator
+        self._validate_settings = validate_settings
+        self._holds: dict[str, list[int]] = {}
+        self._ready = False
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self.layout.ensure()
+            store.clean_stale_temps(self.layout)
+            self._ready = True
+
+    def _cached_file(self, data: IndexData) -> Callable[[str], str | None]:
+        def cached(checksum: str) -> str | None:
+            sha = data.file_sha256(checksum)
+            try:
+                return sha if self.layout.module_path(sha).is_file() else None
+            except ValueError:
+                return None
+
+        return cached
+
+    def _decide(self, request: ModuleRequest, url: str, data: IndexData) -> Decision:
+        return decide(
+            url,
+            normalize_sha256(request.sha256),
+            request.pull_policy,
+            request.resource_name,
+            request.resource_version,
+            data.urls.get(url),
+            self._cached_file(data),
+        )
+
+    def lookup(self, request: ModuleRequest) -> CachedModule | None:
+        """Serve ``request`` from the cache without any network or event loop, else None.
+
+        Counts ``wasm_cache_lookup_count{hit="true"}`` on a hit only; :meth:`get` counts misses.
+        """
+        self._ensure()
+        url = normalize_url(request.url)
+        found = self._serve_cached(request, url, self.index.load())
+        if found is not None:
+            CACHE_LOOKUPS.inc(hit="true")
+        return found
+
+    def _serve_cached(
+        self, request: ModuleRequest, url: str, data: IndexData
+    ) -> CachedModule | None:
+        decision = self._decide(request, url, data)
+        if decision.cached is None:
+            return None
+        path = self.layout.module_path(decision.cached)
+        if not store.touch(path):
+            return None
+        checksum = decision.checksum or decision.cached
+        self._remember(request, url, data, checksum, decision.cached)
+        return CachedModule(
+            path=path, sha256=decision.cached, url=url, size=path.stat().st_size, hit=True
+        )
+
+    def _remember(
+        self, request: ModuleRequest, url: str, data: IndexData, checksum: str, sha256: str
+    ) -> None:
+        """Record URL -> checksum (and this resource's version) unless nothing changed."""
+        now = time.time()
+        old = data.urls.get(url)
+        if (
+            old is not None
+            and (old.checksum, old.sha256) == (checksum, sha256)
+            and old.resource_versions.get(request.resource_name) == request.resource_version
+            and now - old.last_used < TOUCH_INTERVAL
+            and (checksum == sha256 or data.digests.get(checksum) == sha256)
+        ):
+            return
+
+        def change(current: IndexData) -> None:
+            rec = current.urls.get(url)
+            if rec is None or (rec.checksum, rec.sha256) != (checksum, sha256):
+                versions = dict(rec.resource_versions) if rec else {}
+                rec = UrlRecord(checksum=checksum, sha256=sha256, resource_versions=versions)
+                current.urls[url] = rec
+            rec.resource_versions[request.resource_name] = request.resource_version
+            rec.last_used = now
+            if checksum != sha256:
+                current.digests[checksum] = sha256
+
+        self.index.update(change)
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def get(self, request: ModuleRequest, progress: Progress | None = None) -> CachedModule:
+        """The module for ``request``: from the cache per the pull policy, else fetched,
+        verified, compiled and stored. Raises :class:`FetchError` subclasses."""
+        found = self.lookup(request)
+        if found is not None:
+            return found
+        CACHE_LOOKUPS.inc(hit="false")
+        url = normalize_url(request.url)
+        timeout = request.timeout or self.fetch_settings.default_fetch_timeout
+        try:
+            lock = FileLock(self.layout.lock_path(url), timeout=timeout + LOCK_WAIT_MARGIN)
+            async with lock:
+                if lock.waited:  # another process may have just fetched it
+                    found = self._serve_cached(request, url, self.index.load())
+                    if found is not None:
+                        return found
+                return await self._fetch_and_store(request, url, progress)
+        except TimeoutError:
+            raise DownloadFailure(
+                url, "timed out waiting for another process downloading the same module"
+            ) from None
+        except OSError as error:
+            raise CacheWriteError(url, f"cache lock failed: {error.strerror}") from None
+
+    async def _fetch_and_store(
+        self, request: ModuleRequest, url: str, progress: Progress | None
+    ) -> CachedModule:
+        decision = self._decide(request, url, self.index.load())
+        fetched = await self._fetch(
+            FetchRequest(
+                url=url,
+                sha256=decision.expected,
+                pull_secret=request.pull_secret,
+                timeout=request.timeout,
+            ),
+            progress,
+        )
+        data = self.index.load()
+        path = self.layout.module_path(fetched.sha256)
+        if not path.is_file():
+            await self._store(fetched, url, path)
+        else:
+            store.touch(path)
+        self._remember(request, url, data, fetched.checksum, fetched.sha256)
+        CACHE_ENTRIES.set(len(self.layout.module_files()))
+        log.info(
+            "cached a Wasm module",
+            extra={"url": redact_url(url), "sha256": fetched.sha256, "size": len(fetched.data)},
+        )
+        return CachedModule(
+            path=path, sha256=fetched.sha256, url=url, size=len(fetched.data), hit=False
+        )
+
+    async def _fetch(self, request: FetchRequest, progress: Progress | None) -> FetchedModule:
+        fetcher = self._fetcher
+        if fetcher is None:
+            from wasm_agent.fetch.dispatch import fetch_module
+
+            fetcher = fetch_module
+        return await fetcher(request, self.fetch_settings, progress)
+
+    async def _store(self, fetched: FetchedModule, url: str, path: Path) -> None:
+        """Temp file, compile check, atomic rename; nothing is left behind on failure."""
+        temp = store.write_temp(self.layout, fetched.data, url)
+        try:
+            await self._validate(temp.path, url)
+            store.commit(temp, path, url)
+        finally:
+            store.discard(temp)
+
+    async def _validate(self, path: Path, url: str) -> None:
+        validator = self._validator
+        settings = self._validate_settings
+        if validator is None:
+            from wasm_agent.fetch.validate import ValidateSettings, validate_module
+
+            validator = validate_module
+            settings = settings or ValidateSettings(compiled_cache_dir=self.layout.compiled)
+        try:
+            await validator(path, settings)
+        except InvalidModule as error:
+            raise InvalidModule(url, error.cause) from None
+
+    # -- in use, purge, listing ------------------------------------------------------------
+
+    def hold(self, owner: str, modules: Iterable[CachedModule]) -> None:
+        """Mark ``modules`` in use by ``owner`` (a forwarded config), replacing its previous
+        set; visible to every process sharing the directory. Raises :class:`ModuleGone`."""
+        fds: list[int] = []
+        for module in modules:
+            fd = hold_file(module.path)
+            if fd is None:
+                for held in fds:
+                    os.close(held)
+                raise ModuleGone(f"module {module.path} is no longer in the cache")
+            fds.append(fd)
+        self.release(owner)
+        self._holds[owner] = fds
+
+    def release(self, owner: str) -> None:
+        """``owner`` no longer uses its modules."""
+        for fd in self._holds.pop(owner, ()):
+            os.close(fd)
+
+    def purge(self, now: float | None = None) -> list[Path]:
+        """Delete modules untouched for the expiry period that no process holds."""
+        self._ensure()
+        removed = purge_expired(
+            self.layout,
+            self.index,
+            self.settings.module_expiry,
+            time.time() if now is None else now,
+        )
+        CACHE_ENTRIES.set(len(self.layout.module_files()))
+        return removed
+
+    async def purge_periodically(self) -> None:
+        """Run :meth:`purge` every purge interval until cancelled."""
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.settings.purge_interval)
+            try:
+                self.purge()
+            except (OSError, FetchError) as error:
+                log.warning("cache purge failed", extra={"error": str(error)})
+
+    def entries(self) -> list[CacheEntry]:
+        """Every module file with its URLs, size, last use and whether it is in use."""
+        data = self.index.load()
+        urls: dict[str, list[str]] = {}
+        for url, rec in data.urls.items():
+            urls.setdefault(rec.sha256, []).append(url)
+        result = []
+        for path in self.layout.module_files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            result.append(
+                CacheEntry(
+                    sha256=path.stem,
+                    path=path,
+                    size=st.st_size,
+                    last_used=st.st_mtime,
+                    in_use=in_use(path),
+                    urls=tuple(sorted(urls.get(path.stem, ()))),
+                )
+            )
+        CACHE_ENTRIES.set(len(result))
+        return result
+
+    def close(self) -> None:
+        """Release every hold of this process."""
+        for owner in list(self._holds):
+            self.release(owner)
+
+
+def normalize_url(url: str) -> str:
+    """The canonical form of a module URL (see :func:`wasm_agent.fetch.dispatch.normalize_url`)."""
+    from wasm_agent.fetch.dispatch import normalize_url as _normalize
+
+    return _normalize(url)

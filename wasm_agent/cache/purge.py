@@ -1,0 +1,66 @@
+"""Removing expired modules that no process holds (Istio #42154: never a module in use)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+
+from wasm_agent.cache.index import Index, IndexData
+from wasm_agent.cache.layout import CacheLayout
+from wasm_agent.cache.locks import try_lock
+from wasm_agent.cache.store import clean_stale_temps
+
+log = logging.getLogger(__name__)
+STALE_INDEX_TEMP = 3600.0
+
+
+def purge_expired(layout: CacheLayout, index: Index, expiry: float, now: float) -> list[Path]:
+    """Delete module files untouched for ``expiry`` seconds and held by nobody.
+
+    Each candidate is re-checked under an exclusive non-blocking flock: a holder's shared
+    lock makes it fail (skip), and a use that touched the file meanwhile makes it fresh again.
+    """
+    removed: list[Path] = []
+    for path in layout.module_files():
+        try:
+            if now - path.stat().st_mtime <= expiry:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            if not try_lock(fd, exclusive=True):
+                log.info("kept an expired module still in use", extra={"path": str(path)})
+                continue
+            current = os.stat(path)
+            if current.st_ino != os.fstat(fd).st_ino or now - current.st_mtime <= expiry:
+                continue
+            os.unlink(path)
+            removed.append(path)
+            log.info("purged an expired module", extra={"path": str(path)})
+        except FileNotFoundError:
+            continue
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+    if removed:
+        index.update(lambda data: _forget(data, {p.stem for p in removed}))
+    clean_stale_temps(layout)
+    _clean_index_temps(layout, now)
+    return removed
+
+
+def _forget(data: IndexData, gone: set[str]) -> None:
+    data.urls = {u: r for u, r in data.urls.items() if r.sha256 not in gone}
+    data.digests = {c: s for c, s in data.digests.items() if s not in gone}
+
+
+def _clean_index_temps(layout: CacheLayout, now: float) -> None:
+    for path in layout.root.glob(".index-*.tmp"):
+        try:
+            if now - path.stat().st_mtime > STALE_INDEX_TEMP:
+                path.unlink()
+        except FileNotFoundError:
+            pass

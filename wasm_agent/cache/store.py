@@ -1,0 +1,111 @@
+"""Writing module files: temp file in the same directory, fsync, atomic rename.
+
+A download in progress lives in ``modules/.tmp-<random>.part`` and holds an exclusive flock on
+it for its whole life, so a temp file nobody holds belongs to a crashed writer and can go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasm_agent.cache.layout import FILE_MODE, TEMP_PREFIX, CacheLayout
+from wasm_agent.fetch.errors import CacheWriteError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TempModule:
+    """A fully written, fsynced temp file, locked by this process until committed/discarded."""
+
+    path: Path
+    fd: int
+
+
+def write_temp(layout: CacheLayout, data: bytes, url: str) -> TempModule:
+    """Write ``data`` to a new temp file in ``modules/`` and fsync it."""
+    path = layout.modules / f"{TEMP_PREFIX}{secrets.token_hex(8)}.part"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except OSError as error:
+        raise CacheWriteError(url, f"cannot write to {layout.modules}: {error.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
+        os.fchmod(fd, FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError as error:
+        _remove(path, fd)
+        raise CacheWriteError(url, f"cannot write to {layout.modules}: {error.strerror}") from None
+    return TempModule(path, fd)
+
+
+def commit(temp: TempModule, final: Path, url: str) -> Path:
+    """Atomically rename the checked temp file to its content-addressed name."""
+    try:
+        os.rename(temp.path, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as error:
+        discard(temp)
+        raise CacheWriteError(url, f"cannot store {final}: {error.strerror}") from None
+    os.close(temp.fd)
+    temp.fd = -1
+    return final
+
+
+def discard(temp: TempModule) -> None:
+    """Remove a temp file that will not be committed (failed a check, or an error)."""
+    if temp.fd >= 0:
+        _remove(temp.path, temp.fd)
+        temp.fd = -1
+
+
+def _remove(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.close(fd)
+
+
+def clean_stale_temps(layout: CacheLayout) -> list[Path]:
+    """Delete temp files whose writer is gone (nobody holds their flock)."""
+    removed: list[Path] = []
+    try:
+        names = [n for n in os.listdir(layout.modules) if n.startswith(TEMP_PREFIX)]
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        path = layout.modules / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # a live download
+            continue
+        _remove(path, fd)
+        removed.append(path)
+        log.info("removed an abandoned partial download", extra={"path": str(path)})
+    return removed
+
+
+def touch(path: Path) -> bool:
+    """Mark a module as used now (its mtime is its last-use time); False if it is gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
