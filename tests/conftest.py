@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.echo import EchoServer
+from tests.support.registry import (  # noqa: F401 - session fixtures: real docker-registry
+    oci_pusher,
+    oci_registry,
+    oci_registry_basic,
+    oci_registry_token,
+    oci_token_server,
+)
 
 
 @pytest.fixture
