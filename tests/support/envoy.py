@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,17 @@ def envoy_binary() -> str:
 class EnvoyProcess:
     """One Envoy process with a bootstrap dict, ``--concurrency 1`` and a dynamic base id."""
 
-    def __init__(self, bootstrap: dict[str, Any], workdir: Path, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        bootstrap: dict[str, Any],
+        workdir: Path,
+        log_level: str = "info",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.log_level = log_level
+        self.extra_args = list(extra_args)  # e.g. ["--file-flush-interval-msecs", "20"]
         self.config_path = workdir / "envoy.yaml"
         self.admin_path = workdir / "admin-address"
         self.log_path = workdir / "envoy.log"
@@ -53,6 +60,7 @@ class EnvoyProcess:
                 "--admin-address-path", str(self.admin_path),
                 "--log-level", self.log_level,
                 "--log-path", str(self.log_path),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
