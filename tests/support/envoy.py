@@ -35,7 +35,7 @@ class EnvoyProcess:
         self.bootstrap = bootstrap
         self.workdir = workdir
         self.log_level = log_level
-        self.extra_args = list(extra_args)  # e.g. ["--file-flush-interval-msecs", "20"]
+        self.extra_args = list(extra_args)  # e.g. ["--file-flush-interval-msec", "20"]
         self.config_path = workdir / "envoy.yaml"
         self.admin_path = workdir / "admin-address"
         self.log_path = workdir / "envoy.log"
