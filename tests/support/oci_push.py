@@ -132,6 +132,7 @@ class RawPusher:
 
     def push_blob(self, repo: str, data: bytes) -> str:
         """Upload ``data`` (monolithic POST + PUT) and return its digest."""
+        data = bytes(data)
         digest = digest_of(data)
         start = self.request(repo, "POST", f"/v2/{repo}/blobs/uploads/")
         if start.status_code != 202:
@@ -177,6 +178,7 @@ class RawPusher:
         if config is None:
             ctype = DOCKER_CONFIG if manifest_type == DOCKER_MANIFEST else OCI_CONFIG
             config = (ctype, json.dumps({"architecture": "amd64", "os": "linux"}).encode())
+        layers = [(mt, bytes(data)) for mt, data in layers]
         blobs = {}
         for _, data in [config, *layers]:
             blobs[self.push_blob(repo, data)] = data
