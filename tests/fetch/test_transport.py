@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+import httpcore
 import httpx
 import pytest
 
@@ -14,6 +17,7 @@ from wasm_agent.fetch.transport import (
     AddressBlockedError,
     GuardedBackend,
     ResolveError,
+    is_retryable,
     make_client,
     to_fetch_error,
 )
@@ -114,3 +118,30 @@ async def test_transport_errors_are_mapped(modserver: ModServer):
             await client.get("http://127.0.0.1:1/x")
     error = to_fetch_error("http://user:pw@127.0.0.1:1/x", info.value, attempts=3)
     assert str(error) == "http://127.0.0.1:1/x: connection refused (after 3 attempts)"
+
+
+class _RecordingBackend(httpcore.AnyIOBackend):
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+
+    async def connect_tcp(self, host, port, **kwargs):  # type: ignore[override]
+        self.hosts.append(host)
+        return await super().connect_tcp(host, port, **kwargs)
+
+
+async def test_socket_goes_to_the_checked_address_not_a_second_lookup(modserver: ModServer):
+    """No second resolution happens after the check, so DNS rebinding cannot bypass it."""
+    modserver.serve("/m.wasm", WASM)
+    inner = _RecordingBackend()
+    backend = GuardedBackend(FetchSettings(), inner=inner)
+    async with httpcore.AsyncConnectionPool(network_backend=backend) as pool:
+        response = await pool.request("GET", modserver.url("/m.wasm", host="localhost"))
+    assert response.content == WASM
+    assert inner.hosts and all(ipaddress.ip_address(h).is_loopback for h in inner.hosts)
+
+
+def test_blocked_is_final_other_transport_errors_retry():
+    assert not is_retryable(AddressBlockedError("h", "169.254.169.254"))
+    assert is_retryable(ResolveError("h", "cannot resolve host h"))
+    assert is_retryable(httpx.ReadError("reset"))
+    assert not is_retryable(ValueError("x"))

@@ -93,45 +93,61 @@ async def _read_body(
 async def _attempt(
     url: str, settings: FetchSettings, clients: _Clients, progress: Progress | None
 ) -> bytes:
-    """One GET of ``url``, walking redirects; transport errors and 5xx become Retryable."""
+    """One GET of ``url`` with its redirects, within ``settings.http_request_timeout``."""
+    where = [""]  # which redirect hop is in flight, for messages
+    try:
+        async with asyncio.timeout(settings.http_request_timeout):
+            return await _walk(url, settings, clients, progress, where)
+    except TimeoutError:
+        cause = f"request timed out after {settings.http_request_timeout:g}s{where[0]}"
+        raise Retryable(DownloadFailure(url, cause)) from None
+
+
+async def _walk(
+    url: str,
+    settings: FetchSettings,
+    clients: _Clients,
+    progress: Progress | None,
+    where: list[str],
+) -> bytes:
+    """Follow redirects (bounded, loop-checked, http(s) only); transport errors and retryable
+    5xx statuses become :class:`Retryable`."""
     current = httpx.URL(url)
     seen = {str(current)}
     for hop in range(settings.max_redirects + 1):
         client = await clients.get(settings.is_insecure(_host_port(current)))
-        where = "" if hop == 0 else f" (redirected to {redact_url(str(current))})"
+        where[0] = "" if hop == 0 else f" (redirected to {redact_url(str(current))})"
         try:
-            async with (
-                asyncio.timeout(settings.http_request_timeout),
-                client.stream("GET", current, headers=_HEADERS) as response,
-            ):
+            async with client.stream("GET", current, headers=_HEADERS) as response:
                 status = response.status_code
                 if status in REDIRECT_STATUSES and "location" in response.headers:
                     target = current.join(response.headers["location"])
                     if target.scheme not in ("http", "https"):
                         raise DownloadFailure(
-                            url, f"redirect to unsupported scheme {target.scheme!r}{where}"
+                            url, f"redirect to unsupported scheme {target.scheme!r}{where[0]}"
                         )
                     if str(target) in seen:
                         raise DownloadFailure(
-                            url, f"redirect loop at {redact_url(str(target))}{where}"
+                            url, f"redirect loop at {redact_url(str(target))}{where[0]}"
                         )
+                    log.debug(
+                        "wasm module download redirected",
+                        extra={"url": redact_url(url), "to": redact_url(str(target))},
+                    )
                     seen.add(str(target))
                     current = target
                     continue
                 if status != 200:
-                    failure = DownloadFailure(url, f"HTTP status {status}{where}")
+                    failure = DownloadFailure(url, f"HTTP status {status}{where[0]}")
                     if retryable_status(status):
                         raise Retryable(failure)
                     raise failure
                 return await _read_body(response, url, settings.max_binary_size, progress)
         except AddressBlockedError as exc:
-            raise BlockedAddress(url, f"{exc.cause}{where}") from None
+            raise BlockedAddress(url, f"{exc.cause}{where[0]}") from None
         except TRANSPORT_ERRORS as exc:
             error = to_fetch_error(url, exc)
-            raise Retryable(DownloadFailure(url, f"{error.cause}{where}")) from None
-        except TimeoutError:
-            cause = f"request timed out after {settings.http_request_timeout:g}s{where}"
-            raise Retryable(DownloadFailure(url, cause)) from None
+            raise Retryable(DownloadFailure(url, f"{error.cause}{where[0]}")) from None
     raise DownloadFailure(url, f"too many redirects (more than {settings.max_redirects})")
 
 
@@ -185,6 +201,11 @@ async def download(
         raise DownloadFailure(url, f"fetch deadline of {deadline:g}s exceeded{detail}") from None
 
 
+def _unbox_and_hash(raw: bytes, max_size: int, url: str) -> tuple[bytes, str]:
+    data = unbox(raw, max_size, url=url)
+    return data, hashlib.sha256(data).hexdigest()
+
+
 async def fetch_http(
     request: FetchRequest,
     settings: FetchSettings,
@@ -203,8 +224,7 @@ async def fetch_http(
         raise DownloadFailure(url, f"invalid URL: {exc}") from None
     deadline = request.timeout or settings.default_fetch_timeout
     raw = await download(url, settings, deadline, progress, backoff=backoff)
-    data = await asyncio.to_thread(unbox, raw, settings.max_binary_size, url=url)
-    digest = hashlib.sha256(data).hexdigest()
+    data, digest = await asyncio.to_thread(_unbox_and_hash, raw, settings.max_binary_size, url)
     expected = _normalize(request.sha256)
     if expected is not None and expected != digest:
         raise ChecksumMismatch(url, f"sha256 mismatch: expected {expected}, got {digest}")

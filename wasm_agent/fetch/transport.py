@@ -51,8 +51,14 @@ class ResolveError(GuardError):
     """The host name does not resolve."""
 
 
-# Errors a fetch attempt may retry: transport failures and failed name resolution.
+# Everything a request can raise below HTTP: catch these around ``client.send``/``stream``,
+# then ask :func:`is_retryable` (a blocked address is final) or :func:`to_fetch_error`.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, GuardError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for transport failures worth another attempt (not for a blocked address)."""
+    return isinstance(exc, httpx.TransportError | ResolveError)
 
 
 def _literal_ip(host: str) -> str | None:
@@ -109,7 +115,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         for address in addresses:
             try:
                 return await self._inner.connect_tcp(
-                    address.split("%", 1)[0] if "%" in address else address,
+                    address,
                     port,
                     timeout=timeout,
                     local_address=local_address,
@@ -244,6 +250,7 @@ __all__ = [
     "GuardedTransport",
     "ResolveError",
     "describe_transport_error",
+    "is_retryable",
     "make_client",
     "tls_context",
     "to_fetch_error",
