@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.modserver import ModServer, Route, gzip_bytes, tar_bytes, tar_entry
 from tests.support.wasm import minimal_module, padded_module, sha256_hex
+from wasm_agent.agent.logs import redact_url
 from wasm_agent.agent.settings import FetchSettings
 from wasm_agent.fetch.errors import (
     BlockedAddress,
@@ -41,7 +42,7 @@ async def fails(
         await fetch(url, backoff, **kw)
     error = info.value
     assert type(error) is kind, f"{type(error).__name__}: {error}"
-    assert error.url.split("?")[0].split("@")[-1] in str(error) or error.url in str(error)
+    assert str(error).startswith(f"{redact_url(url)}: "), str(error)
     for cause in causes:
         assert cause in str(error), str(error)
     return error
@@ -127,6 +128,11 @@ async def test_https_verified_against_trusted_cert(tls_modserver, fast_backoff, 
 
 async def test_unsupported_scheme(fast_backoff):
     await fails(UnsupportedScheme, "ftp://example.com/m.wasm", fast_backoff, "scheme 'ftp'")
+
+
+@pytest.mark.parametrize("url", ["http://", "http:///m.wasm", "http://[::1/m.wasm"])
+async def test_invalid_urls(fast_backoff, url):
+    await fails(DownloadFailure, url, fast_backoff, "invalid URL")
 
 
 async def test_dns_failure(fast_backoff):

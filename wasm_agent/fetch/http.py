@@ -195,7 +195,8 @@ async def download(
         cause = exc.last.cause if isinstance(exc.last, FetchError) else str(exc.last)
         if exc.deadline:
             cause = f"fetch deadline of {deadline:g}s would pass before the next retry; {cause}"
-        raise DownloadFailure(url, f"{cause} (after {exc.attempts} attempts)") from None
+        plural = "s" if exc.attempts != 1 else ""
+        raise DownloadFailure(url, f"{cause} (after {exc.attempts} attempt{plural})") from None
     except TimeoutError:
         detail = f"; last error: {last[-1].cause}" if last else ""
         raise DownloadFailure(url, f"fetch deadline of {deadline:g}s exceeded{detail}") from None
@@ -219,9 +220,11 @@ async def fetch_http(
     if scheme not in ("http", "https"):
         raise UnsupportedScheme(url, f"not an http(s) URL (scheme {scheme!r})")
     try:
-        httpx.URL(url)
+        host = httpx.URL(url).host
     except httpx.InvalidURL as exc:
         raise DownloadFailure(url, f"invalid URL: {exc}") from None
+    if not host:
+        raise DownloadFailure(url, "invalid URL: no host")
     deadline = request.timeout or settings.default_fetch_timeout
     raw = await download(url, settings, deadline, progress, backoff=backoff)
     data, digest = await asyncio.to_thread(_unbox_and_hash, raw, settings.max_binary_size, url)
