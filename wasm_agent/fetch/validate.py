@@ -84,13 +84,16 @@ async def validate_module(path: Path, settings: ValidateSettings | None = None) 
         raise
     if process.returncode == 0:
         return
-    raise InvalidModule(str(path), _reason(process.returncode, err.decode(errors="replace")))
+    reason = _reason(process.returncode, err.decode(errors="replace"), settings.memory_limit)
+    raise InvalidModule(str(path), reason)
 
 
-def _reason(returncode: int | None, stderr: str) -> str:
+def _reason(returncode: int | None, stderr: str, memory_limit: int) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
     if lines:
         return lines[-1].removeprefix("error: ")
+    if "memory allocation of" in stderr:  # Rust's out-of-memory abort inside wasmtime
+        return f"compiling the module exceeded the memory limit ({memory_limit >> 20} MiB)"
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name
         return f"compile worker killed by {name} (memory or CPU limit exceeded?)"
