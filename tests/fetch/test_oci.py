@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import wasmtime
 
 from tests.support.oci_push import (
     DOCKER_LAYER,
@@ -50,6 +52,36 @@ def settings_for(registry: Registry, **kw: object) -> FetchSettings:
 async def fetch(registry: Registry, url: str, **kw: object):
     settings = kw.pop("settings", None) or settings_for(registry)
     return await fetch_oci(FetchRequest(url=url, **kw), settings)  # type: ignore[arg-type]
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _section(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + _leb(len(payload)) + payload
+
+
+def big_module(size: int) -> bytes:
+    """A valid module of ``size`` bytes of random-ish data, built directly (wat2wasm is slow)."""
+    payload = hashlib.sha256(b"big").digest() * (size // 32)
+    pages = len(payload) // 65536 + 1
+    module = (
+        b"\x00asm\x01\x00\x00\x00"
+        + _section(1, b"\x01\x60\x00\x00")
+        + _section(3, b"\x01\x00")
+        + _section(5, b"\x01\x00" + _leb(pages))
+        + _section(7, b"\x01\x06_start\x00\x00")
+        + _section(10, b"\x01\x02\x00\x0b")
+        + _section(11, b"\x01\x00\x41\x00\x0b" + _leb(len(payload)) + payload)
+    )
+    wasmtime.Module.validate(wasmtime.Engine(), module)
+    return module
 
 
 # -- formats -------------------------------------------------------------------------------------
@@ -330,7 +362,7 @@ async def test_registry_at_blocked_address(oci_registry: Registry) -> None:
 
 async def test_progress_and_5mb_pull(oci_registry: Registry, oci_pusher: RawPusher) -> None:
     repo = unique_repo()
-    module = padded_module(5 * 1024 * 1024, seed=16)
+    module = big_module(5 * 1024 * 1024)
     oci_pusher.push_wasm_artifact(repo, "v1", module)
     seen: list[tuple[int, int | None]] = []
     started = time.perf_counter()

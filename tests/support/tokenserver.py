@@ -60,10 +60,13 @@ class TokenPolicy:
     identity_tokens: dict[str, str] = field(default_factory=dict)
 
     def allowed(self, user: str | None, repository: str) -> set[str]:
-        """Actions ``user`` (None: anonymous) may use on ``repository`` (keys may be globs)."""
-        table = self.anonymous if user is None else self.access.get(user, {})
+        """Actions ``user`` (None: anonymous) may use on ``repository`` (keys may be globs).
+
+        Signed-in users may also do what anonymous users may.
+        """
+        table = dict(self.anonymous)  # what anyone may do, signed in or not
         out: set[str] = set()
-        for pattern, actions in table.items():
+        for pattern, actions in [*table.items(), *self.access.get(user or "", {}).items()]:
             if fnmatch.fnmatchcase(repository, pattern):
                 out |= actions
         return out
