@@ -53,14 +53,27 @@ def unwrap_typed_struct(
     tag, message_cls = kind
     message = message_cls()
     try:
-        data = json_format.MessageToDict(wrapper.value)
-        json_format.ParseDict(data, message)
+        json_format.ParseDict(_python(wrapper.value), message)
     except (json_format.ParseError, ValueError, TypeError, KeyError, RecursionError) as exc:
         cause = _redact(str(exc), wrapper.value)
         raise StructError(
             f"TypedStruct value does not convert to {message_cls.DESCRIPTOR.full_name}: {cause}"
         ) from None
     return tag, message
+
+
+def _python(value: struct_pb2.Struct | struct_pb2.Value) -> Any:
+    """A Struct or Value as plain Python (what ``MessageToDict`` gives, without its overhead)."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _python(item) for key, item in value.fields.items()}
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: _python(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_python(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def _secret_values(value: Any, out: set[str], under_secret: bool = False) -> None:

@@ -66,7 +66,15 @@ def scan_fields(message: Buffer, wanted: frozenset[int]) -> dict[int, Buffer]:
         if field == 0 or field > MAX_FIELD_NUMBER:
             raise WireError(f"invalid field number {field} at offset {pos}")
         if wire_type == 2:
-            length, pos = _varint(message, pos, end)
+            # inline the common one- and two-byte lengths; _varint handles the rest
+            length = message[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            elif pos + 1 < end and message[pos + 1] < 0x80:
+                length = (length & 0x7F) | message[pos + 1] << 7
+                pos += 2
+            else:
+                length, pos = _varint(message, pos, end)
             stop = pos + length
             if stop > end:
                 raise WireError(f"field {field} runs past the end ({length} bytes at {pos})")
