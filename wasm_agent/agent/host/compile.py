@@ -1,0 +1,97 @@
+"""Engines per limit mode and a compiled-module cache (in process and on disk).
+
+A suite compiles each module once: modules are keyed by sha256 of the bytes + wasmtime version +
+engine configuration, kept in memory, and serialized with ``Module.serialize`` under
+``$WASM_AGENT_HOST_CACHE`` (default ``~/.cache/wasm-agent/host``). Only files this host wrote
+are deserialized (the directory is ours); a file that fails to deserialize is recompiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import tempfile
+from pathlib import Path
+
+import wasmtime
+
+_ENGINES: dict[bool, wasmtime.Engine] = {}
+_MODULES: dict[str, wasmtime.Module] = {}
+STATS = {"memory_hits": 0, "disk_hits": 0, "compiles": 0}
+
+
+def engine(fuel: bool) -> wasmtime.Engine:
+    """The shared engine for a limit mode (fuel metering changes the compiled code)."""
+    eng = _ENGINES.get(fuel)
+    if eng is None:
+        config = wasmtime.Config()
+        config.consume_fuel = fuel
+        eng = _ENGINES[fuel] = wasmtime.Engine(config)
+    return eng
+
+
+def wasmtime_version() -> str:
+    try:
+        return importlib.metadata.version("wasmtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("WASM_AGENT_HOST_CACHE")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "wasm-agent" / "host"
+
+
+def cache_key(data: bytes, fuel: bool) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{digest}-wasmtime{wasmtime_version()}-{'fuel' if fuel else 'plain'}"
+
+
+def compile_module(data: bytes, fuel: bool, directory: Path | None = None) -> wasmtime.Module:
+    """Compile ``data`` (raising ``wasmtime.WasmtimeError``), using the caches when possible."""
+    key = cache_key(data, fuel)
+    module = _MODULES.get(key)
+    if module is not None:
+        STATS["memory_hits"] += 1
+        return module
+    eng = engine(fuel)
+    path = (directory or cache_dir()) / f"{key}.cwasm"
+    module = _load_serialized(eng, path)
+    if module is None:
+        module = wasmtime.Module(eng, data)
+        STATS["compiles"] += 1
+        _store_serialized(module, path)
+    else:
+        STATS["disk_hits"] += 1
+    _MODULES[key] = module
+    return module
+
+
+def forget_in_memory() -> None:
+    """Drop the in-process cache (benchmarks use this to measure the disk cache)."""
+    _MODULES.clear()
+
+
+def _load_serialized(eng: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        return wasmtime.Module.deserialize(eng, raw)
+    except Exception:
+        return None
+
+
+def _store_serialized(module: wasmtime.Module, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
+        with os.fdopen(fd, "wb") as out:
+            out.write(module.serialize())
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only home is fine
