@@ -3,6 +3,7 @@ and actually speaking ADS (SotW or delta) over the Unix socket."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -112,15 +113,14 @@ def test_variants_differ_only_in_api_type() -> None:
     assert sotw == delta
 
 
-# --- the real thing: Envoy connects to an ADS server on the Unix socket -----------------------
+# --- the real thing: Envoy speaks ADS over the Unix socket ------------------------------------
 
 
-class UnixAds:
-    """A minimal ADS server on a Unix socket: answers CDS and LDS once with empty responses
-    and records every request of both RPCs."""
+class AdsServer:
+    """A minimal ADS server (``unix:PATH`` or ``127.0.0.1:0``): answers CDS and LDS once with
+    empty responses and records every request of both RPCs."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, address: str) -> None:
         self.requests: list[tuple[str, Any]] = []  # (rpc, request)
         self._cond = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -139,7 +139,15 @@ class UnixAds:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
-        assert self.server.add_insecure_port(f"unix:{path}")
+        self.port = self.server.add_insecure_port(address)
+        assert self.port, address
+
+    def __enter__(self) -> AdsServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=None)
 
     def _record(self, rpc: str, request: Any) -> None:
         with self._cond:
@@ -179,8 +187,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def localize(bootstrap: dict[str, Any], socket_path: str) -> tuple[int, int]:
-    """Point the bootstrap at a test socket and free loopback ports; return (admin, ready)."""
+def localize(bootstrap: dict[str, Any], socket_path: str) -> int:
+    """Point the bootstrap at a test socket and free loopback ports; return the readiness
+    listener's port."""
     admin_port, ready_port = free_port(), free_port()
     bootstrap["admin"]["address"]["socket_address"]["port_value"] = admin_port
     by_name = clusters(bootstrap)
@@ -192,7 +201,7 @@ def localize(bootstrap: dict[str, Any], socket_path: str) -> tuple[int, int]:
     admin["endpoint"]["address"]["socket_address"]["port_value"] = admin_port
     listener = bootstrap["static_resources"]["listeners"][0]
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=ready_port)
-    return admin_port, ready_port
+    return ready_port
 
 
 def get(url: str) -> tuple[int, str]:
@@ -201,58 +210,84 @@ def get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
+def wait_until_ok(url: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    status, body = get(url)
+    while status != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status, body = get(url)
+    assert status == 200, f"{url}: {status} {body}"
+    return body.strip()
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    # A short directory: Unix socket paths are limited to 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="wa-xds-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def envoy_command(variant: str, work: Path, socket_path: str) -> tuple[list[str], int]:
+    bootstrap = load(variant)
+    ready_port = localize(bootstrap, socket_path)
+    config = work / "envoy.yaml"
+    config.write_text(yaml.safe_dump(bootstrap))
+    command = [
+        envoy_binary(),
+        "-c", str(config),
+        "--concurrency", "1",
+        "--use-dynamic-base-id",
+        "--log-level", "info",
+    ]  # fmt: skip
+    return command, ready_port
+
+
+def check_ads_session(ads: AdsServer, variant: str, ready_port: int, log: Path) -> None:
+    """CDS first (with the node), answered; then the CDS ACK and the LDS request, without the
+    node (set_node_on_first_message_only); LDS answered; Envoy becomes ready."""
+    try:
+        requests = ads.wait_for(3)
+    except AssertionError:
+        raise AssertionError(log.read_text()[-3000:]) from None
+    assert {rpc for rpc, _ in requests} == {variant}
+    first = requests[0][1]
+    assert first.type_url == CDS
+    assert first.node.id == load(variant)["node"]["id"]
+    assert all(not r.HasField("node") for _, r in requests[1:])
+    assert LDS in {r.type_url for _, r in requests}
+    assert wait_until_ok(f"http://127.0.0.1:{ready_port}/healthz/ready") == "LIVE"
+    # Nothing but /healthz/ready is reachable through the readiness listener.
+    assert get(f"http://127.0.0.1:{ready_port}/config_dump")[0] == 404
 
 
 @pytest.mark.envoy
 @pytest.mark.parametrize("variant", sorted(BOOTSTRAPS))
 def test_envoy_speaks_ads_over_the_unix_socket(variant: str) -> None:
-    bootstrap = load(variant)
-    # A short directory: Unix socket paths are limited to 107 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="wa-xds-", dir="/tmp"))
-    socket_path = str(workdir / "XDS")
-    _, ready_port = localize(bootstrap, socket_path)
-    config = workdir / "envoy.yaml"
-    config.write_text(yaml.safe_dump(bootstrap))
-    ads = UnixAds(socket_path)
-    ads.server.start()
-    envoy = subprocess.Popen(
-        [
-            envoy_binary(),
-            "-c", str(config),
-            "--concurrency", "1",
-            "--use-dynamic-base-id",
-            "--log-level", "info",
-            "--log-path", str(workdir / "envoy.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        # CDS first (with the node), answered; then the CDS ACK and the LDS request, without
-        # the node (set_node_on_first_message_only); LDS answered; Envoy becomes ready.
-        requests = ads.wait_for(3)
-        rpc = {"sotw": "sotw", "delta": "delta"}[variant]
-        assert {r for r, _ in requests} == {rpc}
-        first = requests[0][1]
-        assert first.type_url == CDS
-        assert first.node.id == load(variant)["node"]["id"]
-        assert all(not r.HasField("node") for _, r in requests[1:])
-        assert LDS in {r.type_url for _, r in requests}
-        url = f"http://127.0.0.1:{ready_port}/healthz/ready"
-        deadline = time.monotonic() + 15
-        status, body = get(url)
-        while status != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            status, body = get(url)
-        assert (status, body.strip()) == (200, "LIVE")
-        # Nothing but /healthz/ready is reachable through the readiness listener.
-        assert get(f"http://127.0.0.1:{ready_port}/config_dump")[0] == 404
-    finally:
-        envoy.terminate()
-        try:
-            envoy.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            envoy.kill()
-            envoy.wait()
-        ads.server.stop(grace=None)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with workdir() as work:
+        socket_path = str(work / "XDS")
+        command, ready_port = envoy_command(variant, work, socket_path)
+        log = work / "envoy.log"
+        with AdsServer(f"unix:{socket_path}") as ads, running(command, log):
+            check_ads_session(ads, variant, ready_port, log)
