@@ -145,94 +145,60 @@ class EcdsSequencer:
             self.failure.cancel()
 
 
-def nack_request(flavour: Flavour, type_url: str, nonce: str, version: str, message: str) -> bytes:
-    """The NACK istiod receives for an ECDS response the agent rejects (Envoy sees nothing)."""
-    from envoy.service.discovery.v3 import discovery_pb2
-    from google.rpc import status_pb2
-
-    status = status_pb2.Status(code=13, message=message[:4096])
-    if flavour is Flavour.SOTW:
-        request = discovery_pb2.DiscoveryRequest(
-            version_info=version, type_url=type_url, response_nonce=nonce, error_detail=status
-        )
-    else:
-        request = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url, response_nonce=nonce, error_detail=status
-        )
-    return request.SerializeToString()
-
-
 class WasmConverter:
-    """Plan -> fetch every remote module concurrently through the cache -> rewrite or reject."""
+    """Plan -> fetch every remote module concurrently through the cache -> decide.
+
+    The decisions are the pure functions of :mod:`wasm_agent.xds.nack`; this class only runs
+    the fetches (``cache.get``), counts the metrics and holds the modules Envoy will use.
+    """
 
     def __init__(self, cache: Any, mode: str = "nack") -> None:
         from wasm_agent.xds import convert
 
-        self._convert = convert
         self.cache = cache
         self.mode = convert.FailureMode(mode)
 
     async def convert(self, raw: bytes, flavour: Flavour, acked_version: str) -> EcdsResult:
-        from envoy.service.discovery.v3 import discovery_pb2
-        from google.protobuf.message import DecodeError
+        from wasm_agent.xds import nack
+        from wasm_agent.xds.wire import WireError, response_head
 
-        from wasm_agent.xds.wire import response_head
-
-        conv = self._convert
-        head = response_head(raw)
-
-        def reject(message: str) -> EcdsResult:
-            log.warning("NACK ECDS response", extra={"nonce": head.nonce, "reason": message[:500]})
-            nack = nack_request(flavour, head.type_url, head.nonce, acked_version, message)
-            return EcdsResult(nack=nack)
-
-        sotw = flavour is Flavour.SOTW
-        kind = discovery_pb2.DiscoveryResponse if sotw else discovery_pb2.DeltaDiscoveryResponse
         try:
-            message = kind.FromString(raw)
-        except DecodeError:
+            plan = nack.plan_response(raw, flavour)
+        except WireError as error:
+            head = response_head(raw)  # the caller already scanned it: this does not raise
             metrics.WASM_CONVERSION_COUNT.inc(result="unmarshal_failure")
-            return reject("ECDS response does not parse")
-        if sotw:
-            resources = list(message.resources)
-            names: list[str] = []
-        else:
-            resources = [r.resource if r.HasField("resource") else None for r in message.resources]
-            names = [r.name for r in message.resources]
-        try:
-            plan = conv.plan_ecds(resources, names)
-        except conv.MalformedResource as error:
-            for problem in error.problems:
-                metrics.WASM_CONVERSION_COUNT.inc(result=str(problem.result))
-            return reject(str(error))
-        if not plan.remotes:
-            for result in plan.results():
-                metrics.WASM_CONVERSION_COUNT.inc(result=str(result))
-            return EcdsResult(forward=raw)  # nothing remote: the exact bytes go through
-        gets = [self.cache.get(remote.request) for remote in plan.remotes]
-        outcomes = await asyncio.gather(*gets, return_exceptions=True)
+            message = f"ECDS response does not parse: {error}"
+            log.warning("NACK ECDS response", extra={"nonce": head.nonce, "reason": message})
+            request = nack.nack_request(flavour, head.type_url, head.nonce, message, acked_version)
+            return EcdsResult(nack=request)
+        remotes = plan.ecds.remotes if plan.ecds is not None else ()
+        outcomes = await asyncio.gather(
+            *(self.cache.get(remote.request) for remote in remotes), return_exceptions=True
+        )
         for outcome in outcomes:
             if isinstance(outcome, asyncio.CancelledError):
                 raise outcome
-        decision = conv.apply_ecds(plan, dict(enumerate(outcomes)), self.mode)
-        for result in decision.results:
+        action = nack.decide(plan, dict(enumerate(outcomes)), self.mode, acked_version)
+        for result in action.results:
             metrics.WASM_CONVERSION_COUNT.inc(result=str(result))
-        if isinstance(decision, conv.Reject):
-            return reject(decision.message)
-        for failure in decision.failures:
-            log.warning("Wasm plugin replaced by RBAC filter", extra={"reason": failure})
-        for index, replacement in decision.replacements.items():
-            target = message.resources[index] if sotw else message.resources[index].resource
-            target.CopyFrom(replacement)
-        data = message.SerializeToString()
+        if isinstance(action, nack.Nack):
+            log.warning(
+                "NACK ECDS response", extra={"nonce": plan.nonce, "reason": action.message[:500]}
+            )
+            return EcdsResult(nack=action.request)
+        for failure in action.failures:
+            log.warning("Wasm plugin replaced by an RBAC filter", extra={"reason": failure})
         held = [
             (remote.resource_name, outcome)
-            for remote, outcome in zip(plan.remotes, outcomes, strict=True)
+            for remote, outcome in zip(remotes, outcomes, strict=True)
             if not isinstance(outcome, BaseException)
         ]
 
         def hold() -> None:
             for name, module in held:
-                self.cache.hold(f"ecds:{name}", [module])
+                try:
+                    self.cache.hold(f"ecds:{name}", [module])
+                except Exception as error:  # purged meanwhile: Envoy loaded it already
+                    log.warning("cannot hold module", extra={"error": str(error)})
 
-        return EcdsResult(forward=data, on_forwarded=hold)
+        return EcdsResult(forward=action.data, on_forwarded=hold)
