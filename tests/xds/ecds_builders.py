@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from udpa.type.v1 import typed_struct_pb2 as udpa_ts
 from xds.type.v3 import typed_struct_pb2 as xds_ts
 
-from wasm_agent.xds._modules import CachedModule
+from wasm_agent.cache import CachedModule
 from wasm_agent.xds.types import ECDS_TYPE, TYPE_PREFIX
 
 SECRET = '{"auths":{"registry.example":{"auth":"c2VjcmV0LXVzZXI6aHVudGVyMg=="}}}'

@@ -23,8 +23,8 @@ from tests.xds.ecds_builders import (
     unpack_extension,
     wasm_filter,
 )
+from wasm_agent.cache import PullPolicy
 from wasm_agent.fetch.errors import ChecksumMismatch, DownloadFailure
-from wasm_agent.xds._modules import PullPolicy
 from wasm_agent.xds.convert import (
     Converted,
     FailureMode,
@@ -71,6 +71,7 @@ def test_direct_wasm_remote_becomes_local_file(network: bool) -> None:
     remote = plan.remotes[0]
     assert (remote.resource_name, remote.network, remote.fail_open) == ("ns.authz", network, False)
     assert remote.request.url == URL
+    assert remote.request.resource_name == "ns.authz"
     assert isinstance(result, Converted)
     assert result.results == (Result.SUCCESS,)
     assert result.modules == (module(),)

@@ -26,10 +26,10 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, EncodeError
 
 from wasm_agent.agent.logs import redact_url
+from wasm_agent.cache import CachedModule, ModuleRequest, PullPolicy
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
 from wasm_agent.xds import rbac
-from wasm_agent.xds._modules import CachedModule, ModuleRequest, PullPolicy
 from wasm_agent.xds.typedstruct import StructError, unwrap_typed_struct
 from wasm_agent.xds.types import HTTP_WASM_TYPE, NETWORK_WASM_TYPE, type_name
 
@@ -293,6 +293,7 @@ def _module_request(name: str, wasm: WasmFilter) -> ModuleRequest:
         resource_version=version,
         pull_secret=secret,
         timeout=timeout,
+        resource_name=name,
     )
 
 
