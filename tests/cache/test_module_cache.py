@@ -152,7 +152,7 @@ async def test_unwritable_cache_dir_is_a_clear_error(
     cache = ModuleCache(CacheSettings(directory=blocker / "cache"), fetch_settings)
     from wasm_agent.fetch.errors import CacheWriteError
 
-    with pytest.raises(CacheWriteError, match="cannot create cache directory .*Not a directory"):
+    with pytest.raises(CacheWriteError, match=r"cannot create cache directory .*Not a directory"):
         await cache.get(ModuleRequest(url=modserver.serve("/m.wasm", minimal_module())))
     assert modserver.count("/m.wasm") == 0
     assert os.listdir(tmp_path) == ["file"]
