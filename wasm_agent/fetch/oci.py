@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -41,6 +40,15 @@ from wasm_agent.fetch.errors import (
 from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress, normalize_sha256
 from wasm_agent.fetch.oci_auth import RegistryAuth, parse_challenge, pull_scope
 from wasm_agent.fetch.reference import InvalidReference, OciReference, parse_reference
+from wasm_agent.fetch.retry import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    Deadline,
+    RetriesExhausted,
+    Retryable,
+    retryable_status,
+    with_retries,
+)
 from wasm_agent.fetch.transport import (
     TRANSPORT_ERRORS,
     AddressBlockedError,
@@ -54,7 +62,6 @@ T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's own limit for manifests
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NOT_RETRYABLE_5XX = frozenset({501, 505, 511})
 _CHUNK = 1 << 16
 
 # Insecure registries found to speak plain HTTP (tried over TLS first, like Docker does).
@@ -62,12 +69,17 @@ _PLAIN_HTTP_HOSTS: set[str] = set()
 
 
 async def fetch_oci(
-    request: FetchRequest, settings: FetchSettings, progress: Progress | None = None
+    request: FetchRequest,
+    settings: FetchSettings,
+    progress: Progress | None = None,
+    *,
+    backoff: Backoff | None = None,
 ) -> FetchedModule:
     """Pull the Wasm module named by ``request.url`` (``oci://...``).
 
     ``checksum`` of the result is the image manifest digest (hex), ``oci_digest`` the same with
-    ``sha256:``. Raises :class:`FetchError` subclasses.
+    ``sha256:``. Raises :class:`FetchError` subclasses. ``backoff`` replaces the retry backoff
+    (tests).
     """
     url = request.url
     try:
@@ -78,7 +90,9 @@ async def fetch_oci(
     timeout = request.timeout or settings.default_fetch_timeout
     try:
         async with asyncio.timeout(timeout):
-            async with _RegistrySession(url, ref, settings, credentials, timeout) as session:
+            async with _RegistrySession(
+                url, ref, settings, credentials, timeout, backoff
+            ) as session:
                 return await session.pull(normalize_sha256(request.sha256), progress)
     except TimeoutError:
         raise DownloadFailure(url, f"timed out after {timeout:g}s") from None
@@ -122,6 +136,7 @@ class _RegistrySession:
         settings: FetchSettings,
         credentials: Credentials,
         timeout: float,
+        backoff: Backoff | None = None,
     ) -> None:
         self.url = url
         self.ref = ref
@@ -131,8 +146,8 @@ class _RegistrySession:
         self.client = make_client(settings, insecure=self.insecure)
         self.auth = RegistryAuth(url, credentials, allow_http_realm=self.insecure)
         self.scope = pull_scope(ref.repository)
-        self.loop = asyncio.get_running_loop()
-        self.deadline = self.loop.time() + timeout
+        self.deadline = Deadline(timeout)
+        self.backoff = backoff or DEFAULT_BACKOFF
 
     async def __aenter__(self) -> _RegistrySession:
         return self
@@ -168,11 +183,11 @@ class _RegistrySession:
         except oci_layers.LayoutError as exc:
             raise ManifestFailure(self.url, str(exc)) from None
         blob = await self.blob(layer.descriptor, progress)
-        data = self._unpack(blob, layer)
+        data, data_sha256 = await asyncio.to_thread(self._unpack, blob, layer)
         module = FetchedModule(
             url=self.url,
             data=data,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=data_sha256,
             checksum=hexdigest,
             oci_digest=digest,
         )
@@ -188,9 +203,12 @@ class _RegistrySession:
         )
         return module
 
-    def _unpack(self, blob: bytes, layer: oci_layers.WasmLayer) -> bytes:
-        if not layer.archive:
-            return blob
+    def _unpack(self, blob: bytes, layer: oci_layers.WasmLayer) -> tuple[bytes, str]:
+        """The module bytes and their sha256 (runs in a worker thread)."""
+        data = blob if not layer.archive else self._extract(blob, layer)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def _extract(self, blob: bytes, layer: oci_layers.WasmLayer) -> bytes:
         try:
             return oci_layers.extract_plugin(blob, self.settings.max_binary_size)
         except oci_layers.TooLarge as exc:
@@ -301,7 +319,7 @@ class _RegistrySession:
             pass
         if status >= 500:
             error = DownloadFailure(self.url, f"registry answered HTTP {status} for {what}")
-            if status not in _NOT_RETRYABLE_5XX:
+            if retryable_status(status):
                 raise _Retry(error)
             raise error
         if status == 401:
@@ -329,32 +347,49 @@ class _RegistrySession:
         raise DownloadFailure(self.url, f"registry answered HTTP {status} for {what} {reference}")
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt`` up to ``http_max_retries`` times (backoff 0.5 s x1.5 +-50 %)."""
-        attempts = max(1, self.settings.http_max_retries)
-        interval = 0.5
-        for number in range(1, attempts + 1):
+        """Run ``attempt`` with Istio's retry rules (:mod:`wasm_agent.fetch.retry`)."""
+
+        async def one(number: int) -> T:
             try:
                 return await attempt()
             except _Retry as retry:
-                last: FetchError = retry.error
+                raise Retryable(retry.error) from None
             except AddressBlockedError as exc:
                 raise to_fetch_error(self.url, exc) from None
             except TRANSPORT_ERRORS as exc:
                 if _tls_failure(exc):
-                    raise self._tls_error(exc) from None
-                last = to_fetch_error(self.url, exc, attempts=number)
-            delay = interval * (0.5 + random.random())
-            interval = min(interval * 1.5, 60.0)
-            if number == attempts or self.loop.time() + delay >= self.deadline:
-                break
-            log.info(
-                "retrying registry request",
-                extra={"registry": self.ref.registry, "attempt": number, "cause": last.cause},
-            )
-            await asyncio.sleep(delay)
-        raise last
+                    raise self._tls_error() from None
+                raise Retryable(to_fetch_error(self.url, exc)) from None
 
-    def _tls_error(self, exc: BaseException) -> DownloadFailure:
+        def on_retry(number: int, error: Exception, delay: float) -> None:
+            log.info(
+                "registry request failed, retrying",
+                extra={
+                    "registry": self.ref.registry,
+                    "attempt": number,
+                    "cause": getattr(error, "cause", str(error)),
+                    "backoff_s": round(delay, 3),
+                },
+            )
+
+        try:
+            return await with_retries(
+                one,
+                max_attempts=self.settings.http_max_retries,
+                deadline=self.deadline,
+                backoff=self.backoff,
+                on_retry=on_retry,
+            )
+        except RetriesExhausted as exc:
+            last = exc.last
+            cause = last.cause if isinstance(last, FetchError) else str(last)
+            if exc.deadline:
+                cause = f"fetch deadline would pass before the next retry; {cause}"
+            plural = "s" if exc.attempts != 1 else ""
+            error_type = type(last) if isinstance(last, FetchError) else DownloadFailure
+            raise error_type(self.url, f"{cause} (after {exc.attempts} attempt{plural})") from None
+
+    def _tls_error(self) -> DownloadFailure:
         hint = (
             ""
             if self.insecure
