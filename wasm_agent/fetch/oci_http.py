@@ -1,0 +1,287 @@
+"""HTTP plumbing for the OCI fetcher: one registry connection with auth, retries, redirects.
+
+A :class:`RegistryConnection` owns one guarded httpx client (:mod:`transport`), the auth state
+(:mod:`oci_auth`) and the retry budget of one fetch. Plain HTTP only for insecure registries
+(tried over TLS first, like Docker); redirects (blob storage) are followed, bounded, without
+downgrading HTTPS to HTTP and without sending registry credentials to another host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+
+from wasm_agent.agent.logs import redact_url
+from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.fetch.dockerconfig import Credentials
+from wasm_agent.fetch.errors import AuthFailure, DownloadFailure, FetchError, ManifestFailure
+from wasm_agent.fetch.oci_auth import RegistryAuth, parse_challenge, pull_scope
+from wasm_agent.fetch.reference import OciReference
+from wasm_agent.fetch.retry import (
+    DEFAULT_BACKOFF,
+    Backoff,
+    Deadline,
+    RetriesExhausted,
+    Retryable,
+    retryable_status,
+    with_retries,
+)
+from wasm_agent.fetch.transport import (
+    TRANSPORT_ERRORS,
+    AddressBlockedError,
+    make_client,
+    to_fetch_error,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHUNK = 1 << 16
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+# Insecure registries found to speak plain HTTP (tried over TLS first, like Docker does).
+_PLAIN_HTTP_HOSTS: set[str] = set()
+
+
+class Retry(Exception):
+    """A retryable failure inside the retry loop; ``error`` is what to report."""
+
+    def __init__(self, error: FetchError) -> None:
+        self.error = error
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(exc, httpx.ConnectError) and ("SSL" in str(exc) or "TLS" in str(exc))
+
+
+class RegistryConnection:
+    """One fetch's conversation with one registry (one client, one auth state, one deadline)."""
+
+    def __init__(
+        self,
+        url: str,
+        ref: OciReference,
+        settings: FetchSettings,
+        credentials: Credentials,
+        timeout: float,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.url = url
+        self.ref = ref
+        self.settings = settings
+        self.insecure = settings.is_insecure(ref.registry)
+        self.scheme = "http" if self.insecure and ref.registry in _PLAIN_HTTP_HOSTS else "https"
+        self.client = make_client(settings, insecure=self.insecure)
+        self.auth = RegistryAuth(url, credentials, allow_http_realm=self.insecure)
+        self.scope = pull_scope(ref.repository)
+        self.deadline = Deadline(timeout)
+        self.backoff = backoff or DEFAULT_BACKOFF
+
+    async def __aenter__(self) -> RegistryConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _api_url(self, path: str) -> str:
+        return f"{self.scheme}://{self.ref.registry}/v2/{self.ref.repository}/{path}"
+
+    def get(self, path: str, accept: str | None = None) -> _Exchange:
+        """``async with conn.get(path) as resp``: a GET under ``/v2/<repo>/``, streamed."""
+        return _Exchange(self, path, accept)
+
+    async def read_capped(self, resp: httpx.Response, cap: int, what: str) -> bytes:
+        """The whole body of ``resp``, or :class:`ManifestFailure` past ``cap`` bytes."""
+        buf = bytearray()
+        async for chunk in resp.aiter_bytes(CHUNK):
+            buf += chunk
+            if len(buf) > cap:
+                raise ManifestFailure(self.url, f"{what} is larger than {cap} bytes")
+        return bytes(buf)
+
+    async def fail(self, resp: httpx.Response, what: str, reference: str) -> None:
+        """Raise the error for a non-200 answer (retryable 5xx -> :class:`_Retry`)."""
+        status = resp.status_code
+        detail = ""
+        try:
+            body = await self.read_capped(resp, 64 * 1024, "error body")
+            codes = [e.get("code", "") for e in json.loads(body)["errors"]]
+            detail = f" ({', '.join(c for c in codes if c)})" if any(codes) else ""
+        except Exception:  # the error body is only decoration
+            pass
+        if status >= 500:
+            error = DownloadFailure(self.url, f"registry answered HTTP {status} for {what}")
+            if retryable_status(status):
+                raise Retry(error)
+            raise error
+        if status == 401:
+            challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
+            if (
+                challenge.params.get("error") == "insufficient_scope"
+                or challenge.scheme == "bearer"
+            ):
+                who = "anonymous access" if self.auth.credentials.empty else "the credentials"
+                raise AuthFailure(
+                    self.url,
+                    f"registry refused {who} for {self.scope} (HTTP 401{detail})",
+                )
+            raise AuthFailure(self.url, f"registry refused the credentials (HTTP 401{detail})")
+        if status == 403:
+            raise AuthFailure(
+                self.url, f"access to {self.ref.repository} denied (HTTP 403{detail})"
+            )
+        if what == "manifest":
+            if status == 404:
+                raise ManifestFailure(
+                    self.url, f"manifest {reference} not found (HTTP 404{detail})"
+                )
+            raise ManifestFailure(self.url, f"registry answered HTTP {status} for the manifest")
+        raise DownloadFailure(self.url, f"registry answered HTTP {status} for {what} {reference}")
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run ``attempt`` with Istio's retry rules (:mod:`wasm_agent.fetch.retry`)."""
+
+        async def one(number: int) -> T:
+            try:
+                return await attempt()
+            except Retry as retry:
+                raise Retryable(retry.error) from None
+            except AddressBlockedError as exc:
+                raise to_fetch_error(self.url, exc) from None
+            except TRANSPORT_ERRORS as exc:
+                if _tls_failure(exc):
+                    raise self._tls_error() from None
+                raise Retryable(to_fetch_error(self.url, exc)) from None
+
+        def on_retry(number: int, error: Exception, delay: float) -> None:
+            log.info(
+                "registry request failed, retrying",
+                extra={
+                    "registry": self.ref.registry,
+                    "attempt": number,
+                    "cause": getattr(error, "cause", str(error)),
+                    "backoff_s": round(delay, 3),
+                },
+            )
+
+        try:
+            return await with_retries(
+                one,
+                max_attempts=self.settings.http_max_retries,
+                deadline=self.deadline,
+                backoff=self.backoff,
+                on_retry=on_retry,
+            )
+        except RetriesExhausted as exc:
+            last = exc.last
+            cause = last.cause if isinstance(last, FetchError) else str(last)
+            if exc.deadline:
+                cause = f"fetch deadline would pass before the next retry; {cause}"
+            plural = "s" if exc.attempts != 1 else ""
+            error_type = type(last) if isinstance(last, FetchError) else DownloadFailure
+            raise error_type(self.url, f"{cause} (after {exc.attempts} attempt{plural})") from None
+
+    def _tls_error(self) -> DownloadFailure:
+        hint = (
+            ""
+            if self.insecure
+            else (
+                "; if the registry serves plain HTTP or a self-signed certificate, list it in "
+                "WASM_INSECURE_REGISTRIES"
+            )
+        )
+        return DownloadFailure(self.url, f"TLS connection to {self.ref.registry} failed{hint}")
+
+
+class _Exchange:
+    """``async with session._get(path) as resp``: one GET with auth, redirects, TLS fallback."""
+
+    def __init__(self, session: RegistryConnection, path: str, accept: str | None) -> None:
+        self.session = session
+        self.path = path
+        self.accept = accept
+        self.response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self.response = await self._open()
+        return self.response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+
+    async def _send(self, url: str | httpx.URL, authorization: str | None) -> httpx.Response:
+        s = self.session
+        headers = {"accept": self.accept} if self.accept else {}
+        if authorization:
+            headers["authorization"] = authorization
+        return await s.client.send(s.client.build_request("GET", url, headers=headers), stream=True)
+
+    async def _open(self) -> httpx.Response:
+        s = self.session
+        try:
+            return await self._open_once()
+        except TRANSPORT_ERRORS as exc:
+            # An insecure registry may speak plain HTTP: fall back once, and remember.
+            if s.insecure and s.scheme == "https" and _tls_failure(exc):
+                s.scheme = "http"
+                _PLAIN_HTTP_HOSTS.add(s.ref.registry)
+                log.info("registry speaks plain HTTP", extra={"registry": s.ref.registry})
+                return await self._open_once()
+            raise
+
+    async def _open_once(self) -> httpx.Response:
+        s = self.session
+        url = s._api_url(self.path)
+        authorization = s.auth.header(s.scope)
+        resp = await self._send(url, authorization)
+        if resp.status_code == 401:
+            await resp.aread()
+            await resp.aclose()
+            authorization = await s.auth.answer(s.client, resp, s.scope)
+            resp = await self._send(url, authorization)
+        return await self._follow(resp, httpx.URL(url), authorization)
+
+    async def _follow(
+        self, resp: httpx.Response, url: httpx.URL, authorization: str | None
+    ) -> httpx.Response:
+        """Follow redirects (blob storage), bounded; no HTTPS->HTTP downgrade, no token leak."""
+        s = self.session
+        for _ in range(s.settings.max_redirects):
+            if resp.status_code not in _REDIRECTS or "location" not in resp.headers:
+                return resp
+            await resp.aclose()
+            try:
+                target = url.join(resp.headers["location"])
+            except (httpx.InvalidURL, ValueError):
+                raise DownloadFailure(s.url, "registry redirected to an invalid URL") from None
+            if target.scheme not in ("http", "https"):
+                raise DownloadFailure(
+                    s.url, f"registry redirected to a {target.scheme or 'relative'} URL"
+                )
+            if target.scheme == "http" and url.scheme == "https" and not s.insecure:
+                raise DownloadFailure(
+                    s.url, f"refusing redirect from HTTPS to plain HTTP ({redact_url(str(target))})"
+                )
+            if (target.host, target.port) != (url.host, url.port):
+                authorization = None  # never hand registry credentials to storage hosts
+            log.debug("following registry redirect", extra={"to": redact_url(str(target))})
+            url = target
+            resp = await self._send(url, authorization)
+        if resp.status_code in _REDIRECTS:
+            await resp.aclose()
+            raise DownloadFailure(s.url, f"more than {s.settings.max_redirects} redirects")
+        return resp
