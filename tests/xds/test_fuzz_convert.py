@@ -25,7 +25,7 @@ from wasm_agent.xds.nack import Forward, Nack, decide, plan_response
 from wasm_agent.xds.types import HTTP_WASM_TYPE, NETWORK_WASM_TYPE, Flavour
 from wasm_agent.xds.wire import WireError
 
-FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ENV = {
     "ISTIO_META_WASM_IMAGE_PULL_SECRET": SECRET,

@@ -210,7 +210,7 @@ wire_fields = st.recursive(
 )
 
 
-@FAST
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(wire_fields, max_size=12))
 def test_well_formed_wire_data_scans_and_agrees_with_upb(fields: list[bytes]) -> None:
     data = b"".join(fields)
