@@ -208,3 +208,15 @@ def test_delta_fetch_failure_nacks() -> None:
     assert isinstance(action, Nack)
     request = discovery_pb2.DeltaDiscoveryRequest.FromString(action.request)
     assert request.response_nonce == "delta-nonce" and "refused" in request.error_detail.message
+
+
+def test_no_secret_in_any_repr_or_output() -> None:
+    data = sotw_response([extension("s", wasm_filter(env=SECRET_ENV))]).SerializeToString()
+    plan = plan_response(data, Flavour.SOTW)
+    assert plan.remotes[0].request.pull_secret == SECRET.encode()
+    forward = decide(plan, {0: module()}, FailureMode.NACK)
+    nack = decide(plan, {0: DownloadFailure(URL, "x")}, FailureMode.NACK)
+    for text in (repr(plan), repr(plan.remotes), repr(forward), repr(nack), nack.message):
+        assert SECRET not in text
+    assert isinstance(forward, Forward) and SECRET.encode() not in forward.data
+    assert isinstance(nack, Nack) and SECRET.encode() not in nack.request
