@@ -97,7 +97,9 @@ class TokenServer:
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._x5c = base64.b64encode(self._cert.public_bytes(serialization.Encoding.DER)).decode()
         self._server = ThreadingHTTPServer((host, 0), _make_handler(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def port(self) -> int:
