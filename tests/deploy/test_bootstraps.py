@@ -4,9 +4,11 @@ and actually speaking ADS (SotW or delta) over the Unix socket."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -235,9 +237,11 @@ def workdir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
         yield process
     finally:
@@ -291,3 +295,34 @@ def test_envoy_speaks_ads_over_the_unix_socket(variant: str) -> None:
         log = work / "envoy.log"
         with AdsServer(f"unix:{socket_path}") as ads, running(command, log):
             check_ads_session(ads, variant, ready_port, log)
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("variant", sorted(BOOTSTRAPS))
+def test_envoy_reaches_the_control_plane_through_wasm_agent(variant: str) -> None:
+    """The deployed pair: Envoy with the bootstrap -> `wasm-agent proxy --listen unix:...`
+    (the sidecar manifest's flags, plain text upstream) -> an ADS server standing for istiod."""
+    with workdir() as work, AdsServer("127.0.0.1:0") as istiod:
+        socket_path = str(work / "XDS")
+        status_port = free_port()
+        agent = [
+            sys.executable, "-m", "wasm_agent", "proxy",
+            f"--discovery-address=127.0.0.1:{istiod.port}",
+            "--plaintext",
+            f"--listen=unix:{socket_path}",
+            f"--cache-dir={work / 'cache'}",
+            f"--status-address=127.0.0.1:{status_port}",
+            "--fetch-failure=nack",
+        ]  # fmt: skip
+        command, ready_port = envoy_command(variant, work, socket_path)
+        log = work / "agent.log"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with running(agent, log, env) as process:
+            deadline = time.monotonic() + 15
+            while not Path(socket_path).exists():
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            with running(command, work / "envoy.log"):
+                check_ads_session(istiod, variant, ready_port, log)
+                assert wait_until_ok(f"http://127.0.0.1:{status_port}/healthz/ready") != ""

@@ -4,11 +4,18 @@ the kustomization rendered, and the wiring between the agent, Envoy and the volu
 
 from __future__ import annotations
 
+import http.server
+import importlib
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import threading
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.wasm import minimal_module, sha256_hex
 from wasm_agent.agent.settings import cache_settings_from_env, fetch_settings_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -540,3 +548,184 @@ def test_daemonset_shares_the_node_cache_with_the_workload() -> None:
     assert {"operator": "Exists"} in ds_spec["tolerations"]
     [prefetch] = ds_spec["containers"]
     assert "trap 'exit 0' TERM" in prefetch["args"][0]
+
+
+# --- the containers' commands, parsed and run by the real agent ------------------------------
+
+
+def test_agent_arguments_parse_with_the_real_commands() -> None:
+    from wasm_agent.agent import cli
+
+    parsed = 0
+    for where, doc in workloads():
+        for container in containers(doc):
+            args = container.get("args", [])
+            if container["image"].split(":")[0] != AGENT_IMAGE or args[:1] not in (
+                ["proxy"],
+                ["prefetch"],
+            ):
+                continue
+            name = args[0]
+            module = importlib.import_module(cli.COMMANDS[name][0])
+            options = cli._command_parser(name, module).parse_args(args[1:])
+            parsed += 1
+            if name == "proxy":
+                assert options.listen == "unix:/etc/istio/proxy/XDS", where
+                assert options.cache_dir == CACHE_DIR
+                assert options.plaintext is False
+                assert options.fetch_failure == "nack"
+            else:
+                assert [str(p) for p in options.files] == [
+                    "/etc/wasm-agent/plugins/wasmplugins.yaml"
+                ]
+    assert parsed == 4  # three proxies and the init prefetch
+
+
+def test_wasmplugin_list_loads_with_the_agent_reader(tmp_path: Path) -> None:
+    from wasm_agent.agent.wasmplugin import load_wasmplugins
+
+    [configmap] = documents(KUBE / "common" / "wasmplugins.yaml")
+    path = tmp_path / "wasmplugins.yaml"
+    path.write_text(configmap["data"]["wasmplugins.yaml"])
+    plugins = load_wasmplugins(path)
+    assert [p.name for p in plugins] == ["basic-auth"]
+    assert plugins[0].url.startswith("oci://")
+
+
+class ModuleServer:
+    """Serves one Wasm module over HTTP on 127.0.0.1 and counts the requests."""
+
+    def __init__(self, body: bytes) -> None:
+        outer = self
+        self.count = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.count += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/plugin.wasm"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A stand-in for a node: a module server, a WasmPlugin list naming it, a `wasm-agent`
+    on PATH, and the directories the containers mount."""
+    module = minimal_module()
+    server = ModuleServer(module)
+    plugins = tmp_path / "wasmplugins.yaml"
+    plugins.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "extensions.istio.io/v1alpha1",
+                "kind": "WasmPlugin",
+                "metadata": {"name": "example", "namespace": "istio-system"},
+                "spec": {"url": server.url, "sha256": sha256_hex(module)},
+            }
+        )
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    shim = bin_dir / "wasm-agent"
+    shim.write_text(
+        f'#!/bin/sh\n"{sys.executable}" -m wasm_agent "$@"\nrc=$?\necho $rc >> "{calls}"\n'
+        "exit $rc\n"
+    )
+    shim.chmod(0o755)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "tmp").mkdir()
+    try:
+        yield {
+            "dir": tmp_path,
+            "module": module,
+            "server": server,
+            "plugins": plugins,
+            "calls": calls,
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        }
+    finally:
+        server.close()
+
+
+def mover(node: dict[str, Any]) -> Callable[[str], str]:
+    """Rewrites the containers' mount points to the node fixture's directories."""
+    moves = {
+        "/etc/wasm-agent/plugins/wasmplugins.yaml": str(node["plugins"]),
+        "/etc/wasm-agent/docker": str(node["dir"] / "docker"),
+        CACHE_DIR: str(node["dir"] / "cache"),
+        "/tmp": str(node["dir"] / "tmp"),
+    }
+    pattern = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, moves)) + r")(?=[/\s\"';]|$)")
+    return lambda text: pattern.sub(lambda m: moves[m.group(1)], text)
+
+
+def localized(container: dict[str, Any], node: dict[str, Any]) -> tuple[list[str], dict]:
+    """The container's command line and environment with its mount points moved."""
+    move = mover(node)
+    command = [move(w) for w in container.get("command", ["wasm-agent"]) + container["args"]]
+    env = {k: move(v) for k, v in env_of(container).items()}
+    env.update(PATH=node["PATH"], PYTHONPATH=str(ROOT), HOME=str(node["dir"] / "tmp"))
+    return command, env
+
+
+def cached_files(node: dict[str, Any]) -> list[Path]:
+    return [p for p in (node["dir"] / "cache").rglob("*.wasm") if p.is_file()]
+
+
+def test_init_prefetch_container_fills_the_pod_cache(node: dict[str, Any]) -> None:
+    [doc] = documents(KUBE / "init-prefetch" / "deployment.yaml")
+    [prefetch] = agent_containers(doc, "prefetch")
+    command, env = localized(prefetch, node)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    [module] = cached_files(node)
+    assert module.read_bytes() == node["module"]
+    assert str(module) in result.stdout
+    # A pod restart finds it cached: no second download.
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert node["server"].count == 1
+
+
+def test_daemonset_loop_keeps_the_node_cache_warm_and_stops_on_sigterm(
+    node: dict[str, Any],
+) -> None:
+    [doc] = documents(KUBE / "daemonset" / "daemonset.yaml")
+    [loop] = pod_spec(doc)["containers"]
+    marker = loop["readinessProbe"]["exec"]["command"][-1]
+    assert marker in loop["args"][0]
+    command, env = localized(loop, node)
+    env["PREFETCH_INTERVAL_SECONDS"] = "0.2"
+    ready = Path(mover(node)(marker))
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (node["calls"].exists() and len(node["calls"].read_text().split()) >= 3):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the loop did not run three passes"
+            time.sleep(0.05)
+        assert ready.exists(), "the readiness marker was not written"
+        assert set(node["calls"].read_text().split()) == {"0"}
+        [module] = cached_files(node)
+        assert module.read_bytes() == node["module"]
+        assert node["server"].count == 1, "warm passes must not download again"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, "SIGTERM must end the loop cleanly"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
