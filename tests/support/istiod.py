@@ -45,9 +45,10 @@ class FakeStream:
     requests: list[Any] = field(default_factory=list)
     sent: list[tuple[str, str, str]] = field(default_factory=list)  # (type_url, version, nonce)
     subscribed: set[str] = field(default_factory=set)
-    queue: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=64))
+    queue: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=1024))
     closed: bool = False
     peer_identity: list[bytes] = field(default_factory=list)
+    yielded: int = 0  # responses handed to grpc (flow control holds the rest back)
 
     def send(self, item: Any) -> None:
         if not self.closed:
@@ -155,6 +156,7 @@ class FakeIstiod:
                 return
             if isinstance(item, _Abort):
                 context.abort(item.code, item.details)
+            stream.yielded += 1
             yield item
 
     def _closed(self, stream: FakeStream) -> None:

@@ -23,6 +23,25 @@ class TlsFiles:
     client_cert: Path
     client_key: Path
     server_name: str
+    ca_key: Path
+
+
+def issue_client(files: TlsFiles, name: str, cert: Path, key: Path) -> None:
+    """Write another client certificate (SAN ``name``) signed by the CA of ``files``."""
+    ca_cert = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    client_key = _key()
+    issued = _issue(
+        name,
+        client_key,
+        ca_cert.subject,
+        ca_key,
+        sans=[x509.DNSName(name)],
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    cert.write_bytes(issued.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(_pem_key(client_key))
 
 
 def _name(common_name: str) -> x509.Name:
@@ -107,7 +126,9 @@ def generate(directory: Path, server_name: str = "istiod.test", prefix: str = ""
         client_cert=directory / f"{prefix}client.pem",
         client_key=directory / f"{prefix}client-key.pem",
         server_name=server_name,
+        ca_key=directory / f"{prefix}ca-key.pem",
     )
+    files.ca_key.write_bytes(_pem_key(ca_key))
     pem = serialization.Encoding.PEM
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     files.server_cert.write_bytes(server_cert.public_bytes(pem))
