@@ -22,7 +22,7 @@ from typing import Any
 
 import wasmtime
 
-from wasm_agent.agent.host import abi, compile
+from wasm_agent.agent.host import abi, compile, fastcall
 from wasm_agent.agent.host.abi import AbiVersion, LogLevel
 from wasm_agent.agent.host.callouts import Callouts
 from wasm_agent.agent.host.context import Context
@@ -83,12 +83,20 @@ def _sig(ft: wasmtime.FuncType) -> str:
     return f"{abi.type_str(ft.params)} -> {abi.type_str(ft.results)}"
 
 
-def _guard(name: str, fn: Callable) -> Callable:
-    def guarded(*args: Any) -> Any:
-        if abi.Current.vm.starting:
-            raise RestrictedCall("restricted_callback: " + name)
-        return fn(*args)
+_GUARDED: dict[str, Callable] = {}
 
+
+def _guard(name: str, fn: Callable) -> Callable:
+    """``fn`` refusing calls while the module starts (one wrapper per name, reused)."""
+    guarded = _GUARDED.get(name)
+    if guarded is None:
+
+        def guarded(*args: Any) -> Any:
+            if abi.Current.vm.starting:
+                raise RestrictedCall("restricted_callback: " + name)
+            return fn(*args)
+
+        _GUARDED[name] = guarded
     return guarded
 
 
@@ -128,6 +136,7 @@ class PluginVM:
         self.stop_next = False
         self.last_stop = False
         self.contexts: dict[int, Context] = {}
+        self.root = Context(id=0, root_id=0, kind="vm")  # the VM context until the root exists
         self.metrics: Any = None
         self.callouts = Callouts()
         self.property_overrides = {
@@ -200,7 +209,7 @@ class PluginVM:
                 )
             if (imp.name or "") not in abi.START_ALLOWED:
                 fn = _guard(imp.name or "", fn)
-            imports.append(wasmtime.Func(self.store, host_ty, fn))
+            imports.append(fastcall.host_func(self.store, host_ty, params, results, fn))
         return imports
 
     def _bind(
@@ -215,7 +224,8 @@ class PluginVM:
                 funcs[export.name] = item
             elif isinstance(item, wasmtime.Memory) and memory is None:
                 memory = item
-        self._funcs = funcs
+        self._funcs = {n: fastcall.ExportCaller(self.store, f) for n, f in funcs.items()}
+        self._func_types = {n: f.type(self.store) for n, f in funcs.items()}
         alloc = funcs.get("malloc") or funcs.get("proxy_on_memory_allocate")
         if alloc is None:
             raise LoadError("Wasm module is missing malloc function.")
@@ -223,13 +233,13 @@ class PluginVM:
         self.memory = GuestMemory(self.store, memory, self._allocate)
         table = abi.callbacks_for(version)
         table["malloc" if "malloc" in funcs else "proxy_on_memory_allocate"] = ("i", "i")
-        self.callbacks: dict[str, wasmtime.Func] = {}
+        self.callbacks: dict[str, fastcall.ExportCaller] = {}
         for name, (params, results) in table.items():
-            fn = funcs.get(name)
+            fn = self._funcs.get(name)
             if fn is None:
                 continue
             want = _ftype(params, results)
-            got = fn.type(self.store)
+            got = self._func_types[name]
             if _sig(got) != _sig(want):
                 raise LoadError(
                     f"Bad function signature for: {name}, want: {_sig(want)}, "
@@ -244,7 +254,7 @@ class PluginVM:
             if "_initialize" in funcs:
                 self._raw_call("_initialize", funcs["_initialize"], ())
                 main = funcs.get("main")
-                if main is not None and _sig(main.type(self.store)) == "(i32 i32) -> (i32)":
+                if main is not None and _sig(self._func_types["main"]) == "(i32 i32) -> (i32)":
                     self._raw_call("main", main, (0, 0))
             elif "_start" in funcs:
                 self._raw_call("_start", funcs["_start"], ())
@@ -335,7 +345,7 @@ class PluginVM:
         finally:
             self.current, self.effective = prev_cur, prev_eff
 
-    def _raw_call(self, name: str, fn: wasmtime.Func, args: tuple) -> Any:
+    def _raw_call(self, name: str, fn: fastcall.ExportCaller, args: tuple) -> Any:
         prev_vm = abi.Current.vm
         abi.Current.vm = self
         top = self._depth == 0
@@ -345,7 +355,7 @@ class PluginVM:
             if self.options.fuel is not None:
                 self.store.set_fuel(self.options.fuel)
         try:
-            return fn(self.store, *args)
+            return fn(*args)
         except Exception as exc:
             self.fail(f"Function: {name} failed: {trap_message(exc)}")
             return None
@@ -353,8 +363,9 @@ class PluginVM:
             self._depth -= 1
             abi.Current.vm = prev_vm
             if top:
-                self.last_stop = self.stop_next
+                stop = self.stop_next
                 self._run_deferred()
+                self.last_stop = stop
 
     def _allocate(self, size: int) -> int | None:
         fn = self.callbacks.get(self._alloc_name) or self._funcs.get(self._alloc_name)
