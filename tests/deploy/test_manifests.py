@@ -542,7 +542,7 @@ def test_daemonset_shares_the_node_cache_with_the_workload() -> None:
     assert wl_cache == {"path": CACHE_DIR, "type": "Directory"}
     # Every process writing or reading the node cache runs as the UID that owns it.
     [init] = [c for c in ds_spec["initContainers"] if c["name"] == ROOT_INIT[1]]
-    assert "chown 65532:65532 " + CACHE_DIR in init["args"][0]
+    assert init["command"] == ["chown", "65532:65532", CACHE_DIR]
     assert ds_spec["securityContext"]["runAsUser"] == wl_spec["securityContext"]["runAsUser"]
     # Runs on every node, tainted ones included, and shuts down promptly on SIGTERM.
     assert {"operator": "Exists"} in ds_spec["tolerations"]
