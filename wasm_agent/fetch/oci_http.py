@@ -113,7 +113,7 @@ class RegistryConnection:
         return bytes(buf)
 
     async def fail(self, resp: httpx.Response, what: str, reference: str) -> None:
-        """Raise the error for a non-200 answer (retryable 5xx -> :class:`_Retry`)."""
+        """Raise the error for a non-200 answer (retryable 5xx -> :class:`Retry`)."""
         status = resp.status_code
         detail = ""
         try:
@@ -207,7 +207,7 @@ class RegistryConnection:
 
 
 class _Exchange:
-    """``async with session._get(path) as resp``: one GET with auth, redirects, TLS fallback."""
+    """``async with conn.get(path) as resp``: one GET with auth, redirects, TLS fallback."""
 
     def __init__(self, session: RegistryConnection, path: str, accept: str | None) -> None:
         self.session = session
@@ -232,22 +232,20 @@ class _Exchange:
 
     async def _open(self) -> httpx.Response:
         s = self.session
-        try:
-            return await self._open_once()
-        except TRANSPORT_ERRORS as exc:
-            # An insecure registry may speak plain HTTP: fall back once, and remember.
-            if s.insecure and s.scheme == "https" and _tls_failure(exc):
-                s.scheme = "http"
-                _PLAIN_HTTP_HOSTS.add(s.ref.registry)
-                log.info("registry speaks plain HTTP", extra={"registry": s.ref.registry})
-                return await self._open_once()
-            raise
-
-    async def _open_once(self) -> httpx.Response:
-        s = self.session
         url = s._api_url(self.path)
         authorization = s.auth.header(s.scope)
-        resp = await self._send(url, authorization)
+        try:
+            resp = await self._send(url, authorization)
+        except TRANSPORT_ERRORS as exc:
+            # An insecure registry may speak plain HTTP: fall back once, and remember. Only the
+            # registry's own first request decides (not a token realm or a redirect target).
+            if not (s.insecure and s.scheme == "https" and _tls_failure(exc)):
+                raise
+            s.scheme = "http"
+            _PLAIN_HTTP_HOSTS.add(s.ref.registry)
+            log.info("registry speaks plain HTTP", extra={"registry": s.ref.registry})
+            url = s._api_url(self.path)
+            resp = await self._send(url, authorization)
         if resp.status_code == 401:
             await resp.aread()
             await resp.aclose()
