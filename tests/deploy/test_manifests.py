@@ -712,16 +712,29 @@ def test_daemonset_loop_keeps_the_node_cache_warm_and_stops_on_sigterm(
     env["PREFETCH_INTERVAL_SECONDS"] = "0.2"
     ready = Path(mover(node)(marker))
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def passes() -> int:
+        return len(node["calls"].read_text().split()) if node["calls"].exists() else 0
+
+    def wait_for_passes(count: int) -> None:
         deadline = time.monotonic() + 60
-        while not (node["calls"].exists() and len(node["calls"].read_text().split()) >= 3):
+        while passes() < count:
             assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the loop did not run three passes"
+            assert time.monotonic() < deadline, f"the loop did not run {count} passes"
             time.sleep(0.05)
+
+    try:
+        wait_for_passes(1)
         assert ready.exists(), "the readiness marker was not written"
-        assert set(node["calls"].read_text().split()) == {"0"}
         [module] = cached_files(node)
         assert module.read_bytes() == node["module"]
+        # Make the module look unused for ten days: the next warm passes mark it used again,
+        # so the agents' purge (WASM_MODULE_EXPIRY) never removes a module a WasmPlugin names.
+        old = time.time() - 10 * 86400
+        os.utime(module, (old, old))
+        wait_for_passes(passes() + 2)
+        assert module.stat().st_mtime > time.time() - 60
+        assert set(node["calls"].read_text().split()) == {"0"}
         assert node["server"].count == 1, "warm passes must not download again"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0, "SIGTERM must end the loop cleanly"
