@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from tests.support.modserver import self_signed_cert
 from tests.support.oci_push import (
     DOCKER_LAYER,
     DOCKER_LIST,
@@ -376,3 +377,28 @@ async def test_progress_and_5mb_pull(oci_registry: Registry, oci_pusher: RawPush
     assert seen[-1] == (len(module), len(module))
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
     print(f"5 MiB OCI pull: {elapsed * 1000:.0f} ms")
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A registry serving HTTPS with a self-signed certificate, and one image in it."""
+    directory = tmp_path_factory.mktemp("registry-tls")
+    tls = self_signed_cert(directory / "tls")
+    with Registry(directory / "reg", tls=tls) as registry, RawPusher(registry.url) as pusher:
+        pushed = pusher.push_wasm_artifact("tls/image", "v1", padded_module(900, seed=17))
+        yield registry, tls, pushed
+
+
+async def test_self_signed_tls_registry(tls_registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry, tls, pushed = tls_registry
+    url = registry.oci_url("tls/image", "v1")
+    # Verified TLS by default: a self-signed certificate is refused, with a hint.
+    with pytest.raises(DownloadFailure, match=r"certificate verif.*WASM_INSECURE_REGISTRIES"):
+        await fetch_oci(FetchRequest(url=url), FetchSettings())
+    # An insecure registry skips verification (and stays on HTTPS).
+    got = await fetch_oci(FetchRequest(url=url), settings_for(registry))
+    assert got.oci_digest == pushed.digest
+    # Trusting the certificate (SSL_CERT_FILE, as Go honours it) verifies it.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))
+    got = await fetch_oci(FetchRequest(url=url), FetchSettings(default_fetch_timeout=30.0))
+    assert got.oci_digest == pushed.digest

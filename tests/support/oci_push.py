@@ -84,10 +84,17 @@ class Pushed:
 class RawPusher:
     """Registry API v2 uploads with httpx (sync), with Basic or Bearer-token auth."""
 
-    def __init__(self, base_url: str, username: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        verify: bool = False,
+    ):
         self.base = httpx.URL(base_url)
         self.username, self.password = username, password
-        self.client = httpx.Client(timeout=30.0)
+        self.client = httpx.Client(timeout=30.0, verify=verify)
         self._auth: dict[str, str] = {}  # repo -> Authorization header
 
     def close(self) -> None:

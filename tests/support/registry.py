@@ -1,7 +1,8 @@
 """A real Debian ``docker-registry`` (distribution 2.8) on 127.0.0.1 for tests.
 
 Modes: anonymous, ``htpasswd`` (Basic auth) and ``token`` (Bearer tokens from a
-:class:`tests.support.tokenserver.TokenServer`, or any realm URL). Storage is a directory of
+:class:`tests.support.tokenserver.TokenServer`, or any realm URL); plain HTTP, or HTTPS with
+``tls=`` (:func:`tests.support.modserver.self_signed_cert`). Storage is a directory of
 the caller's; the access log is kept so tests can count requests::
 
     with Registry(tmp_path / "reg") as reg:
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.modserver import TLSFiles
 from tests.support.oci_push import RawPusher
 from tests.support.tokenserver import ISSUER, SERVICE, TokenPolicy, TokenServer
 
@@ -69,6 +71,7 @@ class Registry:
         token_cert: Path | None = None,
         token_service: str = "",
         token_issuer: str = "",
+        tls: TLSFiles | None = None,
     ) -> None:
         self.directory = directory
         self.storage = directory / "storage"
@@ -78,6 +81,7 @@ class Registry:
         self.token_cert = token_cert
         self.token_service = token_service
         self.token_issuer = token_issuer
+        self.tls = tls
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +92,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def oci_url(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
         """``oci://127.0.0.1:<port>/<repo>:<tag>`` or ``...@<digest>``."""
@@ -112,6 +116,12 @@ class Registry:
             f"  addr: 127.0.0.1:{self.port}",
             "  secret: wasm-agent-test-secret",
         ]
+        if self.tls:
+            lines += [
+                "  tls:",
+                f"    certificate: {self.tls.cert}",
+                f"    key: {self.tls.key}",
+            ]
         if self.token_realm:
             lines += [
                 "auth:",
@@ -151,7 +161,7 @@ class Registry:
             if self._proc is None or self._proc.poll() is not None:
                 return False
             try:
-                status = httpx.get(f"{self.url}/v2/", timeout=1.0).status_code
+                status = httpx.get(f"{self.url}/v2/", timeout=1.0, verify=False).status_code
             except httpx.HTTPError:
                 time.sleep(0.05)
                 continue
@@ -185,7 +195,7 @@ class Registry:
         """
         marker = f"/v2/_log_marker/{uuid.uuid4().hex}/tags/list"
         try:
-            httpx.get(f"{self.url}{marker}", timeout=2.0)
+            httpx.get(f"{self.url}{marker}", timeout=2.0, verify=False)
         except httpx.HTTPError:
             return
         deadline = time.monotonic() + timeout

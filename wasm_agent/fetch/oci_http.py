@@ -34,6 +34,7 @@ from wasm_agent.fetch.retry import (
 from wasm_agent.fetch.transport import (
     TRANSPORT_ERRORS,
     AddressBlockedError,
+    describe_transport_error,
     make_client,
     to_fetch_error,
 )
@@ -163,7 +164,7 @@ class RegistryConnection:
                 raise to_fetch_error(self.url, exc) from None
             except TRANSPORT_ERRORS as exc:
                 if _tls_failure(exc):
-                    raise self._tls_error() from None
+                    raise self._tls_error(exc) from None
                 raise Retryable(to_fetch_error(self.url, exc)) from None
 
         def on_retry(number: int, error: Exception, delay: float) -> None:
@@ -194,7 +195,7 @@ class RegistryConnection:
             error_type = type(last) if isinstance(last, FetchError) else DownloadFailure
             raise error_type(self.url, f"{cause} (after {exc.attempts} attempt{plural})") from None
 
-    def _tls_error(self) -> DownloadFailure:
+    def _tls_error(self, exc: BaseException) -> DownloadFailure:
         hint = (
             ""
             if self.insecure
@@ -203,7 +204,8 @@ class RegistryConnection:
                 "WASM_INSECURE_REGISTRIES"
             )
         )
-        return DownloadFailure(self.url, f"TLS connection to {self.ref.registry} failed{hint}")
+        cause = describe_transport_error(exc)
+        return DownloadFailure(self.url, f"TLS connection to {self.ref.registry}: {cause}{hint}")
 
 
 class _Exchange:
