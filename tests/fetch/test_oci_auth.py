@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.modserver import self_signed_cert
 from tests.support.oci_push import RawPusher, oras_push_wasm
 from tests.support.registry import (
     OTHER_PASSWORD,
@@ -308,3 +309,29 @@ async def test_basic_registry_minimal_module_roundtrip(oci_registry_basic: Regis
         pull_secret=secret(oci_registry_basic.host, PUSH_USER, PUSH_PASSWORD),
     )
     assert got.data == minimal_module()
+
+
+async def test_plain_http_realm_refused_for_a_secure_registry(
+    oci_token_server: TokenServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTPS registry whose token realm is plain HTTP: credentials are not sent."""
+    tls = self_signed_cert(tmp_path / "tls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))  # the registry is trusted, not insecure
+    with Registry(
+        tmp_path / "reg",
+        token_realm=oci_token_server.realm,
+        token_cert=oci_token_server.cert_path,
+        token_service=SERVICE,
+        token_issuer=ISSUER,
+        tls=tls,
+    ) as registry:
+        before = len(oci_token_server.requests)
+        with pytest.raises(AuthFailure, match="plain HTTP"):
+            await fetch_oci(
+                FetchRequest(
+                    url=registry.oci_url("alice/x", "v1"),
+                    pull_secret=secret(registry.host, REGISTRY_USER, REGISTRY_PASSWORD),
+                ),
+                FetchSettings(default_fetch_timeout=30.0),
+            )
+        assert len(oci_token_server.requests) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -101,3 +102,15 @@ async def test_redirect_to_other_scheme_refused(proxy: RegistryProxy, image) -> 
     proxy.faults.append(Fault("GET", "/blobs/", "redirect", location="file:///etc/passwd"))
     with pytest.raises(DownloadFailure, match="file URL"):
         await pull(proxy, repo, retries=1)
+
+
+async def test_whole_fetch_deadline(proxy: RegistryProxy, image) -> None:
+    repo, _ = image
+    proxy.faults.append(Fault("GET", "/blobs/", "stall", seconds=3.0))
+    settings = FetchSettings(insecure_registries=frozenset({proxy.host}))
+    started = time.monotonic()
+    with pytest.raises(DownloadFailure, match=r"timed out after 0\.8s"):
+        await fetch_oci(
+            FetchRequest(url=f"oci://{proxy.host}/{repo}:v1", timeout=0.8), settings, backoff=FAST
+        )
+    assert time.monotonic() - started < 2.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,7 +23,8 @@ _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length
 @dataclass
 class Fault:
     """``action``: ``"status"`` (answer ``status``), ``"redirect"`` (307 to ``location``, or to
-    the registry's own URL for the path), or ``"truncate"`` (half the body, then close)."""
+    the registry's own URL for the path), ``"truncate"`` (half the body, then close), or
+    ``"stall"`` (wait ``seconds`` before forwarding)."""
 
     method: str
     path_regex: str
@@ -30,6 +32,7 @@ class Fault:
     times: int = 1
     status: int = 503
     location: str | None = None
+    seconds: float = 0.0
 
 
 class RegistryProxy:
@@ -96,6 +99,8 @@ def _make_handler(proxy: RegistryProxy) -> type[BaseHTTPRequestHandler]:
                 location = fault.location or proxy.upstream + self.path
                 self._send(307, {"location": location}, b"")
                 return
+            if fault is not None and fault.action == "stall":
+                time.sleep(fault.seconds)
             resp = proxy.forward(self.command, self.path, dict(self.headers.items()), body)
             headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
             if fault is not None and fault.action == "truncate":
