@@ -16,7 +16,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,7 +114,7 @@ class Index:
             },
             "digests": dict(sorted(data.digests.items())),
         }
-        tmp = self.layout.root / f".index-{secrets.token_hex(6)}.tmp"
+        tmp = self.layout.root / f".index-{os.urandom(6).hex()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as handle:
                 json.dump(doc, handle, indent=1)

@@ -14,6 +14,10 @@ from pathlib import Path
 from wasm_agent.cache.layout import FILE_MODE
 
 
+class LockTimeout(Exception):
+    """A lock was still held by someone else when the wait ran out."""
+
+
 def try_lock(fd: int, exclusive: bool = True) -> bool:
     """Take a flock on ``fd`` without waiting; False if another holder conflicts."""
     try:
@@ -24,7 +28,8 @@ def try_lock(fd: int, exclusive: bool = True) -> bool:
 
 
 class FileLock:
-    """An exclusive lock on ``path`` for ``async with``; polls with short sleeps while held."""
+    """An exclusive lock on ``path``; :meth:`acquire` polls with short sleeps while another
+    holder has it. Raises :class:`LockTimeout`, or ``OSError`` if the file cannot be opened."""
 
     def __init__(self, path: Path, timeout: float, poll: float = 0.01) -> None:
         self.path = path
@@ -33,7 +38,7 @@ class FileLock:
         self.fd = -1
         self.waited = False
 
-    async def __aenter__(self) -> FileLock:
+    async def acquire(self) -> None:
         import asyncio
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -43,15 +48,15 @@ class FileLock:
             self.waited = True
             if time.monotonic() >= deadline:
                 os.close(fd)
-                raise TimeoutError(f"lock {self.path} still held after {self.timeout:g}s")
+                raise LockTimeout(f"lock {self.path} still held after {self.timeout:g}s")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.1)
         self.fd = fd
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing releases the flock
-        self.fd = -1
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = -1
 
 
 def hold_file(path: Path, attempts: int = 50) -> int | None:

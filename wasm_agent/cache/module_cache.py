@@ -14,7 +14,7 @@ from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import store
 from wasm_agent.cache.index import Index, IndexData, UrlRecord
 from wasm_agent.cache.layout import CacheLayout
-from wasm_agent.cache.locks import FileLock, hold_file, in_use
+from wasm_agent.cache.locks import FileLock, LockTimeout, hold_file, in_use
 from wasm_agent.cache.metrics import CACHE_ENTRIES, CACHE_LOOKUPS
 from wasm_agent.cache.model import CachedModule, CacheEntry, ModuleRequest
 from wasm_agent.cache.policy import Decision, decide
@@ -107,7 +107,10 @@ class ModuleCache:
         if not store.touch(path):
             return None
         checksum = decision.checksum or decision.cached
-        self._remember(request, url, data, checksum, decision.cached)
+        try:
+            self._remember(request, url, data, checksum, decision.cached)
+        except CacheWriteError as error:  # e.g. a read-only cache baked into an image
+            log.warning("cannot record a cache hit", extra={"error": error.cause})
         return CachedModule(
             path=path, sha256=decision.cached, url=url, size=path.stat().st_size, hit=True
         )
@@ -151,20 +154,23 @@ class ModuleCache:
         CACHE_LOOKUPS.inc(hit="false")
         url = normalize_url(request.url)
         timeout = request.timeout or self.fetch_settings.default_fetch_timeout
+        lock = FileLock(self.layout.lock_path(url), timeout=timeout + LOCK_WAIT_MARGIN)
         try:
-            lock = FileLock(self.layout.lock_path(url), timeout=timeout + LOCK_WAIT_MARGIN)
-            async with lock:
-                if lock.waited:  # another process may have just fetched it
-                    found = self._serve_cached(request, url, self.index.load())
-                    if found is not None:
-                        return found
-                return await self._fetch_and_store(request, url, progress)
-        except TimeoutError:
+            await lock.acquire()
+        except LockTimeout:
             raise DownloadFailure(
                 url, "timed out waiting for another process downloading the same module"
             ) from None
         except OSError as error:
-            raise CacheWriteError(url, f"cache lock failed: {error.strerror}") from None
+            raise CacheWriteError(url, f"cannot lock {lock.path}: {error.strerror}") from None
+        try:
+            if lock.waited:  # another process may have just fetched it
+                found = self._serve_cached(request, url, self.index.load())
+                if found is not None:
+                    return found
+            return await self._fetch_and_store(request, url, progress)
+        finally:
+            lock.release()
 
     async def _fetch_and_store(
         self, request: ModuleRequest, url: str, progress: Progress | None

@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ class TempModule:
 
 def write_temp(layout: CacheLayout, data: bytes, url: str) -> TempModule:
     """Write ``data`` to a new temp file in ``modules/`` and fsync it."""
-    path = layout.modules / f"{TEMP_PREFIX}{secrets.token_hex(8)}.part"
+    path = layout.modules / f"{TEMP_PREFIX}{os.urandom(8).hex()}.part"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     except OSError as error:
@@ -73,9 +72,11 @@ def discard(temp: TempModule) -> None:
 
 
 def _remove(path: Path, fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    os.close(fd)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def clean_stale_temps(layout: CacheLayout) -> list[Path]:
@@ -96,7 +97,10 @@ def clean_stale_temps(layout: CacheLayout) -> list[Path]:
         except BlockingIOError:
             os.close(fd)  # a live download
             continue
-        _remove(path, fd)
+        try:
+            _remove(path, fd)
+        except OSError:  # read-only cache directory: leave it, it is never read anyway
+            continue
         removed.append(path)
         log.info("removed an abandoned partial download", extra={"path": str(path)})
     return removed
@@ -108,4 +112,8 @@ def touch(path: Path) -> bool:
         os.utime(path)
     except FileNotFoundError:
         return False
+    except OSError as error:  # read-only cache: still usable, just not refreshed
+        log.debug(
+            "cannot refresh a module's last use", extra={"path": str(path), "error": error.strerror}
+        )
     return True

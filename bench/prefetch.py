@@ -1,0 +1,139 @@
+"""Prefetch costs, as ratios against baselines measured in the same run.
+
+Run: ``python bench/prefetch.py`` (from the repository root; needs Debian ``docker-registry``).
+
+(a) Cold fetch + verify + compile of a 5 MB code module from a local docker-registry through
+    ``ModuleCache.get`` (OCI manifest, blob, digest checks, temp file + fsync + rename,
+    wasmtime compile in the limited worker process, empty compiled-artifact cache), against
+    the baseline: a plain httpx GET of the blob plus a bare ``wasmtime.Module(engine, bytes)``
+    compile in-process. Target: <= 1.2x.
+(b) Warm ``wasm-agent prefetch URL --sha256 X`` of a cached module, whole command including
+    interpreter start, against ``python -c pass``. Target: < 100 ms.
+(c) Compile-worker start-up: ``validate_module`` of an 800-byte module (worker start, wasmtime
+    import, compile) against ``python -I -c pass``; the difference is what the subprocess
+    isolation costs per module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import wasmtime
+
+from tests.support.oci_push import RawPusher
+from tests.support.registry import Registry
+from tests.support.wasm import code_module, padded_module
+from wasm_agent.agent.settings import CacheSettings, FetchSettings
+from wasm_agent.cache import ModuleCache, ModuleRequest
+from wasm_agent.fetch.validate import validate_module
+
+REPO = Path(__file__).resolve().parent.parent
+COLD_RUNS = 3
+WARM_RUNS = 15
+
+
+def baseline_cold(blob_url: str) -> float:
+    """Plain blob download + bare in-process compile."""
+    started = time.perf_counter()
+    data = httpx.get(blob_url).content
+    wasmtime.Module(wasmtime.Engine(), data)
+    return time.perf_counter() - started
+
+
+def agent_cold(url: str, cache_dir: Path, settings: FetchSettings) -> float:
+    """ModuleCache.get into an empty cache directory (nothing compiled before)."""
+    cache = ModuleCache(CacheSettings(directory=cache_dir), settings)
+    started = time.perf_counter()
+    module = asyncio.run(cache.get(ModuleRequest(url=url, timeout=120)))
+    elapsed = time.perf_counter() - started
+    assert not module.hit
+    return elapsed
+
+
+def command_time(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    data = code_module(5 * 1024 * 1024)
+    with tempfile.TemporaryDirectory() as tmp, Registry(Path(tmp) / "registry") as registry:
+        with RawPusher(registry.url) as pusher:
+            pushed = pusher.push_wasm_artifact("bench/plugin", "v1", data)
+        blob = next(d for d, b in pushed.blobs.items() if b == data)
+        blob_url = f"{registry.url}/v2/bench/plugin/blobs/{blob}"
+        url = registry.oci_url("bench/plugin", "v1")
+        settings = FetchSettings(insecure_registries=frozenset({registry.host}))
+        base, ours = [], []
+        for run in range(COLD_RUNS):  # interleaved, so machine noise hits both alike
+            base.append(baseline_cold(blob_url))
+            ours.append(agent_cold(url, Path(tmp) / f"cold-{run}", settings))
+        b, o = statistics.median(base), statistics.median(ours)
+        print(
+            f"(a) cold fetch+verify+compile, {len(data) / 1e6:.1f} MB module, local registry"
+            f" (median of {COLD_RUNS}):"
+        )
+        print(f"    baseline httpx GET blob + wasmtime.Module  {b * 1000:8.0f} ms")
+        print(
+            f"    ModuleCache.get (OCI, worker compile)      {o * 1000:8.0f} ms"
+            f"  ({o / b:.2f}x, target <= 1.2x)"
+        )
+
+        cache_dir = Path(tmp) / "cold-0"  # warm now
+        python = [sys.executable]
+        prefetch = [
+            *python,
+            "-m",
+            "wasm_agent",
+            "prefetch",
+            url,
+            "--sha256",
+            pushed.hex,
+            "--cache-dir",
+            str(cache_dir),
+        ]
+        command_time(prefetch)
+        empty, warm = [], []
+        for _ in range(WARM_RUNS):
+            empty.append(command_time([*python, "-c", "pass"]))
+            warm.append(command_time(prefetch))
+        e, w = statistics.median(empty), statistics.median(warm)
+        print(
+            f"(b) warm `wasm-agent prefetch URL --sha256 X`, whole command (median of {WARM_RUNS}):"
+        )
+        print(f"    baseline python -c pass                    {e * 1000:8.1f} ms")
+        print(
+            f"    wasm-agent prefetch (cached)               {w * 1000:8.1f} ms"
+            f"  ({w / e:.2f}x; +{(w - e) * 1000:.1f} ms; target < 100 ms)"
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "small.wasm"
+        small.write_bytes(padded_module(800))
+        bare, worker = [], []
+        for _ in range(WARM_RUNS):
+            bare.append(command_time([sys.executable, "-I", "-c", "pass"]))
+            started = time.perf_counter()
+            asyncio.run(validate_module(small))
+            worker.append(time.perf_counter() - started)
+        e, w = statistics.median(bare), statistics.median(worker)
+        print(f"(c) compile worker, 800 B module (median of {WARM_RUNS}):")
+        print(f"    baseline python -I -c pass                 {e * 1000:8.1f} ms")
+        print(
+            f"    validate_module (worker + wasmtime import) {w * 1000:8.1f} ms"
+            f"  ({w / e:.2f}x; +{(w - e) * 1000:.1f} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
