@@ -16,7 +16,7 @@ def proxy_log(level: int, ptr: int, size: int) -> int:
     if message is None:
         return Status.INVALID_MEMORY_ACCESS
     if level >= vm.options.log_level:
-        vm.log(LogLevel(level), message.decode("utf-8", "replace"))
+        vm.log(LogLevel(level), message)
     return Status.OK
 
 

@@ -326,6 +326,10 @@ class HostedPlugin:
         """Messages the plugin logged (host notes excluded) at ``min_level`` or above."""
         return [e.message for e in self.vm.logs if e.context_id >= 0 and e.level >= min_level]
 
+    def log_bytes(self, min_level: LogLevel = LogLevel.TRACE) -> list[bytes]:
+        """Like ``log_messages`` but the raw bytes the plugin logged."""
+        return [e.raw for e in self.vm.logs if e.context_id >= 0 and e.level >= min_level]
+
     @property
     def metrics(self) -> dict[str, int | list[int]]:
         return self.vm.metrics.snapshot()

@@ -44,9 +44,12 @@ class RestrictedCall(Exception):
 
 @dataclass
 class LogEntry:
+    """One log line: level, text (UTF-8, invalid bytes replaced), context (-1: the host)."""
+
     level: LogLevel
     message: str
     context_id: int
+    raw: bytes = b""
 
 
 @dataclass
@@ -389,5 +392,8 @@ class PluginVM:
             self.failed = message
             self.log(LogLevel.CRITICAL, message, host=True)
 
-    def log(self, level: LogLevel, message: str, host: bool = False) -> None:
-        self.logs.append(LogEntry(LogLevel(level), message, -1 if host else self.context().id))
+    def log(self, level: LogLevel, message: str | bytes, host: bool = False) -> None:
+        raw = message if isinstance(message, bytes) else message.encode()
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        cid = -1 if host else self.context().id
+        self.logs.append(LogEntry(LogLevel(level), text, cid, raw))

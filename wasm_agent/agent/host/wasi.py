@@ -50,7 +50,7 @@ def fd_write(fd: int, iovs: int, iovs_len: int, nwritten_p: int) -> int:
     if written:
         if text.endswith(b"\n"):
             text = text[:-1]
-        vm.log(level, text.decode("utf-8", "replace"))
+        vm.log(level, text)
     if not mem.set_u32(nwritten_p, written):
         return EFAULT
     return ESUCCESS
