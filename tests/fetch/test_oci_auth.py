@@ -335,3 +335,25 @@ async def test_plain_http_realm_refused_for_a_secure_registry(
                 FetchSettings(default_fetch_timeout=30.0),
             )
         assert len(oci_token_server.requests) == before
+
+
+async def test_logs_never_carry_credentials(
+    oci_registry_token: Registry, token_images, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo, _ = token_images["alice"]
+    pull_secret = secret(oci_registry_token.host, REGISTRY_USER, REGISTRY_PASSWORD)
+    with caplog.at_level("DEBUG"):
+        await fetch(
+            oci_registry_token, oci_registry_token.oci_url(repo, "v1"), pull_secret=pull_secret
+        )
+        with pytest.raises(AuthFailure):
+            await fetch(
+                oci_registry_token,
+                oci_registry_token.oci_url(token_images["bob"][0], "v1"),
+                pull_secret=pull_secret,
+            )
+    text = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert "fetched wasm image" in caplog.text
+    assert REGISTRY_PASSWORD not in text
+    assert base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode() not in text
+    assert "eyJ" not in text  # no JWT (base64 of '{"') in any record
