@@ -34,7 +34,7 @@ from wasm_agent.fetch.errors import (
     UnboxError,
 )
 from wasm_agent.fetch.model import FetchRequest
-from wasm_agent.fetch.oci import fetch_oci
+from wasm_agent.fetch.oci import fetch_oci, resolve_oci_digest
 
 pytestmark = pytest.mark.registry
 
@@ -402,3 +402,18 @@ async def test_self_signed_tls_registry(tls_registry, monkeypatch: pytest.Monkey
     monkeypatch.setenv("SSL_CERT_FILE", str(tls.cert))
     got = await fetch_oci(FetchRequest(url=url), FetchSettings(default_fetch_timeout=30.0))
     assert got.oci_digest == pushed.digest
+
+
+async def test_resolve_digest_without_downloading(
+    oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    repo = unique_repo()
+    amd = oci_pusher.push_oci_image(repo, "amd", padded_module(600, seed=18))
+    oci_pusher.push_index(repo, "idx", [(amd, {"os": "linux", "architecture": "amd64"})])
+    settings = settings_for(oci_registry)
+    for tag in ("amd", "idx"):
+        request = FetchRequest(url=oci_registry.oci_url(repo, tag))
+        assert await resolve_oci_digest(request, settings) == amd.hex
+    assert oci_registry.count_blob_gets(repo) == 0
+    got = await fetch_oci(FetchRequest(url=oci_registry.oci_url(repo, "idx")), settings)
+    assert got.checksum == amd.hex

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from wasm_agent.agent.settings import FetchSettings
 from wasm_agent.fetch import oci_layers
@@ -36,6 +38,8 @@ from wasm_agent.fetch.retry import Backoff
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # distribution's own limit for manifests
 
 
@@ -52,6 +56,35 @@ async def fetch_oci(
     ``sha256:``. Raises :class:`FetchError` subclasses. ``backoff`` replaces the retry backoff
     (tests).
     """
+
+    async def run(session: _RegistrySession) -> FetchedModule:
+        return await session.pull(normalize_sha256(request.sha256), progress)
+
+    return await _with_session(request, settings, backoff, run)
+
+
+async def resolve_oci_digest(
+    request: FetchRequest, settings: FetchSettings, *, backoff: Backoff | None = None
+) -> str:
+    """The image manifest digest (hex) ``request.url`` names now, without downloading layers.
+
+    What :func:`fetch_oci` would report as ``checksum`` (indexes resolved the same way), so a
+    cache can tell whether a tag still points at a module it holds (Istio's ``PrepareFetch``).
+    """
+
+    async def run(session: _RegistrySession) -> str:
+        digest, _ = await session.resolve()
+        return digest.removeprefix("sha256:")
+
+    return await _with_session(request, settings, backoff, run)
+
+
+async def _with_session(
+    request: FetchRequest,
+    settings: FetchSettings,
+    backoff: Backoff | None,
+    run: Callable[[_RegistrySession], Awaitable[T]],
+) -> T:
     url = request.url
     try:
         ref = parse_reference(url)
@@ -64,7 +97,7 @@ async def fetch_oci(
             async with _RegistrySession(
                 url, ref, settings, credentials, timeout, backoff
             ) as session:
-                return await session.pull(normalize_sha256(request.sha256), progress)
+                return await run(session)
     except TimeoutError:
         raise DownloadFailure(url, f"timed out after {timeout:g}s") from None
 
@@ -86,13 +119,9 @@ class _RegistrySession(RegistryConnection):
 
     # -- the pull ------------------------------------------------------------------------------
 
-    async def pull(self, expected: str | None, progress: Progress | None) -> FetchedModule:
-        ref = self.ref
-        log.info(
-            "fetching wasm image",
-            extra={"registry": ref.registry, "repository": ref.repository, "ref": ref.reference},
-        )
-        digest, manifest = await self.manifest(ref.reference)
+    async def resolve(self) -> tuple[str, oci_layers.Manifest]:
+        """The image manifest (``sha256:`` digest, parsed), through an index if there is one."""
+        digest, manifest = await self.manifest(self.ref.reference)
         if manifest.is_index:
             try:
                 entry = oci_layers.select_from_index(manifest)
@@ -101,6 +130,15 @@ class _RegistrySession(RegistryConnection):
             digest, manifest = await self.manifest(entry.digest, size=entry.size)
             if manifest.is_index:
                 raise ManifestFailure(self.url, "index entry points to another index")
+        return digest, manifest
+
+    async def pull(self, expected: str | None, progress: Progress | None) -> FetchedModule:
+        ref = self.ref
+        log.info(
+            "fetching wasm image",
+            extra={"registry": ref.registry, "repository": ref.repository, "ref": ref.reference},
+        )
+        digest, manifest = await self.resolve()
         hexdigest = digest.removeprefix("sha256:")
         if expected is not None and expected != hexdigest:
             raise ChecksumMismatch(
