@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 MAX_REPLAY = 64  # requests remembered for re-sending while no response has arrived
+OUTBOX = 2  # responses read from istiod but not yet sent to Envoy, at most
 REOPEN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0)  # upstream re-open attempts (about 4.5 s)
 
 
@@ -70,6 +71,8 @@ class ProxyStream:
         self._up_lock = asyncio.Lock()
         self._down_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        # reading the next response overlaps sending the previous one; bounded (backpressure)
+        self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=OUTBOX)
         self._call: Any = None
         self._release = lambda: None
         self.ecds: EcdsSequencer | None = None
@@ -163,7 +166,11 @@ class ProxyStream:
         if type_url == ECDS_TYPE and self.ecds is not None:
             await self.ecds.submit(raw)
         else:
-            await self.write_down(raw)
+            await self._outbox.put(raw)  # waits while OUTBOX responses are not yet sent
+
+    async def _to_envoy(self) -> None:
+        while True:
+            await self.write_down(await self._outbox.get())
 
     def _may_reopen(self, error: grpc.aio.AioRpcError, attempt: int) -> bool:
         return (
@@ -240,6 +247,7 @@ class ProxyStream:
             tasks = [
                 asyncio.create_task(self._from_envoy()),
                 asyncio.create_task(self._from_istiod()),
+                asyncio.create_task(self._to_envoy()),
                 asyncio.create_task(self._stop.wait()),
             ]
             if self.ecds is not None:
