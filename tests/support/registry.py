@@ -10,6 +10,12 @@ the caller's; the access log is kept so tests can count requests::
         assert reg.count_requests("GET", r"/v2/myrepo/blobs/") == 1
 
 Use unique repository names per test (:func:`unique_repo`) so counts do not mix.
+
+Session fixtures (registered in ``tests/conftest.py``): ``oci_registry`` (anonymous),
+``oci_registry_basic`` (htpasswd: :data:`REGISTRY_USER`, :data:`PUSH_USER`),
+``oci_registry_token`` with ``oci_token_server`` (policy :data:`TOKEN_ACCESS`), and
+``oci_pusher`` (a :class:`~tests.support.oci_push.RawPusher` for ``oci_registry``). All serve
+plain HTTP on 127.0.0.1: put ``registry.host`` in ``FetchSettings.insecure_registries``.
 """
 
 from __future__ import annotations
