@@ -8,6 +8,7 @@ are deserialized (the directory is ours); a file that fails to deserialize is re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -31,6 +32,7 @@ def engine(fuel: bool) -> wasmtime.Engine:
     return eng
 
 
+@functools.cache
 def wasmtime_version() -> str:
     try:
         return importlib.metadata.version("wasmtime")

@@ -71,11 +71,13 @@ class VmOptions:
     cache_dir: Any = None
 
 
-_FUNC_TYPES: dict[tuple[str, str], wasmtime.FuncType] = {}
+# wasmtime binds a FuncType to the first engine that uses it (using it with another engine
+# aborts the process), so types are cached per engine (one engine per limit mode).
+_FUNC_TYPES: dict[tuple[str, str, bool], wasmtime.FuncType] = {}
 
 
-def _ftype(params: str, results: str) -> wasmtime.FuncType:
-    key = (params, results)
+def _ftype(params: str, results: str, fuel: bool) -> wasmtime.FuncType:
+    key = (params, results, fuel)
     ft = _FUNC_TYPES.get(key)
     if ft is None:
         ft = _FUNC_TYPES[key] = abi.func_type(params, results)
@@ -204,7 +206,7 @@ class PluginVM:
             if entry is None or not known or not isinstance(ty, wasmtime.FuncType):
                 raise LoadError("Failed to load Wasm module due to a missing import: " + where)
             params, results, fn = entry
-            host_ty = _ftype(params, results)
+            host_ty = _ftype(params, results, self.options.fuel is not None)
             if _sig(ty) != _sig(host_ty):
                 raise LoadError(
                     "Failed to load Wasm module due to an import type mismatch: "
@@ -241,7 +243,7 @@ class PluginVM:
             fn = self._funcs.get(name)
             if fn is None:
                 continue
-            want = _ftype(params, results)
+            want = _ftype(params, results, self.options.fuel is not None)
             got = self._func_types[name]
             if _sig(got) != _sig(want):
                 raise LoadError(
