@@ -267,3 +267,37 @@ def test_response_path_and_trailers() -> None:
     assert bytes(ex.client.body) == b"hello"
     assert ex.client.trailers.pairs() == [("grpc-status", "0"), ("x-out", "ok")]
     assert host.log_messages() == ["1"]
+
+
+SET_PAIRS = (
+    BASIC
+    + """
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (call $st (call $proxy_set_header_map_pairs (i32.const 0) (i32.const 1100) (i32.load (i32.const 1096))))
+    ;; a malformed buffer (count larger than the data) clears the map, like cpp-host toPairs
+    (call $st (call $proxy_set_header_map_pairs (i32.const 1) (i32.const 1024) (i32.const 4)))
+    (i32.const 0))
+"""
+)
+
+
+def test_set_header_map_pairs_replaces_everything() -> None:
+    import struct
+
+    pairs = serialize_pairs([(b":method", b"PUT"), (b":path", b"/new"), (b"X-New", b"v")])
+    data = {1024: b"\x09\x00\x00\x00", 1096: struct.pack("<I", len(pairs)), 1100: pairs}
+    host = start_plugin(plugin(SET_PAIRS, data=data))
+    s = host.http_stream()
+    s.send_request_headers(REQ)
+    assert s.upstream.headers.pairs() == [(":method", "PUT"), (":path", "/new"), ("x-new", "v")]
+    # request trailers are not available in the headers callback: BAD_ARGUMENT
+    assert host.log_messages() == ["0", "2"]
+
+
+def test_fueled_and_unmetered_vms_coexist() -> None:
+    """Both engines (fuel on/off) in one process: function types are per engine."""
+    wasm = plugin(MAPS, data=MAPS_DATA)
+    a = start_plugin(wasm, fuel=None)
+    b = start_plugin(wasm)
+    for host in (a, b, start_plugin(wasm, fuel=None)):
+        assert host.exchange(REQ).upstream.headers.to_dict()["x-b"] == "2"

@@ -34,8 +34,11 @@ def fd_write(fd: int, iovs: int, iovs_len: int, nwritten_p: int) -> int:
     else:
         return EBADF
     mem = vm.memory
+    count = iovs_len & _M
+    if mem.read(iovs, count * 8) is None:
+        return EFAULT
     parts = []
-    for i in range(iovs_len & _M):
+    for i in range(count):
         vec = mem.read(iovs + i * 8, 8)
         if vec is None:
             return EFAULT
