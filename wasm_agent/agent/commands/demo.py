@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; see the module docstring for exit codes."""
     import asyncio
 
+    # Set before gRPC is imported: our children (Envoy, the compile worker) exec at once, so
+    # gRPC's fork handlers are moot, and without this gRPC prints a warning when Envoy forks.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from wasm_agent.agent.demo.envoy import INSTALL_HINT, envoy_binary
 
     if args.timeout <= 0:
@@ -49,9 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if envoy is None:
         print(f"wasm-agent demo: {INSTALL_HINT}", file=sys.stderr)
         return EXIT_FAILED
-    # our children (Envoy, the compile worker) exec at once: gRPC's fork handlers are moot,
-    # and without this gRPC prints a warning when Envoy is forked
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from wasm_agent.agent.demo import DemoOptions, run_demo
 
     options = DemoOptions(
