@@ -1,0 +1,82 @@
+"""Re-hashing module files: a file whose content no longer matches its name is corrupt.
+
+Module files are named by their sha256 (``modules/<sha256>.wasm``), so checking one needs no
+index. A corrupt file is moved to ``<dir>/quarantine/`` (unless asked not to): it is never
+served again, the next request for its URL downloads the module afresh, and the bad bytes stay
+available for inspection. A process already using the file keeps its open handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wasm_agent.cache.layout import DIR_MODE, CacheLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The outcome for one module file."""
+
+    path: Path
+    sha256: str  # the name: what the content should hash to
+    actual: str  # what it hashes to ("" if it vanished or could not be read)
+    size: int
+    quarantined: Path | None = None
+    error: str = ""  # unreadable file
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.actual == self.sha256
+
+
+def quarantine_dir(layout: CacheLayout) -> Path:
+    """``<dir>/quarantine``: corrupt module files moved aside by :func:`verify_modules`."""
+    return layout.root / "quarantine"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex of a file's content, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verified]:
+    """Re-hash every module file; move corrupt ones aside when ``quarantine`` is true."""
+    results = []
+    for path in layout.module_files():
+        name = path.stem
+        try:
+            size = path.stat().st_size
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            continue  # purged meanwhile
+        except OSError as error:
+            results.append(Verified(path, name, "", 0, error=error.strerror or str(error)))
+            continue
+        moved = None
+        if actual != name:
+            log.warning(
+                "corrupt module file",
+                extra={"path": str(path), "expected": name, "actual": actual},
+            )
+            if quarantine:
+                moved = _quarantine(layout, path)
+        results.append(Verified(path, name, actual, size, quarantined=moved))
+    return results
+
+
+def _quarantine(layout: CacheLayout, path: Path) -> Path:
+    """Rename ``path`` into the quarantine directory (same filesystem: atomic)."""
+    target_dir = quarantine_dir(layout)
+    target_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+    target = target_dir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.rename(path, target)
+    log.warning("moved a corrupt module aside", extra={"path": str(path), "to": str(target)})
+    return target
