@@ -37,7 +37,10 @@ def test_fail_closed() -> None:
     trapped = host.exchange(BOOM)
     assert trapped.upstream is None
     assert trapped.client.headers.to_dict()[":status"] == "503"
-    assert host.failed == "Function: proxy_on_request_headers failed: wasm trap: unreachable"
+    assert (
+        host.failed
+        == "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
+    )
     later = host.exchange(REQ)
     assert later.upstream is None and later.client.headers.to_dict()[":status"] == "503"
 
@@ -123,5 +126,5 @@ def test_trap_in_allocator_during_host_call() -> None:
     )
     host = start_plugin(plugin(body, allocator=None))
     ex = host.exchange(REQ)
-    assert host.failed == "Function: malloc failed: wasm trap: unreachable"
+    assert host.failed == "Function: malloc failed: Uncaught RuntimeError: unreachable"
     assert ex.client.headers.to_dict()[":status"] == "503"

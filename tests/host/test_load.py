@@ -112,7 +112,7 @@ def test_configure_false_fails() -> None:
 
 def test_trap_while_starting() -> None:
     wasm = plugin('(func (export "_start") unreachable)')
-    assert _load_error(wasm) == "Function: _start failed: wasm trap: unreachable"
+    assert _load_error(wasm) == "Function: _start failed: Uncaught RuntimeError: unreachable"
 
 
 def test_start_order_and_restricted_calls() -> None:

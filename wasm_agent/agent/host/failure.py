@@ -1,10 +1,12 @@
 """Failure policies (Envoy's ``FailurePolicy``) and the plugin that owns the current VM.
 
 A trap marks the VM failed. FAIL_CLOSED: the trapping stream and every later one get a 503
-local reply. FAIL_OPEN: the trapping stream gets 503, later streams skip the plugin. FAIL_RELOAD:
-the trapping stream gets 503; the first stream after ``reload_backoff`` seconds (default 1 s,
-like Envoy) gets a freshly loaded VM, streams before that get 503. Each VM has its own Store, so
-nothing here touches other plugins.
+local reply. FAIL_OPEN: the trapping stream gets 503, later streams skip the plugin. FAIL_RELOAD
+(Envoy's ``PluginConfig::maybeReloadHandleIfNeeded``): when a new stream finds the VM failed and
+at least ``reload_backoff`` seconds (default 1 s; Envoy jitters it up to 1.5x) passed since the
+last load or reload attempt, a fresh VM is loaded for it; otherwise the stream gets 503. All
+three were checked against Envoy 1.40. Each VM has its own Store, so nothing here touches other
+plugins.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import time
 from collections.abc import Callable
 
+from wasm_agent.agent.host.abi import LogLevel
 from wasm_agent.agent.host.shared import SharedState
 from wasm_agent.agent.host.vm import LoadError, PluginVM, VmOptions
 
@@ -52,6 +55,7 @@ class Plugin:
         self.vm = PluginVM(wasm, options, self.shared)
         self.reloads = 0
         self._failed_at: float | None = None
+        self._last_load = monotonic()
         self._next_connection_id = 1
 
     @property
@@ -76,14 +80,14 @@ class Plugin:
         self.note_trap(vm)
         if self.policy is not FailurePolicy.FAIL_RELOAD:
             return None
-        assert self._failed_at is not None
-        if self.monotonic() - self._failed_at < self.reload_backoff:
+        now = self.monotonic()
+        if now - self._last_load < self.reload_backoff:
             return None
+        self._last_load = now
         try:
             fresh = PluginVM(self.wasm, self.options, self.shared)
         except LoadError as exc:
-            self._failed_at = self.monotonic()
-            vm.log(vm.logs[-1].level if vm.logs else 5, f"reload failed: {exc}", host=True)
+            vm.log(LogLevel.CRITICAL, f"reload failed: {exc}", host=True)
             return None
         self.vm, self._failed_at = fresh, None
         self.reloads += 1
