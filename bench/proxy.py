@@ -10,6 +10,9 @@ directly and through the proxy, so the figures are ratios of one run on one mach
 - throughput of 1 MB responses through the proxy / direct (target: >= 0.8x)
 - ECDS conversion on a cache hit, p99 (target: < 1 ms)
 - agent RSS idle and peak during a cold 5 MB module fetch (targets: 50 MB, < 80 MB)
+
+A second baseline, the smallest possible grpc.aio forwarder (no parsing, no ECDS), shows how
+much of the added cost is grpcio's own (the floor any Python proxy on grpcio pays).
 """
 
 from __future__ import annotations
@@ -116,37 +119,43 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def transport(direct: str, proxied: str, quick: bool) -> dict:
+async def transport(direct: str, proxied: str, quick: bool, reps: int = 3) -> dict:
+    """Direct and proxied runs interleaved ``reps`` times; medians of the per-run figures."""
     results: dict = {}
-    rounds = {1024: 300 if quick else 3000, 2**20: 30 if quick else 300}
+    targets = (("direct", direct), ("proxy", proxied))
+    clients = {name: Client(target) for name, target in targets}
+    for client in clients.values():
+        await client.latency(1024, 50)  # warm-up
+        await client.throughput(2**20, 10)
+    rounds = {1024: 200 if quick else 1000, 2**20: 20 if quick else 100}
     for size, count in rounds.items():
-        numbers = {}
-        for name, target in (("direct", direct), ("proxy", proxied)):
-            client = Client(target)
-            await client.latency(size, 20)  # warm-up
-            samples = await client.latency(size, count)
-            numbers[name] = (pct(samples, 0.5), pct(samples, 0.99))
-            await client.close()
+        runs: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy": []}
+        for _ in range(reps):
+            for name, client in clients.items():
+                samples = await client.latency(size, count)
+                runs[name].append((pct(samples, 0.5), pct(samples, 0.99)))
+        p50 = {n: statistics.median(r[0] for r in runs[n]) for n in runs}
+        p99 = {n: statistics.median(r[1] for r in runs[n]) for n in runs}
         label = "1KB" if size == 1024 else "1MB"
         results[f"latency_{label}"] = {
-            "direct_p50_ms": round(numbers["direct"][0], 3),
-            "proxy_p50_ms": round(numbers["proxy"][0], 3),
-            "added_p50_ms": round(numbers["proxy"][0] - numbers["direct"][0], 3),
-            "added_p99_ms": round(numbers["proxy"][1] - numbers["direct"][1], 3),
+            "direct_p50_ms": round(p50["direct"], 3),
+            "proxy_p50_ms": round(p50["proxy"], 3),
+            "added_p50_ms": round(p50["proxy"] - p50["direct"], 3),
+            "added_p99_ms": round(p99["proxy"] - p99["direct"], 3),
         }
-    rates = {}
-    for name, target in (("direct", direct), ("proxy", proxied)):
-        client = Client(target)
-        await client.throughput(2**20, 10)
-        rates[name] = statistics.median(
-            [await client.throughput(2**20, 40 if quick else 200) for _ in range(3)]
-        )
-        await client.close()
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    for _ in range(reps * 2):
+        for name, client in clients.items():
+            rates[name].append(await client.throughput(2**20, 30 if quick else 150))
+    direct_rate = statistics.median(rates["direct"])
+    proxy_rate = statistics.median(rates["proxy"])
     results["throughput_1MB"] = {
-        "direct_MBps": round(rates["direct"] / 1e6),
-        "proxy_MBps": round(rates["proxy"] / 1e6),
-        "ratio": round(rates["proxy"] / rates["direct"], 2),
+        "direct_MBps": round(direct_rate / 1e6),
+        "proxy_MBps": round(proxy_rate / 1e6),
+        "ratio": round(proxy_rate / direct_rate, 2),
     }
+    for client in clients.values():
+        await client.close()
     return results
 
 
@@ -169,14 +178,19 @@ async def conversion_on_cache_hit(workdir: Path, quick: bool) -> dict:
             ECDS_TYPE, [wasm_extension(url, sha256_hex(module))], "v", "n"
         ).SerializeToString()
         await converter.convert(raw, Flavour.SOTW, "")  # the miss: fetch + compile
-        samples = []
+        samples, cpu = [], []
         for _ in range(300 if quick else 3000):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             result = await converter.convert(raw, Flavour.SOTW, "")
+            cpu.append((time.thread_time() - started_cpu) * 1000)
             samples.append((time.perf_counter() - started) * 1000)
             assert result.forward is not None
         cache.close()
-    return {"p50_ms": round(pct(samples, 0.5), 3), "p99_ms": round(pct(samples, 0.99), 3)}
+    return {
+        "p50_ms": round(pct(samples, 0.5), 3),
+        "p99_ms": round(pct(samples, 0.99), 3),
+        "cpu_p99_ms": round(pct(cpu, 0.99), 3),  # without time the OS gave other processes
+    }
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -186,50 +200,67 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-async def memory(agent: AgentProcess, istiod_port: int, workdir: Path) -> dict:
-    """Idle RSS with one Envoy stream, then the peak while a cold 5 MB module is fetched."""
+async def memory(workdir: Path) -> dict:
+    """A fresh agent: RSS idle with one Envoy stream, then the peak during a cold 5 MB fetch."""
     from tests.e2e.xds_config import wasm_extension
+    from tests.support.istiod import FakeIstiod
     from tests.support.modserver import ModServer
     from tests.support.wasm import padded_module, sha256_hex
 
-    assert agent.process is not None
-    pid = agent.process.pid
     module = padded_module(5 * 2**20, seed=int(time.time()))
-    client = Client(f"unix:{agent.socket}")
-    await client.latency(1024, 50)
-    await asyncio.sleep(1.0)
-    idle = rss_kib(pid)
-    with ModServer() as mods:
+    with ModServer() as mods, FakeIstiod() as istiod:
         url = mods.serve("/five.wasm", module)
-        # a second agent-side stream to a fake istiod that sends one ECDS response
-        from tests.support.istiod import FakeIstiod
-
-        with FakeIstiod() as istiod:
-            ecds_agent = AgentProcess(workdir / "mem", istiod.address, "--plaintext")
-            ecds_agent.start()
-            assert ecds_agent.process is not None
-            ecds_pid = ecds_agent.process.pid
-            ads = Client(f"unix:{ecds_agent.socket}")
-            await ads.call.write(
-                discovery_pb2.DiscoveryRequest(type_url=ECDS_TYPE).SerializeToString()
-            )
-            await asyncio.sleep(1.0)
-            before = rss_kib(ecds_pid)
+        agent = AgentProcess(workdir / "mem", istiod.address, "--plaintext")
+        agent.start()
+        assert agent.process is not None
+        pid = agent.process.pid
+        try:
+            ads = Client(f"unix:{agent.socket}")
+            request = discovery_pb2.DiscoveryRequest(type_url=ECDS_TYPE)
+            await ads.call.write(request.SerializeToString())
+            await asyncio.sleep(2.0)
+            idle = rss_kib(pid)
             istiod.set_resources(ECDS_TYPE, {"big": wasm_extension(url, sha256_hex(module))}, "1")
-            peak = before
+            peak = idle
             read = asyncio.ensure_future(ads.call.read())
             while not read.done():
-                peak = max(peak, rss_kib(ecds_pid))
+                peak = max(peak, rss_kib(pid))
                 await asyncio.sleep(0.005)
-            peak = max(peak, rss_kib(ecds_pid, "VmHWM"))
+            peak = max(peak, rss_kib(pid, "VmHWM"))
             await ads.close()
-            ecds_agent.stop()
-    await client.close()
-    return {
-        "idle_MB": round(idle / 1024, 1),
-        "cold_5MB_fetch_idle_MB": round(before / 1024, 1),
-        "cold_5MB_fetch_peak_MB": round(peak / 1024, 1),
-    }
+        finally:
+            agent.stop()
+    return {"idle_MB": round(idle / 1024, 1), "cold_5MB_fetch_peak_MB": round(peak / 1024, 1)}
+
+
+async def forward(upstream: str, sock: str) -> None:
+    """The floor: the smallest grpc.aio forwarder (no parsing, no ECDS, no metrics)."""
+    channel = grpc.aio.insecure_channel(upstream, options=OPTIONS)
+
+    async def handler(requests, context) -> None:
+        call = channel.stream_stream(SOTW_METHOD)()
+
+        async def up() -> None:
+            async for raw in requests:
+                await call.write(raw)
+
+        task = asyncio.create_task(up())
+        while (raw := await call.read()) is not grpc.aio.EOF:
+            await context.write(raw)
+        task.cancel()
+
+    server = grpc.aio.server(options=OPTIONS)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                ADS_SERVICE,
+                {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(handler)},
+            ),
+        )
+    )
+    server.add_insecure_port(f"unix:{sock}")
+    await server.start()
+    await server.wait_for_termination()
 
 
 async def main(quick: bool) -> dict:
@@ -239,17 +270,27 @@ async def main(quick: bool) -> dict:
         [sys.executable, __file__, "--serve", str(port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    agent = AgentProcess(workdir, f"127.0.0.1:{port}", "--plaintext")
+    floor_sock = workdir / "floor.sock"
+    floor = subprocess.Popen(
+        [sys.executable, __file__, "--forward", f"127.0.0.1:{port}", str(floor_sock)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    agent = AgentProcess(workdir, f"127.0.0.1:{port}", "--plaintext", "--log-level", "warning")
     try:
         time.sleep(1.0)
         agent.start()
-        report = await transport(f"127.0.0.1:{port}", f"unix:{agent.socket}", quick)
+        report = {"agent": await transport(f"127.0.0.1:{port}", f"unix:{agent.socket}", quick)}
+        report["floor_bare_grpc_aio_forwarder"] = await transport(
+            f"127.0.0.1:{port}", f"unix:{floor_sock}", quick
+        )
         report["ecds_conversion_cache_hit"] = await conversion_on_cache_hit(workdir, quick)
-        report["agent_rss"] = await memory(agent, port, workdir)
+        report["agent_rss"] = await memory(workdir)
+        report["load_average"] = os.getloadavg()[0]
     finally:
         agent.stop()
-        server.terminate()
-        server.wait(10)
+        for process in (floor, server):
+            process.terminate()
+            process.wait(10)
     return report
 
 
@@ -257,8 +298,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--forward", nargs=2, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.serve:
         asyncio.run(serve(options.serve))
+    elif options.forward:
+        asyncio.run(forward(*options.forward))
     else:
         print(json.dumps(asyncio.run(main(options.quick)), indent=2))
