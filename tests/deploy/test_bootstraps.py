@@ -179,7 +179,7 @@ class AdsServer:
                     system_version_info="1", type_url=request.type_url, nonce=str(n)
                 )
 
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[tuple[str, Any]]:
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[tuple[str, Any]]:
         with self._cond:
             ok = self._cond.wait_for(lambda: len(self.requests) >= count, timeout)
             assert ok, f"only {len(self.requests)} xDS requests: {self.requests}"
@@ -219,7 +219,7 @@ def get(url: str) -> tuple[int, str]:
         return 0, str(error)
 
 
-def wait_until_ok(url: str, timeout: float = 15.0) -> str:
+def wait_until_ok(url: str, timeout: float = 30.0) -> str:
     deadline = time.monotonic() + timeout
     status, body = get(url)
     while status != 200 and time.monotonic() < deadline:
@@ -321,7 +321,7 @@ def test_envoy_reaches_the_control_plane_through_wasm_agent(variant: str) -> Non
         log = work / "agent.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with running(agent, log, env) as process:
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 30
             while not Path(socket_path).exists():
                 assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
