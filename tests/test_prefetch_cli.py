@@ -213,3 +213,38 @@ def test_terminal_progress_bars() -> None:
     text = out.getvalue()
     assert "[############------------]" in text and "http://h/a.wasm done" in text
     assert "\x1b[2A" in text  # redraws in place
+
+
+def test_warm_prefetch_imports_nothing_heavy(tmp_path: Path, server: ModServer) -> None:
+    data = minimal_module()
+    url = server.serve("/m.wasm", data)
+    cache = ["--cache-dir", str(tmp_path / "c")]
+    assert prefetch(url, *cache).returncode == 0
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "wasm_agent",
+            "prefetch",
+            url,
+            *cache,
+            "--sha256",
+            sha256_hex(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "wasm_agent.cache" in imported
+    heavy = {"asyncio", "httpx", "wasmtime", "grpc", "yaml", "ssl", "sqlite3", "google.protobuf"}
+    assert not heavy & imported
+    assert server.count("/m.wasm") == 1  # the warm run made no request
