@@ -24,6 +24,7 @@ from tests.support.istiod import FakeIstiod
 from tests.support.modserver import ModServer
 from tests.support.plugins_wat import HEADER, header_plugin
 from tests.support.registry import oci_pusher, oci_registry, unique_repo  # noqa: F401
+from tests.support.tls import generate
 from tests.support.wasm import sha256_hex
 from wasm_agent.xds.types import ECDS_TYPE
 
@@ -61,12 +62,14 @@ class Mesh:
     """One agent and one Envoy (SotW or Delta) wired to ``istiod``."""
 
     def __init__(self, workdir: Path, istiod: FakeIstiod, echo: EchoServer, *agent_args: str,
-                 delta: bool = False, env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 delta: bool = False, env: dict[str, str] | None = None,
+                 plaintext: bool = True) -> None:  # fmt: skip
         self.workdir = workdir
         self.istiod = istiod
         self.echo = echo
         self.delta = delta
-        self.agent = AgentProcess(workdir, istiod.address, "--plaintext", *agent_args, env=env)
+        args = ("--plaintext", *agent_args) if plaintext else agent_args
+        self.agent = AgentProcess(workdir, istiod.address, *args, env=env)
         self.envoy: EnvoyProcess | None = None
 
     def start(self) -> Mesh:
@@ -253,13 +256,14 @@ def test_oci_module_loads(
         mesh.header_becomes("v2")
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_restarts_of_envoy_and_istiod_are_survived(
-    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer
+    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer, delta: bool
 ) -> None:
-    url1 = mods.serve("/restart/v1.wasm", V1)
-    url2 = mods.serve("/restart/v2.wasm", V2)
+    url1 = mods.serve(f"/restart-{delta}/v1.wasm", V1)
+    url2 = mods.serve(f"/restart-{delta}/v2.wasm", V2)
     xc.serve(istiod, xc.wasm_extension(url1, sha256_hex(V1)), "r1")
-    with Mesh(short_dir(tmp_path), istiod, echo) as mesh:
+    with Mesh(short_dir(tmp_path), istiod, echo, delta=delta) as mesh:
         mesh.wait_ecds_version("r1")
         mesh.header_becomes("v1")
         assert mesh.agent.status()[0] == 200
@@ -270,7 +274,7 @@ def test_restarts_of_envoy_and_istiod_are_survived(
         mesh.start_envoy()
         mesh.wait_ecds_version("r1")
         mesh.header_becomes("v1")
-        assert mods.count("/restart/v1.wasm") == 1
+        assert mods.count(f"/restart-{delta}/v1.wasm") == 1
 
         # istiod restarts: Envoy's stream ends, Envoy reconnects through the agent
         streams_before = len(istiod.streams)
@@ -286,3 +290,27 @@ def test_restarts_of_envoy_and_istiod_are_survived(
         # SIGTERM drains: exit 0 within 5 s while Envoy is connected
         code, seconds = mesh.agent.terminate()
         assert code == 0 and seconds < 5, mesh.agent.logs()
+
+
+def test_mtls_to_istiod_and_garbage_from_istiod(
+    tmp_path: Path, echo: EchoServer, mods: ModServer
+) -> None:
+    tls = generate(tmp_path / "tls")
+    url = mods.serve("/mtls/v1.wasm", V1)
+    with FakeIstiod(tls, client_auth=True) as istiod:
+        xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "t1")
+        args = ("--tls-ca", str(tls.ca), "--tls-cert", str(tls.client_cert))
+        args += ("--tls-key", str(tls.client_key), "--tls-server-name", tls.server_name)
+        with Mesh(short_dir(tmp_path), istiod, echo, *args, plaintext=False) as mesh:
+            mesh.wait_ecds_version("t1")
+            mesh.header_becomes("v1")
+            assert istiod.open_streams()[-1].peer_identity == [b"wasm-agent.test"]
+
+            # garbage from istiod: the stream ends with an error, Envoy reconnects and keeps
+            # its config; the next push on the new stream works
+            before = len(istiod.streams)
+            istiod.send_raw(b"\xff\xfe not protobuf")
+            istiod.wait_for(lambda: len(istiod.streams) > before, 30, "envoy reconnect")
+            mesh.header_becomes("v1")
+            (nonce,) = xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "t2")
+            wait_acked(istiod, nonce)
