@@ -48,7 +48,7 @@ PROPS = (
 PROPS_DATA = {
     1024: "request\0path", 1040: "request\0time", 1060: "source\0port",
     1080: "request\0headers\0user-agent", 1110: "plugin_name", 1130: "custom\0x",
-    1150: "mine\0v0", 1170: "hi", 1180: "no\0such", 1190: "response\0code",
+    1150: "mine_v0", 1170: "hi", 1180: "no\0such", 1190: "response\0code",
 }  # fmt: skip
 
 

@@ -91,7 +91,7 @@ BODY = (
     ;; partial read with an offset
     (call $st (call $proxy_get_buffer_bytes (i32.const 0) (i32.const 1) (i32.const 3) (i32.const 32) (i32.const 36)))
     (call $logret)
-    ;; reading past the end: BAD_ARGUMENT; status of the request body buffer
+    ;; reading past the end: OK, nothing written (as Envoy); status of the request body buffer
     (call $st (call $proxy_get_buffer_bytes (i32.const 0) (i32.const 999) (i32.const 1) (i32.const 32) (i32.const 36)))
     (call $st (call $proxy_get_buffer_status (i32.const 0) (i32.const 44) (i32.const 48)))
     (call $st (i32.load (i32.const 44)))
@@ -116,7 +116,7 @@ def test_chunked_body_buffered_then_modified() -> None:
     assert [ord(c) - 48 for c in logs[1:5]] == [0, 0, 2, 0]
     assert logs[5] == "<abcdefgh>"
     assert logs[6] == "0" and logs[7] == "abc"
-    assert [ord(c) - 48 for c in logs[8:]] == [2, 0, 10, 3]
+    assert [ord(c) - 48 for c in logs[8:]] == [0, 0, 10, 3]
 
 
 ACTIONS = (
@@ -301,3 +301,25 @@ def test_fueled_and_unmetered_vms_coexist() -> None:
     b = start_plugin(wasm)
     for host in (a, b, start_plugin(wasm, fuel=None)):
         assert host.exchange(REQ).upstream.headers.to_dict()["x-b"] == "2"
+
+
+def test_on_log_maps_are_read_only_and_continue_types() -> None:
+    """Matches Envoy 1.40: in on_log headers read fine but size/mutation are BAD_ARGUMENT;
+    continue_stream(upstream) is UNIMPLEMENTED, (downstream) OK on an HTTP stream."""
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (call $st (call $proxy_continue_stream (i32.const 3)))
+        (call $st (call $proxy_continue_stream (i32.const 2)))
+        (i32.const 0))
+      (func (export "proxy_on_log") (param i32)
+        (call $st (call $proxy_get_header_map_size (i32.const 0) (i32.const 44)))
+        (call $st (call $proxy_get_header_map_value (i32.const 0) (i32.const 1030) (i32.const 5) (i32.const 32) (i32.const 36)))
+        (call $logret)
+        (call $st (call $proxy_add_header_map_value (i32.const 2) (i32.const 1030) (i32.const 5) (i32.const 1030) (i32.const 5))))
+    """
+    )
+    host = start_plugin(plugin(body, data={1030: ":path"}))
+    host.exchange(REQ)
+    assert host.log_messages() == [chr(48 + 12), "0", "2", "0", "/p?q=1", "2"]

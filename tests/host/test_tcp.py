@@ -70,3 +70,22 @@ def test_tcp_fail_open_skips_plugin() -> None:
     assert not later.closed
     assert later.send_downstream_data(b"ab") == "CONTINUE"
     assert bytes(later.upstream_received) == b"ab"
+
+
+def test_continue_downstream_releases_held_data() -> None:
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_downstream_data") (param i32 i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_tick") (param i32)
+        (drop (call $proxy_set_effective_context (i32.const 2)))
+        (call $st (call $proxy_continue_stream (i32.const 2))))
+    """
+    )
+    host = start_plugin(plugin(body))
+    conn = host.tcp_connection()
+    assert conn.send_downstream_data(b"held") == "STOP_ITERATION"
+    assert bytes(conn.upstream_received) == b""
+    host.tick()
+    assert host.log_messages() == ["0"]
+    assert bytes(conn.upstream_received) == b"held"

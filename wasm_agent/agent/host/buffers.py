@@ -3,7 +3,8 @@
 Availability follows Envoy's ``Context::getBuffer``: body and data buffers always answer (empty
 outside their callbacks), the VM configuration always, the plugin configuration only while
 ``proxy_on_configure`` runs, the http-call response body only while its callback runs (else
-NOT_FOUND). ``get`` clamps the length to the buffer and writes nothing when it is zero.
+NOT_FOUND). ``get`` clamps the length to the buffer and writes nothing when it is zero or when
+``start`` is past the end (OK, as Envoy).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def get_buffer_bytes(btype: int, start: int, length: int, ptr_p: int, size_p: in
     if buffer is None:
         return Status.NOT_FOUND
     size = buffer.size()
-    if start > size:
-        return Status.BAD_ARGUMENT
+    if start >= size:
+        return Status.OK  # Envoy answers OK and writes nothing (checked against Envoy 1.40)
     if start + length > size:
         length = size - start
     if length == 0:

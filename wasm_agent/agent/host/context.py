@@ -60,6 +60,7 @@ class Context:
     filter_state: dict[bytes, bytes] = field(default_factory=dict)
     status: tuple[int, bytes] = (0, b"")
     created: bool = False
+    log_phase: bool = False  # proxy_on_log: maps readable, not writable (nor their size)
     # root-only state
     plugin_config: bytes | None = None  # set while proxy_on_configure runs
     http_call_response: tuple[HeaderMap, bytes, HeaderMap] | None = None

@@ -39,9 +39,11 @@ def continue_stream(stream_type: int) -> int:
     stream_type &= _M
     if stream_type > StreamType.UPSTREAM:
         return Status.BAD_ARGUMENT
+    if stream_type == StreamType.UPSTREAM:
+        return Status.UNIMPLEMENTED
     stream = _stream()
     if stream is None:
-        return Status.OK if stream_type <= StreamType.RESPONSE else Status.BAD_ARGUMENT
+        return Status.OK
     return stream.continue_stream(stream_type)
 
 

@@ -104,12 +104,15 @@ class HttpStream:
         return http_property(self, path)
 
     def continue_stream(self, stream_type: int) -> abi.Status:
-        if stream_type == StreamType.REQUEST:
-            self.vm.defer(lambda: self._resume(self.request))
-        elif stream_type == StreamType.RESPONSE:
-            self.vm.defer(lambda: self._resume(self.response))
-        else:
-            return abi.Status.BAD_ARGUMENT
+        """Envoy: resume after the call; the request maps are dropped at once (any type)."""
+        if stream_type not in (StreamType.REQUEST, StreamType.RESPONSE):
+            return abi.Status.OK  # downstream: no network callbacks on an HTTP stream
+        d = self.request if stream_type == StreamType.REQUEST else self.response
+        self.vm.defer(lambda: self._resume(d))
+        if self.ctx is not None:
+            self.ctx.maps[MapType.HTTP_REQUEST_HEADERS] = None
+            self.ctx.maps[MapType.HTTP_REQUEST_TRAILERS] = None
+            self.ctx.buffers.pop(BufferType.HTTP_REQUEST_BODY, None)
         return abi.Status.OK
 
     def close_stream(self, stream_type: int) -> abi.Status:
@@ -305,8 +308,6 @@ class HttpStream:
         """``proxy_continue_stream``: forward what was held and replay waiting events."""
         if self.closed or self.done:
             return
-        for map_id in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS):
-            self.ctx.maps[map_id] = None  # Envoy clears the request maps on any continue
         if not d.headers_sent and d.headers is not None:
             d.paused = False
             self._forward_headers(d)
@@ -389,7 +390,9 @@ class HttpStream:
             MapType.HTTP_RESPONSE_TRAILERS: self.response.out.trailers,
         }
         ctx.buffers = {}
+        ctx.log_phase = True
         vm.call_cb("proxy_on_log", ctx, ctx.id)
+        ctx.log_phase = False
         ctx.maps = {}
         vm.call_cb("proxy_on_done", ctx, ctx.id)
         vm.call_cb("proxy_on_delete", ctx, ctx.id)

@@ -142,10 +142,16 @@ from wasm_agent.agent.host.abi import AbiVersion, Current, MapType, Status, host
 _MAX_MAP = max(MapType)
 
 
-def lookup_map(vm: object, map_type: int) -> HeaderMap | None:
-    """The map ``map_type`` as the current context sees it (None: not available now)."""
+def lookup_map(vm: object, map_type: int, mutable: bool = True) -> HeaderMap | None:
+    """The map ``map_type`` as the current context sees it (None: not available now).
+
+    In ``proxy_on_log`` the stream maps can be read but not changed or sized (Envoy serves
+    them from the access log, read-only).
+    """
     ctx = vm.context()  # type: ignore[attr-defined]
     if map_type <= MapType.HTTP_RESPONSE_TRAILERS:
+        if mutable and ctx.log_phase:
+            return None
         return ctx.maps.get(map_type)
     root = vm.contexts.get(ctx.root_id) if ctx.root_id else ctx  # type: ignore[attr-defined]
     if map_type == MapType.GRPC_RECEIVE_INITIAL_METADATA:
@@ -166,7 +172,7 @@ def get_header_map_value(mtype: int, key_ptr: int, key_size: int, val_pp: int, s
     key = vm.memory.read(key_ptr, key_size)
     if key is None:
         return Status.INVALID_MEMORY_ACCESS
-    hmap = lookup_map(vm, mtype)
+    hmap = lookup_map(vm, mtype, mutable=False)
     if hmap is None:
         return Status.BAD_ARGUMENT
     value = hmap.get(key)
@@ -217,7 +223,7 @@ def get_header_map_pairs(mtype: int, ptr_p: int, size_p: int) -> int:
     if mtype & 0xFFFFFFFF > _MAX_MAP:
         return Status.BAD_ARGUMENT
     vm = Current.vm
-    hmap = lookup_map(vm, mtype)
+    hmap = lookup_map(vm, mtype, mutable=False)
     data = hmap.serialize() if hmap else b""
     return Status.OK if vm.memory.copy_out(data, ptr_p, size_p) else Status.INVALID_MEMORY_ACCESS
 

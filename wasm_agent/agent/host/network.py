@@ -51,7 +51,16 @@ class TcpConnection:
         return connection_property(self, path)
 
     def continue_stream(self, stream_type: int) -> abi.Status:
-        return abi.Status.BAD_ARGUMENT
+        """Downstream: Envoy's continueReading (held data goes on to the upstream)."""
+        if stream_type == StreamType.DOWNSTREAM:
+            self.vm.defer(self._continue_reading)
+        return abi.Status.OK
+
+    def _continue_reading(self) -> None:
+        pending = self._pending[BufferType.DOWNSTREAM_DATA]
+        if pending and not self.closed:
+            self.upstream_received += pending
+            self._pending[BufferType.DOWNSTREAM_DATA] = bytearray()
 
     def close_stream(self, stream_type: int) -> abi.Status:
         if stream_type in (StreamType.DOWNSTREAM, StreamType.UPSTREAM):

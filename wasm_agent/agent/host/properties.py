@@ -52,7 +52,9 @@ def resolve(vm: Any, path: bytes) -> bytes | None:
         return overrides[path]
     head = path.split(b"\0", 1)[0]
     if head not in KNOWN_TOKENS:
-        return ctx.filter_state.get(path)
+        # Envoy looks up the first segment in filter state; deeper paths are field accesses
+        # into a bytes value, which fail (NOT_FOUND).
+        return ctx.filter_state.get(path) if b"\0" not in path else None
     if head == b"plugin_name":
         return vm.options.plugin_name.encode()
     if head == b"plugin_root_id":
