@@ -194,6 +194,10 @@ def test_http_module_loads_updates_and_bad_sha_nacks(
         assert metrics['istio_agent_wasm_config_conversion_count{result="success"}'] >= 3
         assert metrics['istio_agent_wasm_config_conversion_count{result="fetch_failure"}'] >= 1
         assert metrics["istio_agent_wasm_config_conversion_duration_count"] >= 4
+        assert metrics['istio_agent_wasm_remote_fetch_count{result="success"}'] == 2
+        assert metrics['istio_agent_wasm_remote_fetch_count{result="checksum_mismatched"}'] == 1
+        assert metrics["istio_agent_xds_proxy_requests"] >= 6
+        assert metrics["istio_agent_xds_proxy_responses"] >= 5
 
 
 def test_fail_open_allows_and_pull_secret_never_reaches_envoy(

@@ -86,6 +86,7 @@ def test_configured_from_environment_and_drains_on_sigterm(tmp_path: Path) -> No
                 metrics = agent.metrics()
                 assert metrics["istio_agent_xds_proxy_requests"] == 1
                 assert metrics["istio_agent_xds_proxy_responses"] == 1
+                assert "istio_agent_wasm_remote_fetch_count" in agent.status("/metrics")[1]
                 assert istiod.open_streams()[-1].metadata["cluster_id"] == "Kubernetes"
                 code, seconds = agent.terminate()
                 assert code == 0 and seconds < 5, agent.logs()

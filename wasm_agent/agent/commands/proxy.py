@@ -198,6 +198,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     from wasm_agent.agent.settings import cache_settings_from_env, fetch_settings_from_env
     from wasm_agent.agent.status import StatusServer
     from wasm_agent.cache import ModuleCache
+    from wasm_agent.fetch import dispatch  # noqa: F401 - declares the fetch metrics up front
     from wasm_agent.xds.ecds import WasmConverter
     from wasm_agent.xds.proxy import ListenSettings, XdsProxy
     from wasm_agent.xds.upstream import Upstream
