@@ -156,3 +156,15 @@ async def test_unwritable_cache_dir_is_a_clear_error(
         await cache.get(ModuleRequest(url=modserver.serve("/m.wasm", minimal_module())))
     assert modserver.count("/m.wasm") == 0
     assert os.listdir(tmp_path) == ["file"]
+
+
+async def test_cache_dir_removed_while_running_is_recreated(
+    cache: ModuleCache, modserver: ModServer
+) -> None:
+    import shutil
+
+    first = await cache.get(ModuleRequest(url=modserver.serve("/a.wasm", minimal_module())))
+    shutil.rmtree(cache.layout.root)
+    second = await cache.get(ModuleRequest(url=modserver.serve("/b.wasm", padded_module(99))))
+    assert second.path.is_file() and not first.path.exists()
+    assert stat.S_IMODE(cache.layout.modules.stat().st_mode) == 0o700

@@ -152,6 +152,7 @@ class ModuleCache:
         if found is not None:
             return found
         CACHE_LOOKUPS.inc(hit="false")
+        self.layout.ensure()  # cheap next to a download; recreates a directory removed by hand
         url = normalize_url(request.url)
         timeout = request.timeout or self.fetch_settings.default_fetch_timeout
         lock = FileLock(self.layout.lock_path(url), timeout=timeout + LOCK_WAIT_MARGIN)
