@@ -323,3 +323,24 @@ def test_on_log_maps_are_read_only_and_continue_types() -> None:
     host = start_plugin(plugin(body, data={1030: ":path"}))
     host.exchange(REQ)
     assert host.log_messages() == [chr(48 + 12), "0", "2", "0", "/p?q=1", "2"]
+
+
+def test_local_response_from_response_path_replaces_response() -> None:
+    """Envoy 1.40: the reply replaces the upstream response; the plugin is not called again."""
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+        (call $st (call $proxy_send_local_response (i32.const 418) (i32.const 0) (i32.const 0)
+           (i32.const 1060) (i32.const 6) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (i32.const 0))
+      (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+        (call $st (i32.const 9)) (i32.const 0))
+    """
+    )
+    host = start_plugin(plugin(body, data={1060: "teapot"}))
+    ex = host.exchange(REQ, b"", {":status": "200"}, b"upstream body")
+    assert ex.upstream is not None
+    assert ex.client.headers.to_dict()[":status"] == "418"
+    assert bytes(ex.client.body) == b"teapot"
+    assert host.log_messages() == ["0"]

@@ -62,7 +62,7 @@ def test_v021_log_level_and_foreign_function_callback_lookup() -> None:
     """
     )
     host = start_plugin(plugin(body, version="0_2_1"))
-    assert host.log_messages() == ["0", "0"]
+    assert host.log_messages() == ["0", "2"]  # info, Envoy's default
     assert host.vm.has("proxy_on_foreign_function")
     host010 = start_plugin(
         plugin(

@@ -1,8 +1,9 @@
 """Run one HTTP exchange through a Proxy-Wasm plugin in the reference host.
 
 Prints what the upstream would receive, what the client would receive, and the plugin's logs
-(``--json`` for a machine-readable form). Exit codes: 0 ok, 1 the module failed to load (Envoy's
-message on stderr) or trapped during the exchange, 2 usage errors.
+(``--json`` for a machine-readable form; ``--log-level debug`` also shows the plugin's debug
+logs). Exit codes: 0 ok, 1 the module failed to load (Envoy's message on stderr) or trapped
+during the exchange, 2 usage errors.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--response-body", default="", help="upstream response body: STR or @FILE")
     parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+_PLUGIN_LOG_LEVELS = {"debug": 1, "info": 2, "warning": 3, "error": 4}
 
 
 def _value(spec: str) -> bytes:
@@ -84,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"wasm-agent run: cannot read {args.module}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    from wasm_agent.agent.host.harness import LoadError, start_plugin
+    from wasm_agent.agent.host.harness import LoadError, LogLevel, start_plugin
 
+    level = _PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO)
     try:
-        host = start_plugin(wasm, plugin_config=plugin_config, vm_config=vm_config)
+        host = start_plugin(wasm, plugin_config=plugin_config, vm_config=vm_config, log_level=level)
     except LoadError as exc:
         print(f"wasm-agent run: {exc}", file=sys.stderr)
         return EXIT_FAILED

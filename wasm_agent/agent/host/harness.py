@@ -100,7 +100,7 @@ def start_plugin(
     vm_id: str = "",
     root_id: str = "",
     plugin_name: str = "plugin",
-    log_level: LogLevel = LogLevel.TRACE,
+    log_level: LogLevel = LogLevel.INFO,
     fuel: int | None = DEFAULT_FUEL,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     clock_ns: Callable[[], int] = time.time_ns,

@@ -343,7 +343,10 @@ class HttpStream:
         for key, value in reply.headers:
             headers.add(key, value)
         d = self.response
-        if via_plugin and not d.headers_sent and self.ctx is not None and not self.vm.failed:
+        # From the request path the reply runs through the plugin's response callbacks; from
+        # the response path it replaces the response without re-entering the plugin (Envoy).
+        fresh = d.headers is None
+        if via_plugin and fresh and self.ctx is not None and not self.vm.failed:
             d.paused = False
             self._lr_through = True
             self._on_headers(d, headers, not reply.body)

@@ -61,7 +61,7 @@ class VmOptions:
     vm_id: str = ""
     root_id: str = ""
     plugin_name: str = "plugin"
-    log_level: LogLevel = LogLevel.TRACE
+    log_level: LogLevel = LogLevel.INFO  # Envoy's default for the wasm logger
     fuel: int | None = DEFAULT_FUEL  # instructions per top-level callback; None: unlimited
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     properties: dict[str, bytes] = field(default_factory=dict)
