@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +168,24 @@ def test_plugin_source_exports_the_proxy_wasm_entry_points() -> None:
         "memory",
     } <= exports
     assert {(i.module, i.name) for i in module.imports} == {("env", "proxy_add_header_map_value")}
+
+
+def test_a_failing_step_is_named_exit_1_and_processes_stopped() -> None:
+    # the agent may not fetch from 127.0.0.1: it NACKs the very first config
+    env = {**os.environ, "BLOCKED_CIDRS_IN_WASM_FETCH": "127.0.0.0/8"}
+    result = demo("--timeout", "10", env=env)
+    out = result.stdout
+    assert result.returncode == 1, out
+    assert (
+        "Demo FAILED at step 3 (wasm-agent fetches the module, checks its sha256 and compiles "
+        "it): fetch failed: connection to 127.0.0.1 blocked" in out
+    )
+    assert "Demo OK" not in out
+    workdir = re.search(r"Logs and configs kept in (/tmp/wasm-agent-demo-\w+)", out).group(1)
+    try:
+        assert f"--- {workdir}/agent.log" in result.stderr  # log tails for CI
+        assert processes_mentioning(workdir) == []
+        envoy_pid = int(re.search(r"envoy\s+\S+ pid (\d+)", out).group(1))
+        assert not alive(envoy_pid)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

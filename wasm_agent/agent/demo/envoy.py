@@ -171,10 +171,6 @@ class Envoy:
         configs = json.loads(response.text).get("configs", [])
         return configs[0] if configs else {}
 
-    def log_tail(self, limit: int = 3000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-limit:]
-
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
         await self._client.aclose()

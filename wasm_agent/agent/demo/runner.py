@@ -68,11 +68,15 @@ class Story:
         self.say(f"   {name:<14} {value}")
 
 
-async def _until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll the coroutine function ``probe`` until it returns something truthy."""
+async def _until(stack: Stack, probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll the coroutine function ``probe`` until it returns something truthy; fail at once
+    if Envoy has exited."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
+        envoy = stack.envoy
+        if envoy is not None and envoy.process is not None and envoy.process.returncode is not None:
+            raise StepFailed(f"Envoy exited with status {envoy.process.returncode}")
         with contextlib.suppress(httpx.HTTPError, OSError):
             last = await probe()
             if last:
@@ -91,7 +95,7 @@ async def _wait_reply(stack: Stack, version: str, timeout: float) -> Reply:
                 return reply
         return None
 
-    return await _until(probe, timeout, f"Envoy's answer to ECDS {version}")
+    return await _until(stack, probe, timeout, f"Envoy's answer to ECDS {version}")
 
 
 def _fetch_for(stack: Stack, sha256: str | None) -> FetchRecord:
@@ -113,7 +117,7 @@ async def _get_with_header(stack: Stack, port: int, timeout: float) -> httpx.Res
         ok = response.status_code == 200 and resources.PLUGIN_HEADER in response.headers
         return response if ok else None
 
-    return await _until(probe, timeout, f"a response with {resources.PLUGIN_HEADER}")
+    return await _until(stack, probe, timeout, f"a response with {resources.PLUGIN_HEADER}")
 
 
 async def tell(stack: Stack, story: Story, timeout: float) -> int:
@@ -151,7 +155,7 @@ async def tell(stack: Stack, story: Story, timeout: float) -> int:
     story.fact("time", f"{fetched.millis:.0f} ms (download, sha256, compile, store)")
 
     story.begin("wasm-agent rewrites the config: remote code -> local file")
-    ecds = await _until(stack.envoy.ecds_config, timeout, "Envoy's ECDS config")
+    ecds = await _until(stack, stack.envoy.ecds_config, timeout, "Envoy's ECDS config")
     code = ecds["ecds_filter"]["typed_config"]["config"]["vm_config"]["code"]
     filename = code.get("local", {}).get("filename", "")
     if "remote" in code or filename != fetched.path:
@@ -165,7 +169,7 @@ async def tell(stack: Stack, story: Story, timeout: float) -> int:
 
     story.begin("A request through Envoy")
     port = await _until(
-        lambda: stack.envoy.listener_port(resources.LISTENER_NAME), timeout, "the listener"
+        stack, lambda: stack.envoy.listener_port(resources.LISTENER_NAME), timeout, "the listener"
     )
     response = await _get_with_header(stack, port, timeout)
     _show_response(story, port, response)
@@ -253,7 +257,10 @@ async def run_demo(envoy_path: str, options: DemoOptions) -> int:
             code = 0
             if options.keep_running:
                 _print_keep_running(story, stack, port, log_path)
-                await asyncio.Event().wait()  # until Ctrl-C / SIGTERM cancels us
+                assert stack.envoy is not None and stack.envoy.process is not None
+                status = await stack.envoy.process.wait()  # until Ctrl-C / SIGTERM cancels us
+                code = 1
+                story.say(f"\nEnvoy exited with status {status}; stopping.")
         except asyncio.CancelledError:
             if not interrupted:
                 raise
@@ -268,14 +275,23 @@ async def run_demo(envoy_path: str, options: DemoOptions) -> int:
             await stack.stop()
             for number in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(number)
-    if code not in (0, 130) and stack.envoy is not None:
-        story.say(f"\nEnvoy log (tail):\n{stack.envoy.log_tail()}")
     if code == 1:
+        _print_log_tails(workdir)
         story.say(f"Logs and configs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     story.say("Stopped Envoy, wasm-agent, the control plane and the servers.")
     return code
+
+
+def _print_log_tails(workdir: Path, lines: int = 12) -> None:
+    """The end of each log, on stderr (CI keeps the output, not the work directory)."""
+    for name in ("agent.log", "envoy.log"):
+        path = workdir / name
+        if path.exists():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- {path} (last {len(tail)} lines)", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
 
 
 def _print_keep_running(story: Story, stack: Stack, port: int, log_path: Path | None) -> None:
