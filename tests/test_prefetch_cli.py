@@ -248,3 +248,48 @@ def test_warm_prefetch_imports_nothing_heavy(tmp_path: Path, server: ModServer) 
     heavy = {"asyncio", "httpx", "wasmtime", "grpc", "yaml", "ssl", "sqlite3", "google.protobuf"}
     assert not heavy & imported
     assert server.count("/m.wasm") == 1  # the warm run made no request
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, server: ModServer) -> None:
+    import pty
+
+    url = server.slow("/m.wasm", padded_module(64 * 1024, seed=31), chunk=8192, delay=0.02)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wasm_agent",
+                "prefetch",
+                url,
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            cwd=REPO,
+        )
+        os.close(follower)
+        follower = -1
+        out, _ = proc.communicate(timeout=60)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    terminal = b"".join(chunks).decode()
+    assert proc.returncode == 0 and url in out
+    assert "[########################]" in terminal and f"{url} done" in terminal
+    assert "downloading" not in terminal  # bars, not plain lines

@@ -37,6 +37,7 @@ async def test_fetches_once_then_hits(cache: ModuleCache, modserver: ModServer) 
     assert first.path == second.path == third.path == cache_path(cache, data)
     assert first.path.read_bytes() == data and first.size == len(data)
     assert (lookups("true") - hits, lookups("false") - misses) == (2, 1)
+    assert REGISTRY._metrics["istio_agent_wasm_cache_entries"].value() == 1
 
 
 def cache_path(cache: ModuleCache, data: bytes) -> Path:
