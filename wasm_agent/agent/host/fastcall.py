@@ -19,6 +19,9 @@ from wasmtime import _ffi as ffi
 from wasmtime import _func
 
 _RAW = ffi.wasmtime_val_raw
+_CALL = getattr(ffi, "_wasmtime_func_call_unchecked", None) or getattr(
+    ffi, "wasmtime_func_call_unchecked", None
+)
 _TRAP_PTR = ctypes.POINTER(ffi.wasm_trap_t)
 FAST = all(
     hasattr(ffi, n)
@@ -57,9 +60,7 @@ class ExportCaller:
         for i, value in enumerate(args):
             arr[i].i32 = value
         trap = _TRAP_PTR()
-        error = ffi.wasmtime_func_call_unchecked(
-            self._ctx, self._ref, arr, self._size, ctypes.byref(trap)
-        )
+        error = _CALL(self._ctx, self._ref, arr, self._size, ctypes.byref(trap))
         if error or trap:
             _raise_pending(trap, error)
         return arr[0].i32 if self._has_result else None

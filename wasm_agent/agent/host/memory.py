@@ -13,8 +13,18 @@ import struct
 from collections.abc import Callable
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 _U32 = struct.Struct("<I")
+
+# Private prototypes (own restype; the shared ones in wasmtime's bindings stay untouched):
+# the address of linear memory as an int, and its size, without wrapper frames.
+try:
+    _CTX, _MEM = ctypes.POINTER(ffi.wasmtime_context_t), ctypes.POINTER(ffi.wasmtime_memory_t)
+    _DATA = ctypes.CFUNCTYPE(ctypes.c_void_p, _CTX, _MEM)(("wasmtime_memory_data", ffi.dll))
+    _SIZE = ctypes.CFUNCTYPE(ctypes.c_size_t, _CTX, _MEM)(("wasmtime_memory_data_size", ffi.dll))
+except (AttributeError, TypeError):  # pragma: no cover - other wasmtime-py layouts
+    _DATA = _SIZE = None
 _U64 = struct.Struct("<Q")
 
 
@@ -30,11 +40,19 @@ class GuestMemory:
         self._store = store
         self._memory = memory
         self._allocate = allocate
+        self._fast = _DATA is not None and memory is not None
+        if self._fast:
+            self._ctx = store._context()
+            self._ref = ctypes.byref(memory._memory)  # type: ignore[union-attr]
 
     def _base(self, ptr: int, size: int) -> int | None:
-        mem = self._memory
-        if mem is None or ptr < 0 or size < 0:
+        if ptr < 0 or size < 0 or self._memory is None:
             return None
+        if self._fast:
+            if ptr + size > _SIZE(self._ctx, self._ref):
+                return None
+            return (_DATA(self._ctx, self._ref) or 0) + ptr
+        mem = self._memory
         if ptr + size > mem.data_len(self._store):
             return None
         return ctypes.addressof(mem.data_ptr(self._store).contents) + ptr

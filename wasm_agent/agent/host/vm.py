@@ -32,6 +32,7 @@ from wasm_agent.agent.host.shared import SharedState
 
 DEFAULT_FUEL = 200_000_000
 DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
+MAX_CALL_DEPTH = 32  # guest -> host -> guest nesting (allocator calls, deferred actions)
 
 
 class LoadError(Exception):
@@ -369,6 +370,9 @@ class PluginVM:
             self.current, self.effective = prev_cur, prev_eff
 
     def _raw_call(self, name: str, fn: fastcall.ExportCaller, args: tuple) -> Any:
+        if self._depth >= MAX_CALL_DEPTH:
+            self.fail(f"Function: {name} failed: host call depth exceeded")
+            return None
         prev_vm = abi.Current.vm
         abi.Current.vm = self
         top = self._depth == 0
