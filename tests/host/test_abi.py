@@ -397,3 +397,23 @@ def test_out_of_phase_calls() -> None:
     assert _codes(host) == [2, 2, 0, 0, 2, 1, 2, 0, 2, 2]
     host.exchange(REQ)
     assert _codes(host)[-1] == 2
+
+
+def test_builtin_compress_foreign_functions() -> None:
+    import zlib
+
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+        (call $st (call $proxy_call_foreign_function (i32.const 1024) (i32.const 8) (i32.const 1040) (i32.const 10) (i32.const 32) (i32.const 36)))
+        (call $st (call $proxy_call_foreign_function (i32.const 1060) (i32.const 10) (i32.load (i32.const 32)) (i32.load (i32.const 36)) (i32.const 32) (i32.const 36)))
+        (call $logret)
+        (call $st (call $proxy_call_foreign_function (i32.const 1060) (i32.const 10) (i32.const 1040) (i32.const 10) (i32.const 32) (i32.const 36)))
+        (i32.const 1))
+    """
+    )
+    data = {1024: "compress", 1040: "aaaaaaaaaa", 1060: "uncompress"}
+    host = start_plugin(plugin(body, data=data))
+    assert host.log_messages() == ["0", "0", "aaaaaaaaaa", "3"]
+    assert zlib.decompress(zlib.compress(b"aaaaaaaaaa")) == b"aaaaaaaaaa"

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import zlib
+
 from wasm_agent.agent.host.abi import Current, LogLevel, Status, host
 
 _M = 0xFFFFFFFF
+
+
+def _uncompress(data: bytes) -> tuple[Status, bytes]:
+    try:
+        return Status.OK, zlib.decompress(data)
+    except zlib.error:
+        return Status.SERIALIZATION_FAILURE, b""
+
+
+# Envoy's own foreign functions that need no Envoy internals (foreign.cc); tests may add or
+# override any name with ``foreign_functions=``.
+BUILTIN_FOREIGN = {
+    "compress": lambda data: zlib.compress(data),
+    "uncompress": _uncompress,
+    "clear_route_cache": lambda _data: b"",
+}
 
 
 @host("proxy_log", "iii")
@@ -84,7 +102,8 @@ def call_foreign_function(
     args = vm.memory.read(args_ptr, args_size)
     if args is None:
         return Status.INVALID_MEMORY_ACCESS
-    fn = vm.options.foreign_functions.get(name.decode("utf-8", "replace"))
+    fname = name.decode("utf-8", "replace")
+    fn = vm.options.foreign_functions.get(fname) or BUILTIN_FOREIGN.get(fname)
     if fn is None:
         return Status.NOT_FOUND
     outcome = fn(args)
