@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from typing import Any
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from wasm_agent.cache import ModuleCache
 
+    if args.log_level != "debug":  # every outcome is printed; the cache's logs would repeat it
+        logging.getLogger("wasm_agent.cache").setLevel(logging.ERROR)
     try:
         settings = cache_settings_from_env(args.cache_dir or args.cache_dir_before)
         if getattr(args, "older_than", None) is not None:

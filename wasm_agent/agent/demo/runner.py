@@ -221,7 +221,7 @@ def _agent_logs(path: Path | None):
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(TextFormatter())
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(min(level or logging.INFO, logging.INFO))  # --log-level debug still works
     try:
         yield
     finally:
