@@ -417,3 +417,26 @@ def test_builtin_compress_foreign_functions() -> None:
     host = start_plugin(plugin(body, data=data))
     assert host.log_messages() == ["0", "0", "aaaaaaaaaa", "3"]
     assert zlib.decompress(zlib.compress(b"aaaaaaaaaa")) == b"aaaaaaaaaa"
+
+
+def test_exchange_answers_callouts_with_a_responder() -> None:
+    hdrs = serialize_pairs([(b":method", b"GET"), (b":path", b"/auth"), (b":authority", b"auth")])
+    data = {
+        1024: "authsvc",
+        1040: "ping",
+        1050: ":status",
+        1096: struct.pack("<I", len(hdrs)),
+        1100: hdrs,
+    }
+    host = start_plugin(plugin(CALLOUT, data=data))
+    seen = []
+
+    def responder(callout):
+        seen.append(callout.headers.to_dict()[":path"])
+        return {":status": "200"}, b"pong"
+
+    ex = host.exchange(REQ, response_headers={":status": "200"}, callout_responder=responder)
+    assert seen == ["/auth"]
+    assert ex.upstream is not None and ex.client.headers.to_dict()[":status"] == "200"
+    assert "pong" in host.log_messages()
+    assert [e.envoy_level for e in ex.logs][:1] == ["info"]

@@ -26,6 +26,7 @@ Each ``send_*`` returns the action name Envoy would apply (``CONTINUE``,
     ex = host.exchange({":method": "GET", ":path": "/", ":authority": "h"}, b"",
                        {":status": "200"}, b"hello")
     ex.upstream   # Message | None: headers/body/trailers the upstream received
+    # callouts made on the way can be answered by callout_responder=lambda c: (hdrs, body)
     ex.client     # Message | None: what the client received (local replies included)
     ex.actions, ex.local_response, ex.logs, ex.failed
 
@@ -82,6 +83,7 @@ __all__ = [
 ]
 
 Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
+Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
 
 
 def _bytes(value: bytes | str | None) -> bytes:
@@ -228,17 +230,25 @@ class HostedPlugin:
         response_trailers: Headers | None = None,
         chunk_size: int | None = None,
         complete: bool = True,
+        callout_responder: Responder | None = None,
     ) -> Exchange:
-        """Request -> plugin -> upstream; response -> plugin -> client; then end the stream."""
+        """Request -> plugin -> upstream; response -> plugin -> client; then end the stream.
+
+        ``callout_responder(callout)`` answers HTTP callouts as they are made (return
+        ``(headers, body)`` or ``(headers, body, trailers)``, or None to leave one pending),
+        like a deterministic callout cluster would.
+        """
         logs_before = len(self.vm.logs)
         vm_before = self.vm
         s = self.http_stream()
         _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
               request_headers, _bytes(request_body), request_trailers, chunk_size)  # fmt: skip
+        self._answer_callouts(callout_responder)
         if s.upstream.complete and not s.closed:
             _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
                   response_headers or {":status": "200"}, _bytes(response_body),
                   response_trailers, chunk_size)  # fmt: skip
+            self._answer_callouts(callout_responder)
         if complete:
             s.complete()
         vm = s.vm or self.vm
@@ -253,6 +263,23 @@ class HostedPlugin:
             reset=s.reset,
             stream=s,
         )
+
+    def _answer_callouts(self, responder: Responder | None) -> None:
+        """Answer pending HTTP callouts (including ones made while answering) in order."""
+        if responder is None:
+            return
+        asked: set[int] = set()
+        for _ in range(1000):
+            pending = [c for c in self.vm.callouts.http.values() if not c.answered]
+            pending = [c for c in pending if c.token not in asked]
+            if not pending:
+                return
+            callout = pending[0]
+            asked.add(callout.token)
+            answer = responder(callout)
+            if answer is not None:
+                headers, body, *rest = answer
+                self.respond_http_call(callout.token, headers, body, rest[0] if rest else None)
 
     # -- timers, callouts, queues --------------------------------------------------------------
 

@@ -52,6 +52,11 @@ class LogEntry:
     context_id: int
     raw: bytes = b""
 
+    @property
+    def envoy_level(self) -> str:
+        """The level as Envoy prints it (trace, debug, info, warning, error, critical)."""
+        return ("trace", "debug", "info", "warning", "error", "critical")[self.level]
+
 
 @dataclass
 class VmOptions:
