@@ -272,6 +272,8 @@ async def run_demo(envoy_path: str, options: DemoOptions) -> int:
             log.exception("demo failed")
             story.say(f"\nDemo FAILED at step {story.number} ({story.step}): {error!r}")
         finally:
+            for number in (signal.SIGINT, signal.SIGTERM):  # cleanup is bounded: let it finish
+                loop.add_signal_handler(number, lambda: None)
             await stack.stop()
             for number in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(number)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,7 @@ class RecordingCache:
 
     def _add(self, record: FetchRecord, started: float) -> None:
         millis = (time.perf_counter() - started) * 1000
-        self.records.append(
-            FetchRecord(**{**record.__dict__, "millis": millis})  # frozen: rebuild with time
-        )
+        self.records.append(replace(record, millis=millis))
         self.changed.set()
 
     def __getattr__(self, name: str) -> Any:  # hold, release, lookup, purge...
