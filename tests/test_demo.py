@@ -103,7 +103,8 @@ def test_demo_tells_the_whole_story_and_cleans_up() -> None:
     assert "fork" not in result.stderr  # no gRPC fork warning
 
 
-def test_keep_running_prints_curl_and_ctrl_c_stops_everything() -> None:
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_keep_running_prints_curl_and_a_signal_stops_everything(number: int) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "wasm_agent", "demo", "--keep-running"],
         stdout=subprocess.PIPE,
@@ -133,14 +134,14 @@ def test_keep_running_prints_curl_and_ctrl_c_stops_everything() -> None:
         envoy_pid = int(re.search(r"envoy\s+\S+ pid (\d+)", out).group(1))
         workdir = re.search(r"(/tmp/wasm-agent-demo-\w+)", out).group(1)
         assert alive(envoy_pid)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(number)
         rest, _err = process.communicate(timeout=20)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert process.returncode == 0, rest
-    assert "Interrupted (SIGINT); stopping." in rest
+    assert f"Interrupted ({signal.Signals(number).name}); stopping." in rest
     assert "Stopped Envoy, wasm-agent, the control plane and the servers." in rest
     assert not alive(envoy_pid)
     assert not Path(workdir).exists()
