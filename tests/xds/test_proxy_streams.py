@@ -183,10 +183,16 @@ async def test_garbage_and_oversized_responses_end_only_their_stream(
     # 100 MB ECDS response: over the 64 MiB limit, the stream ends with an error
     victim = client(sock)
     await victim.request(ECDS_TYPE, node=True)
-    await istiod.until(lambda: len(istiod.open_streams()) == 2)
+    (target,) = await istiod.until(
+        lambda: [
+            s
+            for s in istiod.open_streams()
+            if s.requests[:1] and s.requests[0].type_url == ECDS_TYPE
+        ]
+    )
     huge = discovery_pb2.DiscoveryResponse(type_url=ECDS_TYPE, nonce="huge")
     huge.resources.add(type_url=ECDS_TYPE, value=b"\x0a\x01x" + b"\x00" * (100 * 2**20))
-    istiod.send_response(huge, istiod.open_streams()[-1])
+    istiod.send_response(huge, target)
     with pytest.raises(grpc.aio.AioRpcError):
         await victim.read(timeout=30)
     await victim.close()
