@@ -1,7 +1,9 @@
-"""Reading Istio ``WasmPlugin`` manifests (YAML, multi-document) for ``prefetch -f``."""
+"""Reading Istio ``WasmPlugin`` manifests (YAML, multi-document) for ``prefetch -f`` and
+``check -f``."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ class PluginSource:
     pull_policy: str
     name: str
     origin: str  # "file:line"
+    plugin_config: str | None = None  # spec.pluginConfig as compact JSON (what Envoy receives)
+    plugin_type: str = ""  # spec.type: HTTP (default) or NETWORK
 
 
 def load_wasmplugins(path: Path) -> list[PluginSource]:
@@ -74,4 +78,9 @@ def _plugins(doc: object, origin: str) -> list[PluginSource]:
     if sha is not None and not isinstance(sha, str):
         raise ManifestError(f"{origin}: WasmPlugin {name!r}: spec.sha256 must be a string")
     policy = spec.get("imagePullPolicy") or ""
-    return [PluginSource(url.strip(), sha or None, str(policy), name, origin)]
+    config = spec.get("pluginConfig")
+    config_json = (
+        json.dumps(config, separators=(",", ":"), default=str) if config is not None else None
+    )
+    kind = str(spec.get("type") or "")
+    return [PluginSource(url.strip(), sha or None, str(policy), name, origin, config_json, kind)]
