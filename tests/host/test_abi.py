@@ -208,13 +208,13 @@ def test_http_callout_round_trip() -> None:
     host = start_plugin(plugin(CALLOUT, data=data))
     s = host.http_stream()
     assert s.send_request_headers(REQ, end_stream=True) == "STOP_ALL_ITERATION_AND_WATERMARK"
-    assert _codes(host) == [0, 1, 2, 6]
+    assert _codes(host) == [0, 4, 2, 6]  # HTTP callout tokens are 4, 8, ... (as Envoy)
     (call,) = host.http_callouts
     assert (call.cluster, call.body, call.timeout_ms) == ("authsvc", b"ping", 500)
     assert call.headers.to_dict()[":path"] == "/auth"
     host.respond_http_call(call.token, {":status": "204"}, b"pong")
     logs = host.log_messages()[4:]
-    assert logs == ["1", "1", "1", "4", "0", "pong", "0", "204", "0", "0", "0", "0"]
+    assert logs == ["1", "4", "1", "4", "0", "pong", "0", "204", "0", "0", "0", "0"]
     assert s.upstream.complete and s.upstream.headers is not None
 
 
@@ -233,7 +233,7 @@ def test_http_callout_failure_reports_status() -> None:
     host.fail_http_call(host.http_callouts[0].token)
     logs = host.log_messages()[4:]
     # no headers, no body: the body read is NOT_FOUND? no: the response exists but is empty
-    assert logs[:4] == ["1", "1", "0", "0"]
+    assert logs[:4] == ["1", "4", "0", "0"]
     assert logs[-4:-2] == ["0", chr(48 + 11)]  # get_status: BROKEN_CONNECTION
 
 
@@ -282,13 +282,15 @@ def test_grpc_calls_and_streams() -> None:
     host = start_plugin(
         plugin(GRPC, data={1024: "svc", 1030: "Meth", 1040: "req", 1050: "\xff\xff"})
     )
-    assert _codes(host) == [0, 1, 0, 2, 0, 2, 1, 4]
+    # call token 5, stream token 6; send on a call: BAD_ARGUMENT; cancel of an unknown call
+    # (77 & 3 == 1): NOT_FOUND; a service that is not a GrpcService: PARSE_FAILURE
+    assert _codes(host) == [0, 5, 0, 6, 0, 2, 1, 4]
     call, stream = host.grpc_calls
     assert (call.service_name, call.method, call.messages) == ("svc", "Meth", [b"req"])
     assert stream.stream and stream.messages == [b"req"]
     host.respond_grpc(call.token, message=b"answer")
     host.respond_grpc(stream.token, close=14)
-    assert host.log_messages()[-5:] == ["1", "0", "answer", "2", chr(48 + 14)]
+    assert host.log_messages()[-5:] == ["5", "0", "answer", "6", chr(48 + 14)]
 
 
 def test_ticks() -> None:
@@ -440,3 +442,22 @@ def test_exchange_answers_callouts_with_a_responder() -> None:
     assert ex.upstream is not None and ex.client.headers.to_dict()[":status"] == "200"
     assert "pong" in host.log_messages()
     assert [e.envoy_level for e in ex.logs][:1] == ["info"]
+
+
+def test_empty_buffer_read_writes_null_result() -> None:
+    """Envoy 1.40 writes pointer 0 / size 0 for an empty read (AS SDK traps rely on it)."""
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (i32.store (i32.const 32) (i32.const 77)) (i32.store (i32.const 36) (i32.const 77))
+        (call $st (call $proxy_get_buffer_bytes (i32.const 7) (i32.const 0) (i32.const 0) (i32.const 32) (i32.const 36)))
+        (call $st (i32.add (i32.load (i32.const 32)) (i32.load (i32.const 36))))
+        (i32.store (i32.const 32) (i32.const 77))
+        (call $st (call $proxy_get_buffer_bytes (i32.const 7) (i32.const 99) (i32.const 5) (i32.const 32) (i32.const 36)))
+        (call $st (i32.load (i32.const 32)))
+        (i32.const 1))
+    """
+    )
+    host = start_plugin(plugin(body), plugin_config=b"abc")
+    assert host.log_messages() == ["0", "0", "0", "0"]

@@ -58,7 +58,7 @@ def test_v021_log_level_and_foreign_function_callback_lookup() -> None:
       (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
         (call $st (call $proxy_get_log_level (i32.const 44))) (call $st (i32.load (i32.const 44)))
         (i32.const 1))
-      (func (export "proxy_on_foreign_function") (param i32 i32 i32) (result i32) (i32.const 0))
+      (func (export "proxy_on_foreign_function") (param i32 i32 i32))
     """
     )
     host = start_plugin(plugin(body, version="0_2_1"))

@@ -335,5 +335,5 @@ def callbacks_for(version: AbiVersion) -> dict[str, tuple[str, str]]:
     table["proxy_on_request_headers"] = hdr
     table["proxy_on_response_headers"] = hdr
     if version is not AbiVersion.V0_1_0:
-        table["proxy_on_foreign_function"] = ("iii", "i")
+        table["proxy_on_foreign_function"] = ("iii", "")  # cpp-host: WasmCallVoid<3>
     return table

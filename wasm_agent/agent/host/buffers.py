@@ -3,8 +3,9 @@
 Availability follows Envoy's ``Context::getBuffer``: body and data buffers always answer (empty
 outside their callbacks), the VM configuration always, the plugin configuration only while
 ``proxy_on_configure`` runs, the http-call response body only while its callback runs (else
-NOT_FOUND). ``get`` clamps the length to the buffer and writes nothing when it is zero or when
-``start`` is past the end (OK, as Envoy).
+NOT_FOUND). ``get`` clamps the length to the buffer; an empty result (zero length, or ``start``
+past the end) still writes pointer 0 and size 0, which is what Envoy 1.40 does (an
+AssemblyScript SDK bug that trusts stale return slots traps in Envoy exactly because of it).
 """
 
 from __future__ import annotations
@@ -45,13 +46,7 @@ def get_buffer_bytes(btype: int, start: int, length: int, ptr_p: int, size_p: in
     if buffer is None:
         return Status.NOT_FOUND
     size = buffer.size()
-    if start >= size:
-        return Status.OK  # Envoy answers OK and writes nothing (checked against Envoy 1.40)
-    if start + length > size:
-        length = size - start
-    if length == 0:
-        return Status.OK
-    data = bytes(buffer.data[start : start + length])
+    data = bytes(buffer.data[start : start + length]) if start < size else b""
     return Status.OK if vm.memory.copy_out(data, ptr_p, size_p) else Status.INVALID_MEMORY_ACCESS
 
 

@@ -2,9 +2,10 @@
 
 Calls belong to the root context (Envoy routes them through ``root_context()``), so responses
 arrive on the root context id; SDKs use ``proxy_set_effective_context`` to get back to a stream.
-Tokens: HTTP from 1 up; gRPC calls odd, gRPC streams even. ``proxy_http_call`` needs ``:path``,
-``:method`` and ``:authority`` and a known cluster (BAD_ARGUMENT otherwise); a gRPC service that
-is not a serialized ``GrpcService`` message is PARSE_FAILURE.
+Tokens carry their kind in the low two bits like cpp-host's callout ids (checked against Envoy
+1.40): HTTP calls 4, 8, ...; gRPC calls 5, 9, ...; gRPC streams 6, 10, ... ``proxy_http_call``
+needs ``:path``, ``:method`` and ``:authority`` and a known cluster (BAD_ARGUMENT otherwise); a
+gRPC service that is not a serialized ``GrpcService`` message is PARSE_FAILURE.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from wasm_agent.agent.host.abi import Current, Status, host
 from wasm_agent.agent.host.maps import HeaderMap, deserialize_pairs
 
 _M = 0xFFFFFFFF
+HTTP, GRPC_CALL, GRPC_STREAM = 0, 1, 2  # callout kind = token & 3
 
 
 @dataclass
@@ -50,20 +52,17 @@ class Callouts:
     def __init__(self) -> None:
         self.http: dict[int, HttpCallout] = {}
         self.grpc: dict[int, GrpcCall] = {}
-        self._next_http = 1
-        self._next_grpc = 1
+        self._next = {HTTP: HTTP, GRPC_CALL: GRPC_CALL, GRPC_STREAM: GRPC_STREAM}
 
     def next_http_token(self) -> int:
-        token = self._next_http
-        self._next_http += 1
-        return token
+        return self._advance(HTTP)
 
     def next_grpc_token(self, stream: bool) -> int:
-        token = self._next_grpc
-        if (token % 2 == 0) != stream:
-            token += 1
-        self._next_grpc = token + 1
-        return token
+        return self._advance(GRPC_STREAM if stream else GRPC_CALL)
+
+    def _advance(self, kind: int) -> int:
+        self._next[kind] += 4
+        return self._next[kind] & 0xFFFFFFFF
 
 
 def _grpc_service_ok(raw: bytes) -> bool:
@@ -170,7 +169,7 @@ def grpc_send(token: int, msg_ptr: int, msg_size: int, end_stream: int) -> int:
     if message is None:
         return Status.INVALID_MEMORY_ACCESS
     token &= _M
-    if token % 2 == 1:
+    if token & 3 != GRPC_STREAM:
         return Status.BAD_ARGUMENT
     call = vm.callouts.grpc.get(token)
     if call is None or call.done:
@@ -182,7 +181,10 @@ def grpc_send(token: int, msg_ptr: int, msg_size: int, end_stream: int) -> int:
 
 
 def _finish(token: int, cancel: bool) -> int:
-    call = Current.vm.callouts.grpc.get(token & _M)
+    token &= _M
+    if token & 3 not in (GRPC_CALL, GRPC_STREAM):
+        return Status.BAD_ARGUMENT
+    call = Current.vm.callouts.grpc.get(token)
     if call is None or call.done:
         return Status.NOT_FOUND
     if cancel or not call.stream:
