@@ -172,8 +172,8 @@ async def test_delta_ecds_responses_are_all_delivered_in_order(
 async def test_concurrent_fetches_and_cache_hits(
     istiod: FakeIstiod, proxy: XdsProxy, mods: ModServer
 ) -> None:
-    a = mods.slow("/concurrent/a.wasm", V1, chunk=64, delay=0.3)
-    b = mods.slow("/concurrent/b.wasm", V2, chunk=64, delay=0.3)
+    a = mods.slow("/concurrent/a.wasm", V1, chunk=64, delay=0.5)
+    b = mods.slow("/concurrent/b.wasm", V2, chunk=64, delay=0.5)
     ads, _ = await connect(proxy, istiod)
     both = [
         wasm_extension(a, sha256_hex(V1), name="a"),
@@ -183,7 +183,7 @@ async def test_concurrent_fetches_and_cache_hits(
     started = loop.time()
     istiod.send_response(sotw_response(ECDS_TYPE, both, "c1", "N1"))
     assert len((await ads.read()).resources) == 2
-    serial = 2 * (len(V1) // 64 + 1) * 0.3
+    serial = 2 * (len(V1) // 64 + 1) * 0.5
     assert loop.time() - started < serial * 0.8, "fetches of one response run concurrently"
     istiod.send_response(sotw_response(ECDS_TYPE, both, "c2", "N2"))
     assert (await ads.read()).nonce == "N2"
