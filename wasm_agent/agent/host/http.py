@@ -12,44 +12,17 @@ buffer to the next call; StopIterationNoBuffer drops the chunk. Stream end runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wasm_agent.agent.host import abi
 from wasm_agent.agent.host.abi import AbiVersion, BufferType, MapType, StreamType
 from wasm_agent.agent.host.context import Buffer
 from wasm_agent.agent.host.maps import HeaderMap
+from wasm_agent.agent.host.messages import LocalResponse, Message
 from wasm_agent.agent.host.streaminfo import http_property
 
 if TYPE_CHECKING:
     from wasm_agent.agent.host.failure import Plugin
-
-
-@dataclass
-class Message:
-    """What one hop received: headers (None: nothing yet), body, trailers, end of stream."""
-
-    headers: HeaderMap | None = None
-    body: bytearray = field(default_factory=bytearray)
-    trailers: HeaderMap | None = None
-    complete: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "headers": self.headers.pairs() if self.headers is not None else None,
-            "body": bytes(self.body).decode("utf-8", "replace"),
-            "trailers": self.trailers.pairs() if self.trailers is not None else None,
-            "complete": self.complete,
-        }
-
-
-@dataclass
-class LocalResponse:
-    status: int
-    body: bytes
-    headers: list[tuple[bytes, bytes]]
-    details: str
-    grpc_status: int
 
 
 class _Direction:
