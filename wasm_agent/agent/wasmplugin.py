@@ -23,6 +23,7 @@ class PluginSource:
     origin: str  # "file:line"
     plugin_config: str | None = None  # spec.pluginConfig as compact JSON (what Envoy receives)
     plugin_type: str = ""  # spec.type: HTTP (default) or NETWORK
+    root_id: str = ""  # spec.pluginName: Envoy's root_id
 
 
 def load_wasmplugins(path: Path) -> list[PluginSource]:
@@ -83,4 +84,9 @@ def _plugins(doc: object, origin: str) -> list[PluginSource]:
         json.dumps(config, separators=(",", ":"), default=str) if config is not None else None
     )
     kind = str(spec.get("type") or "")
-    return [PluginSource(url.strip(), sha or None, str(policy), name, origin, config_json, kind)]
+    root_id = str(spec.get("pluginName") or "")
+    return [
+        PluginSource(
+            url.strip(), sha or None, str(policy), name, origin, config_json, kind, root_id
+        )
+    ]

@@ -1,0 +1,8 @@
+"""``wasm-agent check``: structure, Envoy compatibility, load test and behaviour specs.
+
+Modules: ``structure`` (a small Wasm section reader), ``compat`` (ABI version, allocator,
+imports and callbacks against what Envoy links), ``load`` (start in the reference host),
+``spec`` (YAML behaviour specs with line numbers), ``cases`` (running spec cases), ``runner``
+(one module through every check), ``report`` (text, JSON, JUnit, GitHub annotations) and
+``model`` (the result types every other module fills).
+"""

@@ -1,0 +1,236 @@
+"""Check that Wasm plugins are valid, load in Envoy and behave (a CI gate).
+
+MODULE is a local path, an ``http(s)://`` URL or an ``oci://`` reference (remote modules are
+fetched through the module cache, with ``prefetch``'s options); ``-f`` reads Istio
+``WasmPlugin`` manifests (url, sha256, and pluginConfig as the configuration). Each module gets
+structure, Envoy-compatibility and load checks, plus the behaviour cases of ``--spec``.
+Exit status: 0 every module passed, 1 any check failed (a fetch failure too), 2 usage error
+(bad flags, an unreadable --config file, a spec or manifest file that does not parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_TIMEOUT = 300.0
+ABI_VERSIONS = ("0.1.0", "0.2.0", "0.2.1")
+
+
+class UsageError(ValueError):
+    """Bad flags or input files: exit status 2."""
+
+
+@dataclass
+class Target:
+    """One module to check."""
+
+    module: str  # as given
+    url: str | None  # remote URL (normalized), None for a local file
+    path: Path | None
+    sha256: str | None = None
+    config: bytes | None = None  # None: the --config value
+    plugin: str | None = None
+    origin: str | None = None
+    pull_policy: str = ""
+    root_id: str | None = None  # None: the --root-id value
+    root_id: str | None = None  # None: the --root-id value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``check`` flags."""
+    add = parser.add_argument
+    add("modules", nargs="*", metavar="MODULE", help="path, http(s):// URL or oci:// reference")
+    add("-f", "--filename", dest="files", action="append", type=Path, default=[], metavar="FILE",
+        help="Istio WasmPlugin manifest (YAML, several documents); repeatable")  # fmt: skip
+    add("--config", default="", metavar="STR|@FILE",
+        help="plugin configuration for MODULEs (manifests use their pluginConfig)")  # fmt: skip
+    add("--root-id", default="", metavar="ID",
+        help="root_id (WasmPlugin pluginName) for MODULEs (default: empty)")  # fmt: skip
+    add("--spec", type=Path, metavar="FILE", help="behaviour spec (YAML, see docs/check.md)")
+    add("--format", choices=("text", "json", "junit"), default="text",
+        help="output format (default: text)")  # fmt: skip
+    add("--envoy-abi", choices=ABI_VERSIONS, default="0.2.1",
+        help="newest Proxy-Wasm ABI version the target Envoy serves (default: 0.2.1)")  # fmt: skip
+    add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
+    add("--cache-dir", metavar="DIR",
+        help="module cache (default: $WASM_AGENT_CACHE_DIR, else ~/.cache/wasm-agent)")  # fmt: skip
+    add("--pull-secret", type=Path, metavar="FILE",
+        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
+    add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help=f"deadline for each module's fetch (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    add("--insecure-registry", action="append", default=[], metavar="HOST",
+        help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
+
+
+def _read_value(spec: str, flag: str) -> bytes:
+    if not spec.startswith("@"):
+        return spec.encode()
+    path = Path(spec[1:])
+    try:
+        if path.is_dir():
+            raise UsageError(f"{flag}: {path} is a directory")
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{flag}: cannot read {path}: {error.strerror}") from None
+
+
+def _is_url(module: str) -> bool:
+    return "://" in module and module.split("://", 1)[0].isalpha()
+
+
+def _target(module: str, sha256: str | None) -> Target:
+    if not _is_url(module):
+        return Target(module, None, Path(module), sha256)
+    from wasm_agent.fetch.dispatch import normalize_url, url_scheme
+
+    url = normalize_url(module)
+    scheme = url_scheme(url)
+    if scheme == "file":
+        from wasm_agent.fetch.errors import FetchError
+        from wasm_agent.fetch.file import path_from_url
+
+        try:
+            return Target(module, None, path_from_url(url), sha256)
+        except FetchError as error:
+            raise UsageError(f"{module}: {error.cause}") from None
+    if scheme not in ("http", "https", "oci"):
+        raise UsageError(f"{module}: unsupported scheme {scheme!r} (use a path, http(s) or oci)")
+    return Target(module, url, None, sha256)
+
+
+def _targets(args: argparse.Namespace) -> list[Target]:
+    from wasm_agent.fetch.model import normalize_sha256
+
+    if not args.modules and not args.files:
+        raise UsageError("give at least one MODULE or -f FILE")
+    sha = None
+    if args.sha256 is not None:
+        if len(args.modules) != 1 or args.files:
+            raise UsageError("--sha256 applies to exactly one MODULE")
+        sha = normalize_sha256(args.sha256)
+        if sha is None or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise UsageError(f"--sha256: not a sha256 hex digest: {args.sha256!r}")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    targets = [_target(m, sha) for m in args.modules]
+    for path in args.files:
+        targets.extend(_manifest_targets(path))
+    return targets
+
+
+def _manifest_targets(path: Path) -> list[Target]:
+    from wasm_agent.agent.wasmplugin import ManifestError, load_wasmplugins
+    from wasm_agent.fetch.dispatch import normalize_url
+
+    try:
+        plugins = load_wasmplugins(path)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+    targets = []
+    for plugin in plugins:
+        url = normalize_url(plugin.url)  # Istio's rule: no scheme means OCI
+        target = _target(url, plugin.sha256)
+        target.module = plugin.url
+        target.plugin, target.origin = plugin.name, plugin.origin
+        target.pull_policy, target.root_id = plugin.pull_policy, plugin.root_id
+        target.config = (plugin.plugin_config or "").encode()
+        targets.append(target)
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every module, print the report, return the exit status."""
+    from wasm_agent.agent.check.spec import SpecError, load_spec
+    from wasm_agent.agent.settings import SettingsError, fetch_settings_from_env
+
+    try:
+        targets = _targets(args)
+        config = _read_value(args.config, "--config")
+        spec = load_spec(args.spec) if args.spec is not None else None
+        fetch_settings = fetch_settings_from_env()
+        secret = None
+        if args.pull_secret is not None:
+            secret = _read_value(f"@{args.pull_secret}", "--pull-secret")
+    except (UsageError, SpecError, SettingsError) as error:
+        print(f"wasm-agent check: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from wasm_agent.agent.check.model import ModuleReport
+    from wasm_agent.agent.check.runner import Options
+
+    options = Options(envoy_abi=args.envoy_abi, spec=spec)
+    reports = [
+        ModuleReport(module=t.module, url=t.url, plugin=t.plugin, origin=t.origin) for t in targets
+    ]
+    blobs = _load_all(args, targets, reports, fetch_settings, secret)
+    from wasm_agent.agent.check.runner import check_module
+
+    for target, report, data in zip(targets, reports, blobs, strict=True):
+        if data is not None:
+            module_config = target.config if target.config is not None else config
+            root_id = target.root_id if target.root_id is not None else args.root_id
+            check_module(report, data, module_config, options, root_id)
+    _output(reports, args.format)
+    return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
+
+
+def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | None]:
+    """Module bytes per target (None when reading or fetching failed: an ``input`` check)."""
+    from wasm_agent.agent.check.model import Check, Status
+    from wasm_agent.agent.check.runner import InputError, read_local
+
+    blobs: list[bytes | None] = [None] * len(targets)
+    remote = []
+    for i, (target, report) in enumerate(zip(targets, reports, strict=True)):
+        if target.path is None:
+            remote.append(i)
+            continue
+        try:
+            data = read_local(target.path, fetch_settings.max_binary_size)
+        except InputError as error:
+            report.add(Check("input", "read", Status.FAIL, str(error)))
+            continue
+        if target.sha256 is not None:
+            import hashlib
+
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != target.sha256:
+                report.add(Check("input", "sha256", Status.FAIL,
+                                 f"module has sha256 {actual}, which does not match "
+                                 f"{target.sha256}"))  # fmt: skip
+                continue
+            report.add(Check("input", "sha256", Status.PASS, "matches the expected sha256"))
+        blobs[i] = data
+    if remote:
+        from wasm_agent.agent.check.fetching import fetch_all
+
+        fetched = fetch_all(args, [targets[i] for i in remote], fetch_settings, secret)
+        for i, (outcome, detail) in zip(remote, fetched, strict=True):
+            report = reports[i]
+            if isinstance(outcome, str):
+                report.add(Check("input", "fetch", Status.FAIL, outcome))
+                continue
+            data, report.sha256, report.oci_digest = outcome
+            report.add(Check("input", "fetch", Status.PASS, detail))
+            blobs[i] = data
+    return blobs
+
+
+def _output(reports, fmt: str) -> None:
+    from wasm_agent.agent.check import report as render
+
+    if fmt == "json":
+        render.write_json(reports, sys.stdout)
+    elif fmt == "junit":
+        render.write_junit(reports, sys.stdout)
+    else:
+        render.write_text(reports, sys.stdout)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        stream = sys.stdout if fmt == "text" else sys.stderr  # keep JSON/XML parseable
+        for line in render.github_annotations(reports):
+            print(line, file=stream)
+    sys.stdout.flush()
