@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("module", help="the .wasm plugin")
     parser.add_argument("--config", default="", help="plugin configuration: STR or @FILE")
     parser.add_argument("--vm-config", default="", help="VM configuration: STR or @FILE")
+    parser.add_argument("--root-id", default="", help="the plugin's root_id (some SDKs need it)")
+    parser.add_argument("--vm-id", default="", help="the plugin's vm_id")
     parser.add_argument("-X", "--method", default="GET", help="request method (default GET)")
     parser.add_argument("--path", default="/", help="request path (default /)")
     parser.add_argument("--authority", default="example.com", help="request :authority")
@@ -92,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
     level = _PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO)
     try:
-        host = start_plugin(wasm, plugin_config=plugin_config, vm_config=vm_config, log_level=level)
+        host = start_plugin(
+            wasm,
+            plugin_config=plugin_config,
+            vm_config=vm_config,
+            log_level=level,
+            root_id=args.root_id,
+            vm_id=args.vm_id,
+        )
     except LoadError as exc:
         print(f"wasm-agent run: {exc}", file=sys.stderr)
         return EXIT_FAILED
