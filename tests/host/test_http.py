@@ -344,3 +344,21 @@ def test_local_response_from_response_path_replaces_response() -> None:
     assert ex.client.headers.to_dict()[":status"] == "418"
     assert bytes(ex.client.body) == b"teapot"
     assert host.log_messages() == ["0"]
+
+
+def test_local_response_keeps_the_plugins_content_type() -> None:
+    """Envoy adds text/plain only when the plugin set no content-type."""
+    pairs = serialize_pairs([(b"content-type", b"application/json")])
+    body = (
+        BASIC
+        + f"""
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (drop (call $proxy_send_local_response (i32.const 400) (i32.const 0) (i32.const 0)
+           (i32.const 1040) (i32.const 2) (i32.const 1100) (i32.const {len(pairs)}) (i32.const -1)))
+        (i32.const 0))
+    """
+    )
+    host = start_plugin(plugin(body, data={1040: "{}", 1100: pairs}))
+    ex = host.exchange(REQ)
+    assert ex.client.headers.get_all("content-type") == [b"application/json"]
+    assert ex.client.headers.to_dict()["content-length"] == "2"

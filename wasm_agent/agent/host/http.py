@@ -309,12 +309,14 @@ class HttpStream:
             return
         self.local_response = reply
         self.request.paused = True
+        # Envoy's prepareLocalReply: the plugin's headers, then the length, and text/plain
+        # only when the plugin set no content-type (checked against Envoy 1.40).
         headers = HeaderMap([(b":status", str(reply.status).encode())])
-        headers.add(b"content-length", str(len(reply.body)).encode())
-        if reply.body:
-            headers.add(b"content-type", b"text/plain")
         for key, value in reply.headers:
             headers.add(key, value)
+        headers.replace(b"content-length", str(len(reply.body)).encode())
+        if reply.body and headers.get(b"content-type") is None:
+            headers.add(b"content-type", b"text/plain")
         d = self.response
         # From the request path the reply runs through the plugin's response callbacks; from
         # the response path it replaces the response without re-entering the plugin (Envoy).
