@@ -45,6 +45,7 @@ def run_case(data: bytes, case: Case, default_config: bytes, root_id: str = "") 
         (":method", req.method), (":path", req.path), (":authority", req.authority),
         (":scheme", req.scheme), ("x-request-id", "wasm-agent-check"), *req.headers,
     ]  # fmt: skip
+    load_logs = list(host.logs)  # what the plugin logged while starting and configuring
     resp = case.response
     response_headers = [(":status", str(resp.status)), *resp.headers]
     ex = host.exchange(
@@ -55,17 +56,18 @@ def run_case(data: bytes, case: Case, default_config: bytes, root_id: str = "") 
         request_trailers=req.trailers,
         response_trailers=resp.trailers,
     )
+    logs = [e for e in load_logs if e.context_id >= 0] + [e for e in ex.logs if e.context_id >= 0]
     details["exchange"] = ex.to_dict()
     metrics = host.metrics
     details["metrics"] = metrics
-    _compare(case, ex, metrics, diffs)
+    _compare(case, ex, logs, metrics, diffs)
     return _result(case, diffs, details, started)
 
 
 def _result(case: Case, diffs: list[str], details: dict[str, Any], started: float) -> Check:
     elapsed = (time.perf_counter() - started) * 1000
     if diffs:
-        first = diffs[0].splitlines()[0]
+        first = diffs[0].splitlines()[0].rstrip(":")
         more = f" (+{len(diffs) - 1} more)" if len(diffs) > 1 else ""
         return Check("spec", case.name, Status.FAIL, first + more, details,
                      [line for d in diffs for line in d.splitlines()],
@@ -74,7 +76,9 @@ def _result(case: Case, diffs: list[str], details: dict[str, Any], started: floa
                  case.location)  # fmt: skip
 
 
-def _compare(case: Case, ex: Any, metrics: dict[str, Any], diffs: list[str]) -> None:
+def _compare(
+    case: Case, ex: Any, logs: list[Any], metrics: dict[str, Any], diffs: list[str]
+) -> None:
     expect = case.expect
     if ex.failed:
         if expect.trap is None:
@@ -93,7 +97,7 @@ def _compare(case: Case, ex: Any, metrics: dict[str, Any], diffs: list[str]) -> 
     _local_reply(expect.local_reply, ex.local_response, diffs)
     for want in expect.logs:
         floor = _LEVELS[want.level] if want.level else -1
-        lines = [e for e in ex.logs if e.context_id >= 0]
+        lines = logs
         if not any(want.contains in e.message and int(e.level) >= floor for e in lines):
             level = f" at {want.level} or above" if want.level else ""
             seen = [f"  [{e.level.name.lower()}] {e.message}" for e in lines] or ["  (no logs)"]

@@ -34,7 +34,7 @@ def failed_stage(message: str) -> str:
 
 
 def load_checks(
-    data: bytes, config: bytes, exports: set[str], root_id: str = ""
+    data: bytes, config: bytes, exports: set[str], root_id: str = "", start_section: bool = False
 ) -> tuple[list[Check], object | None]:
     """Start the plugin with ``config``; return one check per stage and the running plugin."""
     from wasm_agent.agent.host.harness import LoadError, start_plugin
@@ -47,11 +47,15 @@ def load_checks(
         hosted, failure = None, str(error)
     elapsed = (time.perf_counter() - started) * 1000
     start_fn = next((f for f in ("_initialize", "_start") if f in exports), None)
+    if start_fn:
+        start_text = f"{start_fn} ran"
+    elif start_section:
+        start_text = "the start section ran at instantiation"
+    else:
+        start_text = "no _initialize or _start export (nothing to run)"
     passed_text = {
         "instantiate": "linked and instantiated",
-        "start": f"{start_fn} ran"
-        if start_fn
-        else "no _initialize or _start export (nothing to run)",
+        "start": start_text,
         "on_vm_start": "proxy_on_vm_start returned true"
         if "proxy_on_vm_start" in exports
         else "no proxy_on_vm_start export (treated as success)",

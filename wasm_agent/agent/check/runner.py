@@ -116,19 +116,20 @@ def _check(
     from wasm_agent.agent.check.load import load_checks
 
     exports = {e.name for e in info.exports}
-    load, _hosted = load_checks(data, config, exports, root_id)
+    load, _hosted = load_checks(data, config, exports, root_id, info.start is not None)
     report.checks.extend(load)
     if options.spec is None:
         return
     broken = next((c for c in load[:2] if c.status is Status.FAIL), None)
     from wasm_agent.agent.check.cases import run_case
 
+    spec_config = options.spec.config if options.spec.config is not None else config
     for case in options.spec.cases:
         if broken is not None:
             report.add(Check("spec", case.name, Status.SKIP, "not run: the module does not load",
                              location=case.location))  # fmt: skip
             continue
-        report.add(run_case(data, case, config, root_id))
+        report.add(run_case(data, case, spec_config, root_id))
 
 
 def _compile(data: bytes) -> tuple[object | None, Check]:
