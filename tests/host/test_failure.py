@@ -128,3 +128,16 @@ def test_trap_in_allocator_during_host_call() -> None:
     ex = host.exchange(REQ)
     assert host.failed == "Function: malloc failed: Uncaught RuntimeError: unreachable"
     assert ex.client.headers.to_dict()[":status"] == "503"
+
+
+def test_infinite_loop_is_stopped_by_epoch_deadline() -> None:
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (loop $l (br $l)) (i32.const 0))
+    """
+    )
+    host = start_plugin(plugin(body), fuel=None, deadline_ms=50)
+    assert host.exchange(REQ).client.headers.to_dict()[":status"] == "503"
+    assert host.failed.endswith("callback deadline exceeded (runaway plugin stopped)")

@@ -295,11 +295,12 @@ def test_set_header_map_pairs_replaces_everything() -> None:
 
 
 def test_fueled_and_unmetered_vms_coexist() -> None:
-    """Both engines (fuel on/off) in one process: function types are per engine."""
+    """All engines (fuel on/off, epoch) in one process: function types are per engine."""
     wasm = plugin(MAPS, data=MAPS_DATA)
     a = start_plugin(wasm, fuel=None)
     b = start_plugin(wasm)
-    for host in (a, b, start_plugin(wasm, fuel=None)):
+    c = start_plugin(wasm, deadline_ms=1000)  # fuel and an epoch deadline together
+    for host in (a, b, c, start_plugin(wasm, fuel=None)):
         assert host.exchange(REQ).upstream.headers.to_dict()["x-b"] == "2"
 
 

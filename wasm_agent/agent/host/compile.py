@@ -13,23 +13,39 @@ import hashlib
 import importlib.metadata
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import wasmtime
 
-_ENGINES: dict[bool, wasmtime.Engine] = {}
+_ENGINES: dict[tuple[bool, bool], wasmtime.Engine] = {}
+EPOCH_TICK_S = 0.005  # how often the epoch ticker advances epoch-mode engines
 _MODULES: dict[str, wasmtime.Module] = {}
 STATS = {"memory_hits": 0, "disk_hits": 0, "compiles": 0}
 
 
-def engine(fuel: bool) -> wasmtime.Engine:
-    """The shared engine for a limit mode (fuel metering changes the compiled code)."""
-    eng = _ENGINES.get(fuel)
+def engine(fuel: bool, epoch: bool = False) -> wasmtime.Engine:
+    """The shared engine for a limit mode (fuel metering and epoch checks change the code).
+
+    Epoch engines get a daemon thread advancing their epoch every ``EPOCH_TICK_S`` (wasm runs
+    without the GIL, so the ticker keeps going while a callback loops).
+    """
+    eng = _ENGINES.get((fuel, epoch))
     if eng is None:
         config = wasmtime.Config()
         config.consume_fuel = fuel
-        eng = _ENGINES[fuel] = wasmtime.Engine(config)
+        config.epoch_interruption = epoch
+        eng = _ENGINES[(fuel, epoch)] = wasmtime.Engine(config)
+        if epoch:
+            threading.Thread(target=_tick, args=(eng,), name="wasm-epoch", daemon=True).start()
     return eng
+
+
+def _tick(eng: wasmtime.Engine) -> None:
+    while True:
+        time.sleep(EPOCH_TICK_S)
+        eng.increment_epoch()
 
 
 @functools.cache
@@ -47,19 +63,22 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "wasm-agent" / "host"
 
 
-def cache_key(data: bytes, fuel: bool) -> str:
+def cache_key(data: bytes, fuel: bool, epoch: bool = False) -> str:
     digest = hashlib.sha256(data).hexdigest()
-    return f"{digest}-wasmtime{wasmtime_version()}-{'fuel' if fuel else 'plain'}"
+    mode = ("fuel" if fuel else "plain") + ("-epoch" if epoch else "")
+    return f"{digest}-wasmtime{wasmtime_version()}-{mode}"
 
 
-def compile_module(data: bytes, fuel: bool, directory: Path | None = None) -> wasmtime.Module:
+def compile_module(
+    data: bytes, fuel: bool, directory: Path | None = None, epoch: bool = False
+) -> wasmtime.Module:
     """Compile ``data`` (raising ``wasmtime.WasmtimeError``), using the caches when possible."""
-    key = cache_key(data, fuel)
+    key = cache_key(data, fuel, epoch)
     module = _MODULES.get(key)
     if module is not None:
         STATS["memory_hits"] += 1
         return module
-    eng = engine(fuel)
+    eng = engine(fuel, epoch)
     path = (directory or cache_dir()) / f"{key}.cwasm"
     module = _load_serialized(eng, path)
     if module is None:

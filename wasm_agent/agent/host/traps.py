@@ -18,6 +18,7 @@ _V8_TRAPS = {
     "BAD_SIGNATURE": "Uncaught RuntimeError: null function or function signature mismatch",
     "STACK_OVERFLOW": "Uncaught RangeError: Maximum call stack size exceeded",
     "OUT_OF_FUEL": "all fuel consumed by WebAssembly (runaway plugin stopped)",
+    "INTERRUPT": "callback deadline exceeded (runaway plugin stopped)",
 }
 
 

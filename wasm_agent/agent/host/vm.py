@@ -15,6 +15,7 @@ cpp-host's ``DeferAfterCallActions``. Each VM has its own Store, so a failure st
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class VmOptions:
     plugin_name: str = "plugin"
     log_level: LogLevel = LogLevel.INFO  # Envoy's default for the wasm logger
     fuel: int | None = DEFAULT_FUEL  # instructions per top-level callback; None: unlimited
+    deadline_ms: float | None = None  # wall-clock limit per top-level callback (epochs)
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     properties: dict[str, bytes] = field(default_factory=dict)
     clock_ns: Callable[[], int] = time.time_ns
@@ -83,8 +85,8 @@ class VmOptions:
 _FUNC_TYPES: dict[tuple[str, str, bool], wasmtime.FuncType] = {}
 
 
-def _ftype(params: str, results: str, fuel: bool) -> wasmtime.FuncType:
-    key = (params, results, fuel)
+def _ftype(params: str, results: str, mode: tuple[bool, bool]) -> wasmtime.FuncType:
+    key = (params, results, mode)
     ft = _FUNC_TYPES.get(key)
     if ft is None:
         ft = _FUNC_TYPES[key] = abi.func_type(params, results)
@@ -163,8 +165,15 @@ class PluginVM:
         if wasm[:4] != b"\0asm":
             raise LoadError("Failed to parse corrupted Wasm module")
         fuel = self.options.fuel is not None
+        epoch = self.options.deadline_ms is not None
+        self._mode = (fuel, epoch)
+        self._deadline_ticks = (
+            max(1, math.ceil(self.options.deadline_ms / 1000 / compile.EPOCH_TICK_S))
+            if epoch
+            else 0
+        )
         try:
-            module = compile.compile_module(wasm, fuel, self.options.cache_dir)
+            module = compile.compile_module(wasm, fuel, self.options.cache_dir, epoch)
         except wasmtime.WasmtimeError as exc:
             raise LoadError("Failed to load Wasm bytecode: " + trap_message(exc)) from exc
         exports = {e.name: e.type for e in module.exports}
@@ -174,11 +183,10 @@ class PluginVM:
         if version is None:
             raise LoadError("Missing or unknown Proxy-Wasm ABI version")
         self.abi_version: AbiVersion = version
-        self.store = wasmtime.Store(compile.engine(fuel))
+        self.store = wasmtime.Store(compile.engine(fuel, epoch))
         self.store.set_limits(memory_size=self.options.memory_limit)
         imports = self._link(module, version)
-        if fuel:
-            self.store.set_fuel(self.options.fuel)
+        self._refill()
         try:
             instance = wasmtime.Instance(self.store, module, imports)
         except Exception as exc:
@@ -206,7 +214,7 @@ class PluginVM:
             if entry is None or not known or not isinstance(ty, wasmtime.FuncType):
                 raise LoadError("Failed to load Wasm module due to a missing import: " + where)
             params, results, fn = entry
-            host_ty = _ftype(params, results, self.options.fuel is not None)
+            host_ty = _ftype(params, results, self._mode)
             if _sig(ty) != _sig(host_ty):
                 raise LoadError(
                     "Failed to load Wasm module due to an import type mismatch: "
@@ -243,7 +251,7 @@ class PluginVM:
             fn = self._funcs.get(name)
             if fn is None:
                 continue
-            want = _ftype(params, results, self.options.fuel is not None)
+            want = _ftype(params, results, self._mode)
             got = self._func_types[name]
             if _sig(got) != _sig(want):
                 raise LoadError(
@@ -360,8 +368,7 @@ class PluginVM:
         self._depth += 1
         if top:
             self.stop_next = False
-            if self.options.fuel is not None:
-                self.store.set_fuel(self.options.fuel)
+            self._refill()
         try:
             return fn(*args)
         except Exception as exc:
@@ -374,6 +381,13 @@ class PluginVM:
                 stop = self.stop_next
                 self._run_deferred()
                 self.last_stop = stop
+
+    def _refill(self) -> None:
+        """A fresh budget for one top-level callback: fuel and/or an epoch deadline."""
+        if self.options.fuel is not None:
+            self.store.set_fuel(self.options.fuel)
+        if self._deadline_ticks:
+            self.store.set_epoch_deadline(self._deadline_ticks)
 
     def _allocate(self, size: int) -> int | None:
         fn = self.callbacks.get(self._alloc_name) or self._funcs.get(self._alloc_name)
