@@ -141,3 +141,21 @@ def test_infinite_loop_is_stopped_by_epoch_deadline() -> None:
     host = start_plugin(plugin(body), fuel=None, deadline_ms=50)
     assert host.exchange(REQ).client.headers.to_dict()[":status"] == "503"
     assert host.failed.endswith("callback deadline exceeded (runaway plugin stopped)")
+
+
+def test_vms_in_parallel_threads_stay_apart() -> None:
+    """Wasm runs without the GIL; each thread sees only its own VM in host calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hosts = [_start(FailurePolicy.FAIL_CLOSED) for _ in range(2)]
+
+    def drive(host) -> int:
+        ok = 0
+        for _ in range(200):
+            ex = host.exchange(REQ)
+            ok += ex.upstream is not None and ex.upstream.headers.to_dict().get("x-seen") == "yes"
+        return ok
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(drive, hosts)) == [200, 200]
+    assert not any(h.failed for h in hosts)

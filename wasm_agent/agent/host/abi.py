@@ -8,6 +8,7 @@ tables of proxy-wasm-cpp-host (``FOR_ALL_HOST_FUNCTIONS`` plus the per-version e
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -260,10 +261,17 @@ START_ALLOWED = frozenset(
 )
 
 
-class Current:
-    """The VM whose code is running (set around every call into a guest; single-threaded)."""
+class _Current(threading.local):
+    """The VM whose code is running, per thread (set around every call into a guest).
+
+    Per thread because wasm runs without the GIL: VMs driven from different threads must not
+    see each other's state.
+    """
 
     vm: Any = None
+
+
+Current = _Current()
 
 
 def host(name: str, params: str, results: str = "i", module: str = "env") -> Callable:
