@@ -363,3 +363,52 @@ def test_local_response_keeps_the_plugins_content_type() -> None:
     ex = host.exchange(REQ)
     assert ex.client.headers.get_all("content-type") == [b"application/json"]
     assert ex.client.headers.to_dict()["content-length"] == "2"
+
+
+TRAILERS = (
+    BASIC
+    + """
+  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_request_trailers") (param i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $proxy_set_effective_context (i32.const 2)))
+    (call $st (call $proxy_continue_stream (i32.load (i32.const 2000)))))
+  (func (export "set") (param i32) (i32.store (i32.const 2000) (local.get 0)))
+"""
+)
+
+
+def test_trailers_pause_and_resume_with_buffered_body() -> None:
+    host = start_plugin(plugin(TRAILERS))
+    s = host.http_stream()
+    s.send_request_headers(REQ)
+    assert s.send_request_body(b"part", end_stream=False) == "STOP_ITERATION_AND_BUFFER"
+    assert s.send_request_trailers({"x-t": "1"}) == "STOP_ITERATION"
+    assert s.upstream.headers is not None and bytes(s.upstream.body) == b""
+    host.vm._funcs["set"](0)
+    host.tick()
+    assert bytes(s.upstream.body) == b"part"
+    assert s.upstream.trailers.to_dict() == {"x-t": "1"} and s.upstream.complete
+    # response headers stopped: the body waits, then both go on after continue(response)
+    s.send_response_headers({":status": "200"})
+    assert s.send_response_body(b"resp", end_stream=True) == "PAUSED"
+    assert s.client.headers is None
+    host.vm._funcs["set"](1)
+    host.tick()
+    assert s.client.headers.to_dict()[":status"] == "200"
+    assert bytes(s.client.body) == b"resp" and s.client.complete
+
+
+def test_exchange_with_chunked_bodies() -> None:
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_request_body") (param $c i32) (param $n i32) (param $e i32) (result i32)
+        (call $st (local.get $n)) (i32.const 0))
+    """
+    )
+    host = start_plugin(plugin(body))
+    ex = host.exchange(REQ, b"abcdefgh", {":status": "200"}, b"xyz", chunk_size=3)
+    assert host.log_messages() == ["3", "3", "2"]
+    assert bytes(ex.upstream.body) == b"abcdefgh" and bytes(ex.client.body) == b"xyz"
