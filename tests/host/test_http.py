@@ -412,3 +412,17 @@ def test_exchange_with_chunked_bodies() -> None:
     ex = host.exchange(REQ, b"abcdefgh", {":status": "200"}, b"xyz", chunk_size=3)
     assert host.log_messages() == ["3", "3", "2"]
     assert bytes(ex.upstream.body) == b"abcdefgh" and bytes(ex.client.body) == b"xyz"
+
+
+def test_exchange_with_explicit_chunks_and_empty_end_frame() -> None:
+    body = (
+        BASIC
+        + """
+      (func (export "proxy_on_response_body") (param $c i32) (param $n i32) (param $e i32) (result i32)
+        (call $st (local.get $n)) (call $st (local.get $e)) (i32.const 0))
+    """
+    )
+    host = start_plugin(plugin(body))
+    ex = host.exchange(REQ, b"", {":status": "200"}, [b"hello", b""])
+    assert host.log_messages() == ["5", "0", "0", "1"]
+    assert bytes(ex.client.body) == b"hello" and ex.client.complete

@@ -84,6 +84,9 @@ __all__ = [
 
 Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
 Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
+# A body: bytes/str, or a list of chunks delivered one by one (a trailing b"" chunk mimics the
+# separate empty end-of-stream frame Envoy's HTTP/1 codec often produces).
+Body = bytes | str | list[bytes] | tuple[bytes, ...]
 
 
 def _bytes(value: bytes | str | None) -> bytes:
@@ -224,9 +227,9 @@ class HostedPlugin:
     def exchange(
         self,
         request_headers: Headers,
-        request_body: bytes | str = b"",
+        request_body: Body = b"",
         response_headers: Headers | None = None,
-        response_body: bytes | str = b"",
+        response_body: Body = b"",
         *,
         request_trailers: Headers | None = None,
         response_trailers: Headers | None = None,
@@ -236,6 +239,8 @@ class HostedPlugin:
     ) -> Exchange:
         """Request -> plugin -> upstream; response -> plugin -> client; then end the stream.
 
+        Bodies are bytes (split by ``chunk_size`` if given) or lists of chunks.
+
         ``callout_responder(callout)`` answers HTTP callouts as they are made (return
         ``(headers, body)`` or ``(headers, body, trailers)``, or None to leave one pending),
         like a deterministic callout cluster would.
@@ -244,11 +249,11 @@ class HostedPlugin:
         vm_before = self.vm
         s = self.http_stream()
         _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
-              request_headers, _bytes(request_body), request_trailers, chunk_size)  # fmt: skip
+              request_headers, request_body, request_trailers, chunk_size)  # fmt: skip
         self._answer_callouts(callout_responder)
         if s.upstream.complete and not s.closed:
             _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
-                  response_headers or {":status": "200"}, _bytes(response_body),
+                  response_headers or {":status": "200"}, response_body,
                   response_trailers, chunk_size)  # fmt: skip
             self._answer_callouts(callout_responder)
         if complete:
@@ -372,13 +377,20 @@ class HostedPlugin:
         self.plugin.shared.set(self.vm.options.vm_id, _bytes(key), _bytes(value), 0)
 
 
+def _chunks(body: Body, chunk_size: int | None) -> list[bytes]:
+    """The body as the chunks to deliver (a list is taken as is, b"" included)."""
+    if isinstance(body, list | tuple):
+        return [_bytes(chunk) for chunk in body]
+    data = _bytes(body)
+    step = chunk_size or len(data) or 1
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
 def _send(headers_fn, body_fn, trailers_fn, headers, body, trailers, chunk_size) -> None:
     has_trailers = trailers is not None
-    headers_fn(headers, end_stream=not body and not has_trailers)
-    if body:
-        step = chunk_size or len(body)
-        for start in range(0, len(body), step):
-            last = start + step >= len(body)
-            body_fn(body[start : start + step], end_stream=last and not has_trailers)
+    chunks = _chunks(body, chunk_size)
+    headers_fn(headers, end_stream=not chunks and not has_trailers)
+    for index, chunk in enumerate(chunks):
+        body_fn(chunk, end_stream=index == len(chunks) - 1 and not has_trailers)
     if has_trailers:
         trailers_fn(trailers)
