@@ -1,0 +1,76 @@
+/*
+ * callout: requests with x-callout: <path> pause, call the "callout" cluster
+ * (GET <path>, authority callout.test), and on the answer add x-callout-status,
+ * x-callout-header (its x-callout header) and x-callout-body to the request before resuming it.
+ * A failed call (status 0 headers) resumes with x-callout-status: none.
+ */
+#include "proxy_wasm.h"
+
+#define MAX_CALLS 64
+static struct {
+  uint32_t token, context;
+} calls[MAX_CALLS];
+
+EXPORT(proxy_on_request_headers)
+uint32_t proxy_on_request_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
+  bytes_t target;
+  if (get_header(MAP_REQUEST_HEADERS, "x-callout", &target) != WASM_OK) return ACTION_CONTINUE;
+  char path[128] = "";
+  sb_cat(path, sizeof path, target.data, target.size);
+  free(target.data);
+  const char *keys[] = {":method", ":path", ":authority", "x-from-plugin"};
+  const char *values[] = {"GET", path, "callout.test", "callout"};
+  size_t headers_size;
+  char *headers = serialize_pairs(keys, values, 4, &headers_size);
+  uint32_t token = 0;
+  uint32_t status =
+      proxy_http_call("callout", 7, headers, headers_size, "", 0, NULL, 0, 5000, &token);
+  free(headers);
+  if (status != WASM_OK) {
+    log_msg(LOG_ERROR, "callout: http_call failed");
+    return ACTION_CONTINUE;
+  }
+  for (int i = 0; i < MAX_CALLS; i++) {
+    if (calls[i].context == 0) {
+      calls[i].token = token;
+      calls[i].context = ctx;
+      break;
+    }
+  }
+  log_msg(LOG_INFO, "callout: dispatched");
+  return ACTION_PAUSE;
+}
+
+EXPORT(proxy_on_http_call_response)
+void proxy_on_http_call_response(uint32_t ctx, uint32_t token, uint32_t nheaders,
+                                 uint32_t body_size, uint32_t ntrailers) {
+  uint32_t stream = 0;
+  for (int i = 0; i < MAX_CALLS; i++) {
+    if (calls[i].context != 0 && calls[i].token == token) {
+      stream = calls[i].context;
+      calls[i].context = 0;
+      break;
+    }
+  }
+  if (stream == 0) {
+    log_msg(LOG_ERROR, "callout: unknown token");
+    return;
+  }
+  bytes_t status, header, body;
+  uint32_t got_status = get_header(MAP_HTTP_CALL_RESPONSE_HEADERS, ":status", &status);
+  get_header(MAP_HTTP_CALL_RESPONSE_HEADERS, "x-callout", &header);
+  get_buffer(BUFFER_HTTP_CALL_RESPONSE_BODY, 0, body_size, &body);
+  proxy_set_effective_context(stream);
+  if (got_status == WASM_OK) {
+    add_header(MAP_REQUEST_HEADERS, "x-callout-status", status.data, status.size);
+  } else {
+    add_header_str(MAP_REQUEST_HEADERS, "x-callout-status", "none");
+  }
+  if (header.data) add_header(MAP_REQUEST_HEADERS, "x-callout-header", header.data, header.size);
+  add_header(MAP_REQUEST_HEADERS, "x-callout-body", body.data ? body.data : "", body.size);
+  free(status.data);
+  free(header.data);
+  free(body.data);
+  log_msg(LOG_INFO, "callout: resuming");
+  proxy_continue_stream(STREAM_REQUEST);
+}

@@ -1,0 +1,31 @@
+;; add_header: a hand-written ABI 0.2.1 plugin with a bump allocator.
+;; Request: replaces x-wat-req with "from-wat". Response: adds x-wat: hello and logs at info.
+(module
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value"
+    (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value"
+    (func $replace (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "x-wat")
+  (data (i32.const 32) "hello")
+  (data (i32.const 48) "wat: response headers")
+  (data (i32.const 80) "x-wat-req")
+  (data (i32.const 96) "from-wat")
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $next))
+    (global.set $next (i32.and (i32.add (i32.add (global.get $next) (local.get $size)) (i32.const 7))
+                               (i32.const -8)))
+    (local.get $ptr))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $replace (i32.const 0) (i32.const 80) (i32.const 9) (i32.const 96) (i32.const 8)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 16) (i32.const 5) (i32.const 32) (i32.const 5)))
+    (drop (call $log (i32.const 2) (i32.const 48) (i32.const 21)))
+    (i32.const 0))
+)

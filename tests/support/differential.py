@@ -1,0 +1,186 @@
+"""The reference-host half of the differential suite: the same requests, the same upstreams.
+
+``HostSide.request(...)`` drives one HTTP exchange through a plugin started with
+``wasm_agent.agent.host.harness.start_plugin`` the way Envoy's HCM presents it (pseudo-headers,
+``:scheme``, ``x-forwarded-proto``, ``x-request-id``), answers callouts with
+``callout_response`` and the upstream with ``upstream_response`` (the functions the real servers
+in ``tests.support.envoy_wasm`` use), and returns the same ``Observation`` the Envoy half does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tests.support.envoy_wasm import (
+    HOST,
+    Observation,
+    WasmFilter,
+    callout_response,
+    normalize_headers,
+    upstream_response,
+)
+from wasm_agent.agent.host.harness import FailurePolicy, HostedPlugin, LogLevel, start_plugin
+
+REQUEST_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One client request of a scenario; ``wait`` seconds pass before it is sent."""
+
+    path: str = "/"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    wait: float = 0.0
+
+
+class FakeClock:
+    """Monotonic time the host sees: advanced by the scenario's waits, not by the wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def start_host(spec: WasmFilter, clock: FakeClock | None = None) -> HostedPlugin:
+    """Start ``spec`` in the reference host as Envoy starts it (raises LoadError)."""
+    policy = (
+        FailurePolicy[spec.failure_policy] if spec.failure_policy else FailurePolicy.FAIL_CLOSED
+    )
+    extra = {"monotonic": clock} if clock is not None else {}
+    return start_plugin(
+        spec.module,
+        plugin_config=spec.configuration or "",
+        vm_config=spec.vm_configuration or "",
+        failure_policy=policy,
+        vm_id=spec.vm_id if spec.vm_id is not None else spec.name,
+        root_id=spec.root_id,
+        plugin_name=spec.name,
+        log_level=LogLevel.INFO,
+        clusters={"upstream", "callout", "tcp_upstream"},
+        **extra,
+    )
+
+
+def _request_headers(request: Request) -> list[tuple[str, str]]:
+    """The request headers as Envoy's HTTP/1.1 codec and HCM hand them to the filter."""
+    names = {name.lower() for name, _ in request.headers}
+    headers = [
+        (":authority", HOST if "host" not in names else dict(request.headers)["host"]),
+        (":path", request.path),
+        (":method", request.method),
+    ]
+    headers += [(name.lower(), value) for name, value in request.headers if name.lower() != "host"]
+    if request.body or request.method in ("POST", "PUT", "PATCH"):
+        headers.append(("content-length", str(len(request.body))))
+    headers += [(":scheme", "http"), ("x-forwarded-proto", "http"), ("x-request-id", REQUEST_ID)]
+    return headers
+
+
+def _answer_callouts(host: HostedPlugin) -> None:
+    for _ in range(100):
+        pending = [c for c in host.http_callouts if not c.answered]
+        if not pending:
+            return
+        callout = pending[0]
+        headers = callout.headers.to_dict()
+        status, response_headers, body = callout_response(
+            headers.get(":method", "GET"),
+            headers.get(":path", "/"),
+            normalize_headers(headers.items()),
+            callout.body,
+        )
+        host.respond_http_call(
+            callout.token,
+            [(":status", str(status)), *response_headers, ("content-length", str(len(body)))],
+            body,
+        )
+
+
+def _split_status(pairs: Sequence[tuple[str, str]]) -> tuple[int, list[tuple[str, str]]]:
+    status = 0
+    rest = []
+    for name, value in pairs:
+        if name == ":status":
+            status = int(value)
+        elif not name.startswith(":"):
+            rest.append((name, value))
+    return status, rest
+
+
+def _upstream_headers(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What an HTTP/1.1 upstream sees: request line (kept as :method/:path) and host."""
+    return [(name, value) for name, value in pairs if name != ":scheme"]
+
+
+class HostSide:
+    """One plugin in the reference host, observed like ``EnvoyWasm.request``."""
+
+    def __init__(self, spec: WasmFilter, metrics: Sequence[str] = ()) -> None:
+        self.spec = spec
+        self.clock = FakeClock()
+        self.host = start_host(spec, self.clock)
+        self.metric_names = metrics
+
+    def metrics(self) -> tuple[tuple[str, int], ...]:
+        """Named like Envoy's /stats shows custom metrics (``wasmcustom.<name>``)."""
+        snapshot = self.host.metrics
+        values = []
+        for name in self.metric_names:
+            short = name.removeprefix("wasmcustom.")
+            if short in snapshot and isinstance(snapshot[short], int):
+                values.append((name, snapshot[short]))
+        return tuple(values)
+
+    def request(self, request: Request) -> Observation:
+        self.clock.now += request.wait
+        logs_before = len(self.host.logs)
+        stream = self.host.http_stream()
+        headers = _request_headers(request)
+        stream.send_request_headers(headers, end_stream=not request.body)
+        if request.body:
+            stream.send_request_body(request.body, end_stream=True)
+        _answer_callouts(self.host)
+        upstream = stream.upstream if stream.upstream.headers is not None else None
+        if upstream is not None and stream.upstream.complete and not stream.closed:
+            seen = upstream.headers.pairs()
+            pseudo = dict(seen)
+            status, response_headers, chunks = upstream_response(
+                pseudo.get(":method", ""),
+                pseudo.get(":path", ""),
+                normalize_headers(seen),
+                bytes(upstream.body),
+            )
+            length = sum(len(chunk) for chunk in chunks)
+            stream.send_response_headers(
+                [(":status", str(status)), *response_headers, ("content-length", str(length))],
+                end_stream=not chunks,
+            )
+            for index, chunk in enumerate(chunks):
+                stream.send_response_body(chunk, end_stream=index == len(chunks) - 1)
+            _answer_callouts(self.host)
+        stream.complete()
+        client = stream.client
+        status, client_headers = _split_status(client.headers.pairs() if client.headers else [])
+        logs = [
+            (entry.envoy_level, entry.message)
+            for entry in self.host.logs[logs_before:]
+            if entry.context_id >= 0 and entry.level >= LogLevel.INFO
+        ]
+        return Observation(
+            status=status,
+            response_headers=normalize_headers(client_headers),
+            response_body=bytes(client.body),
+            upstream_headers=(
+                normalize_headers(_upstream_headers(upstream.headers.pairs()))
+                if upstream is not None
+                else None
+            ),
+            upstream_body=bytes(upstream.body) if upstream is not None else None,
+            logs=tuple(logs),
+            metrics=self.metrics(),
+        )
