@@ -63,8 +63,25 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "wasm-agent" / "host"
 
 
+_DIGESTS: dict[bytes, str] = {}  # the last few modules' sha256, keyed by the bytes themselves
+
+
+def _sha256(data: bytes) -> str:
+    """sha256 hex of ``data``, remembered for the same ``bytes``: starting one module many times
+    (one plugin per ``check`` spec case) hashes it once; the lookup costs the object's cached
+    hash and an identity comparison, not a pass over megabytes."""
+    if type(data) is not bytes:
+        return hashlib.sha256(data).hexdigest()
+    digest = _DIGESTS.get(data)
+    if digest is None:
+        if len(_DIGESTS) >= 8:
+            _DIGESTS.clear()
+        digest = _DIGESTS[data] = hashlib.sha256(data).hexdigest()
+    return digest
+
+
 def cache_key(data: bytes, fuel: bool, epoch: bool = False) -> str:
-    digest = hashlib.sha256(data).hexdigest()
+    digest = _sha256(data)
     mode = ("fuel" if fuel else "plain") + ("-epoch" if epoch else "")
     return f"{digest}-wasmtime{wasmtime_version()}-{mode}"
 
