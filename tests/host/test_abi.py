@@ -461,3 +461,30 @@ def test_empty_buffer_read_writes_null_result() -> None:
     )
     host = start_plugin(plugin(body), plugin_config=b"abc")
     assert host.log_messages() == ["0", "0", "0", "0"]
+
+
+def test_property_availability_follows_the_phase() -> None:
+    """As Envoy 1.40: request-header attributes vanish once the headers went on (they are back
+    in on_log); upstream.* appear with the upstream's answer; request.duration only in on_log."""
+    body = (
+        BASIC
+        + """
+      (func $p (param $a i32) (param $n i32)
+        (call $st (call $proxy_get_property (local.get $a) (local.get $n) (i32.const 32) (i32.const 36))))
+      (func $all
+        (call $p (i32.const 1024) (i32.const 12))   ;; request.path
+        (call $p (i32.const 1040) (i32.const 16))   ;; upstream.address
+        (call $p (i32.const 1060) (i32.const 16))   ;; request.duration
+        (call $p (i32.const 1080) (i32.const 14))   ;; response.flags
+        (call $p (i32.const 1100) (i32.const 16)))  ;; xds.cluster_name
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (call $all) (i32.const 0))
+      (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) (call $all) (i32.const 0))
+      (func (export "proxy_on_log") (param i32) (call $all))
+    """
+    )
+    data = {1024: "request\0path", 1040: "upstream\0address", 1060: "request\0duration",
+            1080: "response\0flags", 1100: "xds\0cluster_name"}  # fmt: skip
+    host = start_plugin(plugin(body, data=data))
+    host.exchange(REQ)
+    request, response, log = [0, 1, 1, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 0, 0]
+    assert _codes(host) == [*request, *response, *log]

@@ -51,7 +51,9 @@ class Plugin:
         self.connection = connection or {
             "source": ("127.0.0.1", 50000),
             "destination": ("127.0.0.1", 10000),
+            "upstream": ("127.0.0.1", 10001),
         }
+        self.cluster_name = "upstream"  # xds.cluster_name
         self.vm = PluginVM(wasm, options, self.shared)
         self.reloads = 0
         self._failed_at: float | None = None

@@ -19,7 +19,7 @@ from wasm_agent.agent.host.abi import AbiVersion, BufferType, MapType, StreamTyp
 from wasm_agent.agent.host.context import Buffer
 from wasm_agent.agent.host.maps import HeaderMap
 from wasm_agent.agent.host.messages import LocalResponse, Message
-from wasm_agent.agent.host.streaminfo import http_property
+from wasm_agent.agent.host.streaminfo import grpc_status_of, http_property
 
 if TYPE_CHECKING:
     from wasm_agent.agent.host.failure import Plugin
@@ -75,6 +75,21 @@ class HttpStream:
 
     def get_property(self, path: bytes) -> bytes | None:
         return http_property(self, path)
+
+    @property
+    def upstream_known(self) -> bool:
+        """An upstream host answered (``upstream.*`` properties exist)."""
+        return self.response.headers is not None and self.request.out.headers is not None
+
+    def response_code(self) -> int | None:
+        headers = self.response.headers
+        status = headers.get(b":status") if headers is not None else None
+        return int(status) if status is not None and status.isdigit() else None
+
+    def grpc_status(self) -> int:
+        return grpc_status_of(
+            self.response.headers, self.response.trailers, self.response_code() or 0
+        )
 
     def continue_stream(self, stream_type: int) -> abi.Status:
         """Envoy: resume after the call; the request maps are dropped at once (any type)."""

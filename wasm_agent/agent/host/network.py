@@ -47,6 +47,8 @@ class TcpConnection:
         if not self._check_failed():
             self.actions.append(("new_connection", abi.network_status(result or 0).name))
 
+    upstream_known = True  # tcp_proxy connects upstream before data flows
+
     def get_property(self, path: bytes) -> bytes | None:
         return connection_property(self, path)
 
