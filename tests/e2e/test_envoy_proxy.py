@@ -137,6 +137,18 @@ class Mesh:
         self.stop()
 
 
+def reconnected(istiod: FakeIstiod, before: int):
+    """The stream Envoy opened (through the agent) after the first ``before`` ones ended,
+    once it has subscribed to ECDS."""
+
+    def newest():
+        fresh = [s for s in istiod.streams[before:] if not s.closed and ECDS_TYPE in s.subscribed]
+        old_open = [s for s in istiod.streams[:before] if not s.closed]
+        return fresh[-1] if fresh and not old_open else None
+
+    return istiod.wait_for(newest, 30, "envoy reconnect")
+
+
 def wait_acked(istiod: FakeIstiod, nonce: str) -> None:
     """Envoy ACKed the ECDS response ``nonce`` (it reached Envoy and was accepted)."""
     istiod.wait_for(
@@ -283,9 +295,7 @@ def test_restarts_of_envoy_and_istiod_are_survived(
         # istiod restarts: Envoy's stream ends, Envoy reconnects through the agent
         streams_before = len(istiod.streams)
         istiod.restart()
-        istiod.wait_for(lambda: len(istiod.open_streams()) >= 1, 30, "reconnect")
-        assert len(istiod.streams) > streams_before
-        newest = istiod.open_streams()[-1]
+        newest = reconnected(istiod, streams_before)
         assert newest.requests[0].HasField("node")
         xc.serve(istiod, xc.wasm_extension(url2, sha256_hex(V2)), "r2")
         mesh.wait_ecds_version("r2", timeout=30)
@@ -314,7 +324,7 @@ def test_mtls_to_istiod_and_garbage_from_istiod(
             # its config; the next push on the new stream works
             before = len(istiod.streams)
             istiod.send_raw(b"\xff\xfe not protobuf")
-            istiod.wait_for(lambda: len(istiod.streams) > before, 30, "envoy reconnect")
+            reconnected(istiod, before)
             mesh.header_becomes("v1")
-            (nonce,) = xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "t2")
-            wait_acked(istiod, nonce)
+            nonces = xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "t2")
+            wait_acked(istiod, nonces[-1])
