@@ -194,7 +194,9 @@ def _imports_check(result: Compat, info: ModuleInfo, version: AbiVersion, declar
                 "imports",
                 Status.PASS,
                 f"{len(info.imports)} imports, all served by Envoy ({against}): "
-                f"{env} env, {wasi} WASI",
+                f"{env} env, {wasi} WASI"
+                if info.imports
+                else "no imports",
                 details,
             )
         )

@@ -103,7 +103,8 @@ def load_spec(path: Path) -> Spec:
         raise SpecError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: cannot read: {error}") from None
-    loader = yaml.SafeLoader(text)
+    # libyaml's loader when present (10x faster), with the same nodes and marks
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         root = loader.get_single_node()
         return _Reader(loader, path).spec(root)

@@ -104,15 +104,13 @@ def _target(module: str, sha256: str | None) -> Target:
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:
-    from wasm_agent.fetch.model import normalize_sha256
-
     if not args.modules and not args.files:
         raise UsageError("give at least one MODULE or -f FILE")
     sha = None
     if args.sha256 is not None:
         if len(args.modules) != 1 or args.files:
             raise UsageError("--sha256 applies to exactly one MODULE")
-        sha = normalize_sha256(args.sha256)
+        sha = _normalize_sha256(args.sha256)
         if sha is None or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise UsageError(f"--sha256: not a sha256 hex digest: {args.sha256!r}")
     if args.timeout <= 0:
@@ -121,6 +119,13 @@ def _targets(args: argparse.Namespace) -> list[Target]:
     for path in args.files:
         targets.extend(_manifest_targets(path))
     return targets
+
+
+def _normalize_sha256(value: str) -> str | None:
+    """Like ``wasm_agent.fetch.model.normalize_sha256``, without importing the fetch package
+    (a check of local modules never fetches)."""
+    value = value.strip().lower().removeprefix("sha256:")
+    return None if value in ("", "nil") else value
 
 
 def _manifest_targets(path: Path) -> list[Target]:
@@ -134,7 +139,7 @@ def _manifest_targets(path: Path) -> list[Target]:
     targets = []
     for plugin in plugins:
         url = normalize_url(plugin.url)  # Istio's rule: no scheme means OCI
-        target = _target(url, plugin.sha256)
+        target = _target(url, _normalize_sha256(plugin.sha256) if plugin.sha256 else None)
         target.module = plugin.url
         target.plugin, target.origin = plugin.name, plugin.origin
         target.pull_policy, target.root_id = plugin.pull_policy, plugin.root_id
@@ -174,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             module_config = target.config if target.config is not None else config
             root_id = target.root_id if target.root_id is not None else args.root_id
             check_module(report, data, module_config, options, root_id)
-    _output(reports, args.format)
+    try:
+        _output(reports, args.format)
+    except BrokenPipeError:  # `check ... | head`: the reader left; the status still counts
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
 
 
