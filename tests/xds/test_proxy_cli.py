@@ -125,3 +125,19 @@ async def test_status_server_routes() -> None:
     assert (await get("/healthz/ready"))[0] == 200
     idle.close()
     await server.stop()
+
+
+async def test_listen_on_tcp() -> None:
+    from wasm_agent.xds.proxy import ListenSettings, XdsProxy
+    from wasm_agent.xds.upstream import Upstream, UpstreamSettings
+
+    with FakeIstiod() as istiod:
+        istiod.set_resources(CLUSTER_TYPE, {}, "tcp")
+        upstream = Upstream(UpstreamSettings(address=istiod.address, plaintext=True))
+        proxy = XdsProxy(ListenSettings(address="127.0.0.1:0"), upstream)
+        await proxy.start()
+        ads = AdsClient(f"127.0.0.1:{proxy.bound_port}")
+        await ads.request(CLUSTER_TYPE, node=True)
+        assert (await ads.read()).version_info == "tcp"
+        await ads.close()
+        await proxy.stop(grace=1)
