@@ -127,7 +127,7 @@ METRICS = (
 
 def test_metrics() -> None:
     host = start_plugin(plugin(METRICS, data={1024: "reqs", 1030: "depth", 1040: "lat"}))
-    assert _codes(host) == [0, 0, 0, 2, 0, 1, 2, 0, 2, 0, 0, 0, 0, 5, 2, 1]
+    assert _codes(host) == [0, 0, 0, 2, 4, 5, 6, 0, 2, 0, 0, 0, 0, 5, 2, 1]  # ids as Envoy
     assert host.metrics == {"reqs": 5, "depth": 7, "lat": [42]}
 
 

@@ -1,7 +1,8 @@
 """Plugin-defined metrics (counter, gauge, histogram) with Envoy's id scheme and rules.
 
-Ids carry the type in the low two bits (counter 0, gauge 1, histogram 2) and advance by 4, as in
-Envoy's ``Wasm::nextCounterMetricId`` etc. Counters refuse negative increments; histograms cannot
+Ids carry the type in the low two bits (counter 0, gauge 1, histogram 2) and advance by 4 before
+use, as in cpp-host (first counter 4, first gauge 5, first histogram 6; checked against Envoy
+1.40). Counters refuse negative increments; histograms cannot
 be read back (BAD_ARGUMENT), like Envoy.
 """
 
@@ -38,8 +39,8 @@ class Metrics:
         metric = self.by_name.get(name)
         if metric is None or metric.type != mtype:
             metric = self.by_name[name] = Metric(mtype, name)
-        mid = self._next[mtype]
         self._next[mtype] += _STEP
+        mid = self._next[mtype]
         self.by_id[mid] = metric
         return Status.OK, mid
 
@@ -70,11 +71,11 @@ class Metrics:
         return Status.OK
 
     def get(self, mid: int) -> tuple[Status, int]:
+        if mid & _MASK > MetricType.GAUGE:
+            return Status.BAD_ARGUMENT, 0  # histograms (and unknown types) cannot be read
         metric = self.by_id.get(mid)
         if metric is None:
             return Status.NOT_FOUND, 0
-        if metric.type == MetricType.HISTOGRAM:
-            return Status.BAD_ARGUMENT, 0
         return Status.OK, metric.value
 
     def snapshot(self) -> dict[str, int | list[int]]:
