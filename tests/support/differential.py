@@ -184,3 +184,20 @@ class HostSide:
             logs=tuple(logs),
             metrics=self.metrics(),
         )
+
+
+def start_host_tcp(spec: WasmFilter, data: bytes) -> tuple[bytes, bytes, list[tuple[str, str]]]:
+    """One TCP connection through ``spec`` in the host, upstream an echo (like ``TcpEcho``):
+    returns (what the upstream received, what the client received, the plugin's log lines)."""
+    host = start_host(spec)
+    logs_before = len(host.logs)
+    connection = host.tcp_connection()
+    connection.send_downstream_data(data)
+    connection.send_upstream_data(bytes(connection.upstream_received))
+    connection.close_downstream()
+    logs = [
+        (entry.envoy_level, entry.message)
+        for entry in host.logs[logs_before:]
+        if entry.context_id >= 0 and entry.level >= LogLevel.INFO
+    ]
+    return bytes(connection.upstream_received), bytes(connection.downstream_received), logs

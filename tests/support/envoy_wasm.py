@@ -452,16 +452,30 @@ class EnvoyWasm:
 
     # -- observing
 
-    def plugin_logs(self, name: str, since: int = 0) -> list[tuple[str, str]]:
-        """(level, message) of the log lines of filter ``name``'s VM after log offset ``since``."""
+    def plugin_logs(
+        self, name: str, since: int = 0, context: str | None = None
+    ) -> list[tuple[str, str]]:
+        """(level, message) of filter ``name``'s VM log lines after log offset ``since``.
+
+        ``context``: "root" keeps root-context lines (VM start, configure: Envoy prefixes them
+        with ``<root_id> <vm_id>``), "stream" keeps stream lines (``<name> <root_id> <vm_id>``).
+        """
         assert self.envoy is not None
         spec = self.filters[name]
         vm_id = spec.vm_id if spec.vm_id is not None else spec.name
         lines = []
         for line in self.envoy.logs()[since:].splitlines():
             match = _LOG_LINE.match(line)
-            if match and match["prefix"].split(" ")[-1] == vm_id:
-                lines.append((match["level"], match["message"]))
+            if not match:
+                continue
+            prefix = match["prefix"].split(" ")
+            if prefix[-1] != vm_id:
+                continue
+            if (context == "root" and len(prefix) != 2) or (
+                context == "stream" and len(prefix) != 3
+            ):
+                continue
+            lines.append((match["level"], match["message"]))
         return lines
 
     def log_offset(self) -> int:

@@ -1,0 +1,312 @@
+"""HTTP and TCP plugins: real Envoy (the oracle) against the reference host, request by request.
+
+Each scenario is one plugin instance on its own listener (and its own VM) in one Envoy for the
+module; its requests run once per Envoy and are checked against explicit expectations
+(``test_envoy_*``), then replayed through the reference host, which must observe exactly the same
+(``test_host_matches_envoy``).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conformance.conftest import assert_same, envoy_clock
+from tests.support.differential import HostSide, Request, start_host_tcp
+from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter
+from tests.support.plugins import plugin
+
+ALPHABET = string.ascii_lowercase.encode()
+CUSTOM = ("wasmcustom.conformance_requests", "wasmcustom.conformance_gauge")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    plugin: str
+    root_id: str
+    requests: tuple[Request, ...]
+    configuration: str | None = None
+    metrics: tuple[str, ...] = ()
+
+    def spec(self, name: str) -> WasmFilter:
+        return WasmFilter(name, plugin(self.plugin), self.root_id, configuration=self.configuration)
+
+
+SCENARIOS = {
+    "headers": Scenario(
+        "c/headers",
+        "headers",
+        configuration="cfg-1",
+        metrics=CUSTOM,
+        requests=(
+            Request(
+                "/a/b?x=1",
+                headers=(
+                    ("x-replace-req", "original"),
+                    ("x-remove-req", "bye"),
+                    ("x-echo-me", "hi"),
+                    ("user-agent", "conformance/1"),
+                ),
+            ),
+            Request("/status/404"),
+            Request("/p", method="POST", body=b"payload"),
+        ),
+    ),
+    "body": Scenario(
+        "c/body",
+        "body",
+        requests=(
+            Request("/x", method="POST", body=b"hello world"),
+            Request("/chunks", method="POST", body=ALPHABET * 40),
+            Request("/plain"),
+        ),
+    ),
+    "local_reply": Scenario(
+        "c/local_reply",
+        "local_reply",
+        requests=(
+            Request("/deny"),
+            Request("/ok"),
+            Request("/deny/post", method="POST", body=b"data"),
+        ),
+    ),
+    "callout": Scenario(
+        "c/callout",
+        "callout",
+        requests=(
+            Request("/c", headers=(("x-callout", "/auth"),)),
+            Request("/c", headers=(("x-callout", "/fail"),)),
+            Request("/none"),
+        ),
+    ),
+    "wat": Scenario(
+        "wat/add_header", "wat", requests=(Request("/w", headers=(("x-wat-req", "client"),)),)
+    ),
+    "as_headers": Scenario(
+        "as/index",
+        "as_headers",
+        configuration="as-config",
+        requests=(Request("/as"), Request("/as2")),
+    ),
+    # SDK bug: onConfigure passes the configuration size as the r_size pointer, so the host
+    # writes the size at address <size>. With this configuration that lands in the heap and the
+    # next read of the root configuration in a stream callback traps (Envoy: 200, then 503).
+    "as_read_twice": Scenario(
+        "as/config_twice",
+        "as_config",
+        configuration="z" * 7032,
+        requests=(Request("/as", headers=(("x-read-twice", "1"),)),) * 3,
+    ),
+    # The same reads with a short configuration are harmless.
+    "as_read_twice_short": Scenario(
+        "as/config_twice",
+        "as_config",
+        configuration="short-config",
+        requests=(Request("/as", headers=(("x-read-twice", "1"),)),) * 3,
+    ),
+}
+
+TCP_DATA = b"hello there, Envoy\n"
+
+
+class EnvoyHalf:
+    """The module's Envoy and the scenario observations it made (each scenario runs once)."""
+
+    def __init__(self, envoy: EnvoyWasm) -> None:
+        self.envoy = envoy
+        self.observed: dict[str, list[Observation]] = {}
+        self._tcp: tuple[bytes, bytes, list[tuple[str, str]]] | None = None
+
+    def observe(self, name: str) -> list[Observation]:
+        if name not in self.observed:
+            scenario = SCENARIOS[name]
+            with envoy_clock("http"):
+                self.observed[name] = [
+                    self.envoy.request(
+                        name,
+                        r.path,
+                        method=r.method,
+                        headers=r.headers,
+                        body=r.body,
+                        metrics=scenario.metrics,
+                        settle=0.1,
+                    )
+                    for r in scenario.requests
+                ]
+        return self.observed[name]
+
+    def startup_logs(self, name: str) -> set[tuple[str, str]]:
+        """The plugin's root-context log lines (VM start, configure; once per VM and thread)."""
+        return set(self.envoy.plugin_logs(name, 0, context="root"))
+
+    def tcp(self) -> tuple[bytes, bytes, list[tuple[str, str]]]:
+        """One connection through the ``tcp`` listener: upstream saw, client got, stream logs."""
+        if self._tcp is None:
+            with envoy_clock("http"):
+                offset = self.envoy.log_offset()
+                saw, got = self.envoy.tcp_exchange("tcp", TCP_DATA, settle=0.1)
+                self._tcp = (saw, got, self.envoy.plugin_logs("tcp", offset, context="stream"))
+        return self._tcp
+
+
+@pytest.fixture(scope="module")
+def envoy_half(tmp_path_factory: pytest.TempPathFactory) -> EnvoyHalf:
+    specs = [scenario.spec(name) for name, scenario in SCENARIOS.items()]
+    specs.append(WasmFilter("tcp", plugin("c/tcp"), "tcp", network=True))
+    with envoy_clock("http"):
+        envoy = EnvoyWasm(specs, tmp_path_factory.mktemp("envoy-http")).__enter__()
+    try:
+        yield EnvoyHalf(envoy)
+    finally:
+        envoy.__exit__()
+
+
+def headers(observation: Observation, side: str = "upstream") -> dict[str, str]:
+    pairs = observation.upstream_headers if side == "upstream" else observation.response_headers
+    return dict(pairs or ())
+
+
+# --------------------------------------------------------------------------- Envoy expectations
+
+
+def test_envoy_headers(envoy_half: EnvoyHalf) -> None:
+    first, not_found, post = envoy_half.observe("headers")
+    up = headers(first)
+    assert up["x-added-req"] == "1"
+    assert up["x-replace-req"] == "replaced"
+    assert "x-remove-req" not in up
+    assert {k: v for k, v in up.items() if k.startswith("x-prop-")} == {
+        "x-prop-path": "/a/b?x=1",
+        "x-prop-url-path": "/a/b",
+        "x-prop-method": "GET",
+        "x-prop-host": "conformance.test",
+        "x-prop-scheme": "http",
+        "x-prop-protocol": "HTTP/1.1",
+        "x-prop-query": "x=1",
+        "x-prop-useragent": "conformance/1",
+        "x-prop-header": "hi",
+        "x-prop-plugin-name": "headers",
+        "x-prop-root-id": "headers",
+        "x-prop-vm-id": "headers",
+    }
+    down = headers(first, "response")
+    assert first.status == 200
+    assert down["x-added-resp"] == "1"
+    assert down["x-replace-resp"] == "replaced"
+    assert "x-remove-resp" not in down
+    assert down["x-prop-response-code"] == "200"
+    assert first.logs == (("info", "headers: request /a/b?x=1"), ("warning", "headers: response"))
+    assert dict(first.metrics) == {CUSTOM[0]: 1, CUSTOM[1]: 42}
+    assert not_found.status == 404
+    assert headers(not_found, "response")["x-prop-response-code"] == "404"
+    assert headers(not_found)["x-prop-url-path"] == "/status/404"
+    assert headers(not_found)["x-prop-useragent"] == "<missing 1>"
+    assert post.upstream_body == b"payload"
+    assert dict(post.metrics) == {CUSTOM[0]: 3, CUSTOM[1]: 42}
+
+
+def test_envoy_startup_logs(envoy_half: EnvoyHalf) -> None:
+    assert envoy_half.startup_logs("headers") == {
+        ("info", "headers: vm start"),
+        ("info", "headers: configured with 'cfg-1'"),
+    }
+
+
+def test_envoy_body(envoy_half: EnvoyHalf) -> None:
+    buffered, streamed, plain = envoy_half.observe("body")
+    assert buffered.upstream_body == b"dlrow olleh"  # reversed: needs the whole body
+    assert buffered.response_body == b"DLROW OLLEH"  # upstream echoes, response uppercased
+    assert buffered.logs == (("info", "body: buffered request body of 11 bytes"),)
+    assert streamed.upstream_body == (ALPHABET * 40)[::-1]
+    assert streamed.response_body == (ALPHABET * 40)[::-1].upper()
+    assert plain.response_body == b"UPSTREAM SAYS HELLO TO /PLAIN\n"
+    assert plain.logs == ()
+
+
+def test_envoy_local_reply(envoy_half: EnvoyHalf) -> None:
+    deny, ok, deny_post = envoy_half.observe("local_reply")
+    assert deny.status == 403
+    assert deny.local_reply
+    assert deny.response_body == b"denied by plugin\n"
+    assert headers(deny, "response") == {
+        "content-type": "text/plain",
+        "x-local-reply": "yes",
+        "x-local-reply-seen": "1",  # Envoy runs the filter's response path for its own reply
+    }
+    assert deny.logs == (("info", "local_reply: denying"),)
+    assert ok.status == 200 and not ok.local_reply
+    assert headers(ok, "response")["x-local-reply-seen"] == "1"
+    assert deny_post.status == 403 and deny_post.upstream_body is None
+
+
+def test_envoy_callout(envoy_half: EnvoyHalf) -> None:
+    auth, fail, none = envoy_half.observe("callout")
+    assert headers(auth)["x-callout-status"] == "200"
+    assert headers(auth)["x-callout-header"] == "yes"
+    assert headers(auth)["x-callout-body"] == "callout-ok /auth"
+    assert auth.logs == (("info", "callout: dispatched"), ("info", "callout: resuming"))
+    assert auth.status == 200
+    assert headers(fail)["x-callout-status"] == "503"
+    assert fail.status == 200
+    assert "x-callout-status" not in headers(none)
+    assert envoy_half.envoy.callout.seen[0].path == "/auth"
+    assert ("x-from-plugin", "callout") in envoy_half.envoy.callout.seen[0].headers
+
+
+def test_envoy_wat(envoy_half: EnvoyHalf) -> None:
+    (only,) = envoy_half.observe("wat")
+    assert headers(only)["x-wat-req"] == "from-wat"
+    assert headers(only, "response")["x-wat"] == "hello"
+    assert only.logs == (("info", "wat: response headers"),)
+
+
+def test_envoy_assemblyscript(envoy_half: EnvoyHalf) -> None:
+    first, second = envoy_half.observe("as_headers")
+    for observation in (first, second):
+        assert observation.status == 200
+        assert headers(observation)["x-as-req"] == "1"
+        assert headers(observation, "response")["x-as-config"] == "as-config"
+        assert observation.logs == (
+            ("info", "as_headers: request"),
+            ("info", "as_headers: response"),
+        )
+
+
+def test_envoy_assemblyscript_read_twice_bug(envoy_half: EnvoyHalf) -> None:
+    statuses = [o.status for o in envoy_half.observe("as_read_twice")]
+    assert statuses == [200, 503, 503]
+    short = envoy_half.observe("as_read_twice_short")
+    assert [o.status for o in short] == [200, 200, 200]
+    assert headers(short[2], "response")["x-as-config"] == "short-config"
+
+
+def test_envoy_tcp(envoy_half: EnvoyHalf) -> None:
+    upstream_saw, client_got, logs = envoy_half.tcp()
+    assert upstream_saw == b"HELLO THERE, ENVOY\n"
+    assert client_got == b"H3LLO TH3R3, 3NVOY\n"
+    assert logs == [("info", "tcp: new connection")]
+
+
+# --------------------------------------------------------------------------- host == Envoy
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_host_matches_envoy(envoy_half: EnvoyHalf, name: str) -> None:
+    scenario = SCENARIOS[name]
+    envoy = envoy_half.observe(name)
+    host = HostSide(scenario.spec(name), metrics=scenario.metrics)
+    assert_same(envoy, [host.request(r) for r in scenario.requests])
+
+
+def test_host_matches_envoy_startup_logs(envoy_half: EnvoyHalf) -> None:
+    host = HostSide(SCENARIOS["headers"].spec("headers"))
+    started = {(e.envoy_level, e.message) for e in host.host.logs if e.context_id >= 0}
+    assert started == envoy_half.startup_logs("headers")
+
+
+def test_host_matches_envoy_tcp(envoy_half: EnvoyHalf) -> None:
+    envoy = envoy_half.tcp()
+    host = start_host_tcp(WasmFilter("tcp", plugin("c/tcp"), "tcp", network=True), TCP_DATA)
+    assert host == envoy
