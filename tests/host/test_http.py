@@ -426,3 +426,13 @@ def test_exchange_with_explicit_chunks_and_empty_end_frame() -> None:
     ex = host.exchange(REQ, b"", {":status": "200"}, [b"hello", b""])
     assert host.log_messages() == ["5", "0", "0", "1"]
     assert bytes(ex.client.body) == b"hello" and ex.client.complete
+
+
+def test_continue_and_end_stream_sends_headers_only() -> None:
+    host = start_plugin(plugin(ACTIONS))
+    host.vm._funcs["set"](2, 0)
+    s = host.http_stream()
+    assert s.send_request_headers(REQ) == "CONTINUE_AND_END_STREAM"
+    assert s.upstream.complete and s.upstream.headers is not None
+    s.send_request_body(b"dropped", end_stream=True)
+    assert bytes(s.upstream.body) == b""

@@ -40,6 +40,7 @@ class _Direction:
         self.pending_end = False
         self.pending_trailers: HeaderMap | None = None
         self.end_seen = False
+        self.cut = False  # ContinueAndEndStream: nothing after the headers goes on
 
     @property
     def names(self) -> tuple[str, int, int, int]:
@@ -191,6 +192,8 @@ class HttpStream:
             return status.name
         if status in (abi.HeadersStatus.CONTINUE, abi.HeadersStatus.CONTINUE_AND_END_STREAM):
             self._forward_headers(d)
+            if status == abi.HeadersStatus.CONTINUE_AND_END_STREAM:
+                d.out.complete = d.cut = True  # the next hop gets headers only
         else:
             d.paused = True
         return status.name
@@ -245,8 +248,9 @@ class HttpStream:
         if status == abi.DataStatus.CONTINUE:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
-            d.out.body += data
-            d.out.complete = end and d.pending_trailers is None
+            if not d.cut:
+                d.out.body += data
+                d.out.complete = end and d.pending_trailers is None
         elif status == abi.DataStatus.STOP_ITERATION_NO_BUFFER:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
@@ -280,7 +284,8 @@ class HttpStream:
             return status.name
         if status == abi.TrailersStatus.CONTINUE:
             self._flush_buffered(d)
-            d.out.trailers, d.out.complete = trailers.copy(), True
+            if not d.cut:
+                d.out.trailers, d.out.complete = trailers.copy(), True
             self.ctx.maps[map_id] = None
         else:
             d.paused = True
@@ -288,7 +293,8 @@ class HttpStream:
 
     def _flush_buffered(self, d: _Direction) -> None:
         if d.buffered is not None:
-            d.out.body += d.buffered
+            if not d.cut:
+                d.out.body += d.buffered
             d.buffered = None
             self.ctx.buffers.pop(d.names[2], None)
 
