@@ -1,0 +1,224 @@
+"""Load failures and traps under each failure policy: real Envoy against the reference host.
+
+Load failures: Envoy (static bootstrap) refuses the config and exits; the reason it logs
+("Wasm VM failed <reason>", the missing import, the trapping start callback) must be the host's
+``LoadError`` message. Traps: the ``trap`` plugin traps on requests with ``x-trap``; the same
+sequence of requests (with the same pauses, on the host's injected clock) must give the same
+statuses, headers and upstream hits under FAIL_CLOSED, FAIL_OPEN and FAIL_RELOAD.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conformance.conftest import assert_same, envoy_clock
+from tests.support.differential import HostSide, Request, start_host
+from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter, start_failure
+from tests.support.plugins import plugin
+from wasm_agent.agent.host.harness import LoadError
+
+# --------------------------------------------------------------------------- load failures
+
+
+@dataclass(frozen=True)
+class LoadCase:
+    module: str  # plugin name, or "garbage" for bytes that are not Wasm
+    root_id: str
+    reason: str  # Envoy's reason, as it logs it
+    configuration: str | None = "x"
+    failure_policy: str | None = None
+
+
+LOAD_CASES = {
+    "no_abi_version": LoadCase(
+        "wat/no_abi_version", "x", "Missing or unknown Proxy-Wasm ABI version"
+    ),
+    "no_allocator": LoadCase("wat/no_allocator", "x", "Wasm module is missing malloc function."),
+    "vm_start_false": LoadCase("wat/vm_start_false", "x", "Failed to start base Wasm"),
+    "configure_false": LoadCase("wat/configure_false", "x", "Failed to configure base Wasm plugin"),
+    "missing_import": LoadCase(
+        "wat/missing_import",
+        "x",
+        "Failed to load Wasm module due to a missing import: env.proxy_get_log_level",
+    ),
+    "not_wasm": LoadCase("garbage", "x", "Failed to parse corrupted Wasm module"),
+    # AssemblyScript SDK bug: an empty plugin configuration traps in onConfigure.
+    "as_empty_configuration": LoadCase(
+        "as/index",
+        "as_headers",
+        "Function: proxy_on_configure failed: Uncaught RuntimeError: memory access out of bounds",
+        configuration="",
+    ),
+    # FAIL_OPEN does not cover load failures: Envoy still refuses the plugin.
+    "fail_open_still_fails": LoadCase(
+        "wat/no_abi_version",
+        "x",
+        "Missing or unknown Proxy-Wasm ABI version",
+        failure_policy="FAIL_OPEN",
+    ),
+}
+
+_REASON = re.compile(
+    r"\[wasm\] \[[^\]]*\] (?:Wasm VM failed (?P<failed>.*)|(?P<other>Failed to load Wasm module "
+    r"due to a missing import: .*|Function: \w+ failed: .*))$"
+)
+
+
+def envoy_reasons(log: str) -> list[str]:
+    """Envoy's failure reasons in the order it logged them (first: the cause)."""
+    reasons = []
+    for line in log.splitlines():
+        match = _REASON.search(line)
+        if match:
+            reasons.append(match["failed"] or match["other"])
+    return reasons
+
+
+def load_spec(name: str, case: LoadCase, tmp_path: Path) -> WasmFilter:
+    if case.module == "garbage":
+        module = tmp_path / "garbage.wasm"
+        module.write_bytes(b"this is not a wasm module\n")
+    else:
+        module = plugin(case.module)
+    return WasmFilter(
+        name,
+        module,
+        case.root_id,
+        configuration=case.configuration,
+        failure_policy=case.failure_policy,
+    )
+
+
+@pytest.fixture(scope="module")
+def envoy_load_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Envoy's log for each load case (one Envoy start each, ~0.5 s)."""
+    logs = {}
+    with envoy_clock("load failures"):
+        for name, case in LOAD_CASES.items():
+            workdir = tmp_path_factory.mktemp(f"envoy-load-{name}")
+            logs[name] = start_failure(load_spec(name, case, workdir), workdir)
+    return logs
+
+
+@pytest.mark.parametrize("name", list(LOAD_CASES))
+def test_envoy_load_failure(envoy_load_failures: dict[str, str], name: str) -> None:
+    log = envoy_load_failures[name]
+    reasons = envoy_reasons(log)
+    assert reasons, log[-3000:]
+    assert reasons[0] == LOAD_CASES[name].reason
+    assert f"Unable to create Wasm plugin {name}" in log
+
+
+@pytest.mark.parametrize("name", list(LOAD_CASES))
+def test_host_load_failure_matches_envoy(
+    envoy_load_failures: dict[str, str], name: str, tmp_path: Path
+) -> None:
+    with pytest.raises(LoadError) as raised:
+        start_host(load_spec(name, LOAD_CASES[name], tmp_path))
+    assert str(raised.value) == envoy_reasons(envoy_load_failures[name])[0]
+
+
+# --------------------------------------------------------------------------- traps
+
+TRAP = (("x-trap", "1"),)
+BACKOFF = 1.6  # Envoy's reload backoff is 1 s with up to 1.5x jitter
+
+TRAP_SEQUENCE = (
+    Request("/t1", headers=TRAP, wait=BACKOFF),  # the first trap, well after the load
+    Request("/t2"),
+    Request("/t3", headers=TRAP),
+    Request("/t4"),
+    Request("/t5", wait=BACKOFF),
+)
+POLICIES = {"trap_closed": "FAIL_CLOSED", "trap_open": "FAIL_OPEN", "trap_reload": "FAIL_RELOAD"}
+
+
+def trap_spec(name: str) -> WasmFilter:
+    return WasmFilter(name, plugin("c/trap"), "trap", failure_policy=POLICIES[name])
+
+
+class TrapHalf:
+    def __init__(self, envoy: EnvoyWasm) -> None:
+        self.envoy = envoy
+        self.observed: dict[str, list[Observation]] = {}
+        self.reloads: dict[str, int] = {}
+
+    def observe(self, name: str) -> list[Observation]:
+        """All policies run the sequence together (one set of pauses for the three)."""
+        if not self.observed:
+            results: dict[str, list[Observation]] = {name: [] for name in POLICIES}
+            with envoy_clock("traps"):
+                for request in TRAP_SEQUENCE:
+                    time.sleep(request.wait)
+                    for policy in POLICIES:
+                        results[policy].append(
+                            self.envoy.request(
+                                policy, request.path, headers=request.headers, settle=0.1
+                            )
+                        )
+                time.sleep(0.1)  # the last log lines
+                assert self.envoy.envoy is not None
+                stats = self.envoy.envoy.stats("vm_reload_success")
+            for policy in POLICIES:
+                self.reloads[policy] = stats.get(f"wasm.{policy}.vm_reload_success", 0)
+            self.observed = results
+        return self.observed[name]
+
+
+@pytest.fixture(scope="module")
+def trap_half(tmp_path_factory: pytest.TempPathFactory) -> TrapHalf:
+    with envoy_clock("traps"):
+        envoy = EnvoyWasm(
+            [trap_spec(name) for name in POLICIES], tmp_path_factory.mktemp("envoy-traps")
+        ).__enter__()
+    try:
+        yield TrapHalf(envoy)
+    finally:
+        envoy.__exit__()
+
+
+def summary(observations: list[Observation]) -> list[tuple[int, bool, str | None]]:
+    """(status, reached the upstream, the plugin's response header) per request."""
+    return [
+        (o.status, o.upstream_headers is not None, dict(o.response_headers).get("x-trap-plugin"))
+        for o in observations
+    ]
+
+
+EXPECTED = {
+    # Every request after the trap gets 503; nothing reaches the upstream.
+    "trap_closed": [(503, False, None)] * 5,
+    # The trapping request gets 503, later ones skip the plugin (no header) and pass.
+    "trap_open": [(503, False, None)] + [(200, True, None)] * 4,
+    # A new VM for the next stream once the backoff since the last load passed: reloaded at
+    # once after the first trap, 503 inside the backoff after the second, reloaded after it.
+    "trap_reload": [
+        (503, False, None),
+        (200, True, "alive"),
+        (503, False, None),
+        (503, False, None),
+        (200, True, "alive"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_envoy_trap_policy(trap_half: TrapHalf, name: str) -> None:
+    observed = trap_half.observe(name)
+    assert summary(observed) == EXPECTED[name]
+    assert observed[0].logs == (("warning", "trap: trapping"),)
+    expected_reloads = 2 if name == "trap_reload" else 0
+    assert trap_half.reloads[name] == expected_reloads
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_host_trap_policy_matches_envoy(trap_half: TrapHalf, name: str) -> None:
+    envoy = trap_half.observe(name)
+    host = HostSide(trap_spec(name))
+    assert_same(envoy, [host.request(r) for r in TRAP_SEQUENCE])
+    assert host.host.reloads == trap_half.reloads[name]
