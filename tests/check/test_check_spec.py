@@ -127,3 +127,18 @@ def test_missing_and_directory_spec_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(binary)
+
+
+def test_the_documented_example_parses(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "check.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_spec(write(tmp_path, example))
+    assert spec.config == b'{"deny":["/admin"]}'
+    assert [c.name for c in spec.cases] == [
+        "adds the tenant header",
+        "admin is denied",
+        "bad configuration is refused",
+        "a trap is expected",
+    ]
+    assert spec.cases[0].request.headers[1:] == [("cookie", "a=1"), ("cookie", "b=2")]
+    assert spec.cases[1].expect.local_reply == LocalReplyExpect(403, "denied\n", "denied_by_plugin")
