@@ -428,11 +428,11 @@ def test_exchange_with_explicit_chunks_and_empty_end_frame() -> None:
     assert bytes(ex.client.body) == b"hello" and ex.client.complete
 
 
-def test_continue_and_end_stream_sends_headers_only() -> None:
+def test_continue_and_end_stream_is_plain_continue() -> None:
+    """Envoy's convertFilterHeadersStatus has no case for 2: it continues normally."""
     host = start_plugin(plugin(ACTIONS))
     host.vm._funcs["set"](2, 0)
     s = host.http_stream()
-    assert s.send_request_headers(REQ) == "CONTINUE_AND_END_STREAM"
-    assert s.upstream.complete and s.upstream.headers is not None
-    s.send_request_body(b"dropped", end_stream=True)
-    assert bytes(s.upstream.body) == b""
+    assert s.send_request_headers(REQ) == "CONTINUE"
+    s.send_request_body(b"kept", end_stream=True)
+    assert bytes(s.upstream.body) == b"kept" and s.upstream.complete

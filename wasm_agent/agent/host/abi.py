@@ -125,12 +125,16 @@ class NetworkStatus(enum.IntEnum):
 
 
 def headers_status(result: int, stop_next: bool) -> HeadersStatus:
-    """Map a headers callback's return like cpp-host: StopIteration and bogus codes -> StopAll."""
+    """Map a headers callback's return like cpp-host, then Envoy's convertFilterHeadersStatus:
+    StopIteration and bogus codes -> StopAll...Watermark; ContinueAndEndStream (2) has no Envoy
+    counterpart and becomes Continue."""
     result &= 0xFFFFFFFF
     if stop_next or result > HeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK:
         return HeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
     if result == HeadersStatus.STOP_ITERATION:
         return HeadersStatus.STOP_ALL_ITERATION_AND_WATERMARK
+    if result == HeadersStatus.CONTINUE_AND_END_STREAM:
+        return HeadersStatus.CONTINUE
     return HeadersStatus(result)
 
 

@@ -40,7 +40,6 @@ class _Direction:
         self.pending_end = False
         self.pending_trailers: HeaderMap | None = None
         self.end_seen = False
-        self.cut = False  # ContinueAndEndStream: nothing after the headers goes on
 
     @property
     def names(self) -> tuple[str, int, int, int]:
@@ -190,10 +189,8 @@ class HttpStream:
         self.actions.append((f"{name}_headers", status.name))
         if self._blocked(d):
             return status.name
-        if status in (abi.HeadersStatus.CONTINUE, abi.HeadersStatus.CONTINUE_AND_END_STREAM):
+        if status == abi.HeadersStatus.CONTINUE:
             self._forward_headers(d)
-            if status == abi.HeadersStatus.CONTINUE_AND_END_STREAM:
-                d.out.complete = d.cut = True  # the next hop gets headers only
         else:
             d.paused = True
         return status.name
@@ -248,9 +245,8 @@ class HttpStream:
         if status == abi.DataStatus.CONTINUE:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
-            if not d.cut:
-                d.out.body += data
-                d.out.complete = end and d.pending_trailers is None
+            d.out.body += data
+            d.out.complete = end and d.pending_trailers is None
         elif status == abi.DataStatus.STOP_ITERATION_NO_BUFFER:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
@@ -284,8 +280,7 @@ class HttpStream:
             return status.name
         if status == abi.TrailersStatus.CONTINUE:
             self._flush_buffered(d)
-            if not d.cut:
-                d.out.trailers, d.out.complete = trailers.copy(), True
+            d.out.trailers, d.out.complete = trailers.copy(), True
             self.ctx.maps[map_id] = None
         else:
             d.paused = True
@@ -293,8 +288,7 @@ class HttpStream:
 
     def _flush_buffered(self, d: _Direction) -> None:
         if d.buffered is not None:
-            if not d.cut:
-                d.out.body += d.buffered
+            d.out.body += d.buffered
             d.buffered = None
             self.ctx.buffers.pop(d.names[2], None)
 
