@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wasm-agent run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     result = host.exchange(request, body, response, response_body)
+    result.logs = list(host.logs)  # include what the plugin logged while it started
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
