@@ -294,6 +294,24 @@ def test_wasmplugin_manifests(
     assert "from the cache" in json.dumps(json.loads(again.stdout)["modules"][2]["checks"][0])
 
 
+def test_wasmplugin_type_must_match_the_callbacks(tmp_path: Path) -> None:
+    manifest = tmp_path / "plugins.yaml"
+    manifest.write_text(
+        f"kind: WasmPlugin\nmetadata: {{name: tcp-as-http}}\nspec:\n  url: {plugin('c/tcp')}\n"
+        f"---\nkind: WasmPlugin\nmetadata: {{name: tcp}}\n"
+        f"spec:\n  url: {plugin('c/tcp')}\n  type: NETWORK\n"
+    )
+    result = run_cli("-f", str(manifest), "--format", "json")
+    assert result.returncode == 1
+    modules = json.loads(result.stdout)["modules"]
+    checks = [next(c for c in m["checks"] if c["name"] == "plugin_type") for m in modules]
+    assert [c["status"] for c in checks] == ["fail", "pass"]
+    assert checks[0]["message"] == (
+        "spec.type HTTP, but the module exports no http callbacks (it is network): "
+        "Envoy would never call it"
+    )
+
+
 def test_bad_manifest_exits_2(tmp_path: Path) -> None:
     manifest = tmp_path / "plugins.yaml"
     manifest.write_text("kind: WasmPlugin\nspec: {}\n")

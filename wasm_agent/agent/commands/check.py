@@ -38,7 +38,7 @@ class Target:
     origin: str | None = None
     pull_policy: str = ""
     root_id: str | None = None  # None: the --root-id value
-    root_id: str | None = None  # None: the --root-id value
+    plugin_type: str = ""  # WasmPlugin spec.type (HTTP when empty)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +143,7 @@ def _manifest_targets(path: Path) -> list[Target]:
         target.module = plugin.url
         target.plugin, target.origin = plugin.name, plugin.origin
         target.pull_policy, target.root_id = plugin.pull_policy, plugin.root_id
+        target.plugin_type = (plugin.plugin_type or "HTTP").upper()
         target.config = (plugin.plugin_config or "").encode()
         targets.append(target)
     return targets
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
             module_config = target.config if target.config is not None else config
             root_id = target.root_id if target.root_id is not None else args.root_id
             check_module(report, data, module_config, options, root_id)
+            if target.plugin is not None:
+                _type_check(report, target.plugin_type)
     try:
         _output(reports, args.format)
     except BrokenPipeError:  # `check ... | head`: the reader left; the status still counts
@@ -226,6 +229,24 @@ def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | No
             report.add(Check("input", "fetch", Status.PASS, detail))
             blobs[i] = data
     return blobs
+
+
+def _type_check(report, plugin_type: str) -> None:
+    """Does the WasmPlugin's ``spec.type`` match the callbacks the module exports?"""
+    from wasm_agent.agent.check.model import Check, Status
+
+    if report.kind is None:
+        return
+    wanted = "network" if plugin_type == "NETWORK" else "http"
+    if report.kind in (wanted, "both"):
+        message = f"spec.type {plugin_type}: the module has {wanted} callbacks"
+        report.add(Check("compat", "plugin_type", Status.PASS, message))
+    else:
+        message = (
+            f"spec.type {plugin_type}, but the module exports no {wanted} callbacks "
+            f"(it is {report.kind}): Envoy would never call it"
+        )
+        report.add(Check("compat", "plugin_type", Status.FAIL, message))
 
 
 def _output(reports, fmt: str) -> None:
