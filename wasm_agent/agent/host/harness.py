@@ -24,22 +24,25 @@ Each ``send_*`` returns the action name Envoy would apply (``CONTINUE``,
 ``failed``). One call for a whole exchange (used by ``wasm-agent run`` and the conformance suite)::
 
     ex = host.exchange({":method": "GET", ":path": "/", ":authority": "h"}, b"",
-                       {":status": "200"}, b"hello")
+                       {":status": "200"}, [b"hello", b""],   # bytes, or a list of chunks
+                       callout_responder=lambda c: ({":status": "200"}, b"ok"))
     ex.upstream   # Message | None: headers/body/trailers the upstream received
-    # callouts made on the way can be answered by callout_responder=lambda c: (hdrs, body)
     ex.client     # Message | None: what the client received (local replies included)
-    ex.actions, ex.local_response, ex.logs, ex.failed
+    ex.actions, ex.local_response, ex.logs, ex.failed, ex.to_dict()
 
 TCP: ``c = host.tcp_connection(); c.send_downstream_data(b"x"); c.send_upstream_data(b"y");
 c.close_downstream()``; see ``c.upstream_received``, ``c.downstream_received``, ``c.closed``.
 
 Around the streams: ``host.tick()`` (``host.tick_period_ms``), ``host.http_callouts`` /
 ``host.respond_http_call(token, headers, body, trailers)`` / ``host.fail_http_call(token)``,
-``host.grpc_calls`` / ``host.respond_grpc(token, message=..., close=0, ...)``, ``host.logs`` /
-``host.log_messages(min_level)``, ``host.metrics``, ``host.shared_data`` /
+``host.grpc_calls`` / ``host.respond_grpc(token, message=..., close=0, ...)``, ``host.logs``
+(``LogEntry.level/.envoy_level/.message/.raw``) / ``host.log_messages(min_level)`` /
+``host.log_bytes()``, ``host.metrics``, ``host.set_property(path, value)``, ``host.shared_data`` /
 ``host.set_shared_data``, ``host.enqueue(queue, data)``, ``host.failed``, ``host.reloads``,
-``host.configure(new_config)`` and ``host.shutdown()``. Compiled modules are cached (see
-``compile.py``; ``$WASM_AGENT_HOST_CACHE``), so a suite compiles each module once.
+``host.configure(new_config)`` and ``host.shutdown()``. Limits: ``fuel=`` (instructions per
+callback), ``deadline_ms=`` (wall clock per callback), ``memory_limit=``. Compiled modules are
+cached (see ``compile.py``; ``$WASM_AGENT_HOST_CACHE``), so a suite compiles each module once.
+Behaviour and what was checked against Envoy 1.40: ``docs/host.md``.
 """
 
 from __future__ import annotations
