@@ -96,11 +96,10 @@ class ProxyStream:
             except Exception as error:  # Envoy went away mid-write
                 raise StreamEnd(None, f"write to envoy failed: {error}", "envoy") from None
 
-    async def write_up(self, raw: bytes, *, count: bool = True) -> None:
+    async def write_up(self, raw: bytes) -> None:
         """Send one request to istiod; failures surface on the upstream read side."""
         async with self._up_lock:
-            if count:
-                metrics.XDS_PROXY_REQUESTS.inc()
+            metrics.XDS_PROXY_REQUESTS.inc()
             try:
                 await self._call.write(raw)
             except asyncio.CancelledError:
