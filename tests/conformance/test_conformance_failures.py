@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.conftest import assert_same, envoy_clock
-from tests.support.differential import HostSide, Request, start_host
+from tests.support.differential import HostSide, Request, assert_same, envoy_clock, start_host
 from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter, start_failure
 from tests.support.plugins import plugin
 from wasm_agent.agent.host.harness import LoadError

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conformance.conftest import assert_same, envoy_clock
-from tests.support.differential import HostSide, Request, start_host_tcp
+from tests.support.differential import HostSide, Request, assert_same, envoy_clock, start_host_tcp
 from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter
 from tests.support.plugins import plugin
 

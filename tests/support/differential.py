@@ -9,7 +9,9 @@ in ``tests.support.envoy_wasm`` use), and returns the same ``Observation`` the E
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tests.support.envoy_wasm import (
@@ -23,6 +25,29 @@ from tests.support.envoy_wasm import (
 from wasm_agent.agent.host.harness import FailurePolicy, HostedPlugin, LogLevel, start_plugin
 
 REQUEST_ID = "00000000-0000-4000-8000-000000000000"
+
+# Wall time spent on the Envoy half, per part (printed by tests/conformance/conftest.py).
+ENVOY_SECONDS: dict[str, float] = {}
+
+
+@contextmanager
+def envoy_clock(part: str) -> Iterator[None]:
+    """Count the wall time of the block as Envoy-half time under ``part``."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        ENVOY_SECONDS[part] = ENVOY_SECONDS.get(part, 0.0) + time.monotonic() - start
+
+
+def assert_same(envoy: list[Observation], host: list[Observation]) -> None:
+    """Equal observations, request by request, with a readable diff on failure."""
+    problems = []
+    for index, (mine, theirs) in enumerate(zip(envoy, host, strict=True)):
+        diff = mine.diff(theirs)
+        if diff:
+            problems.append(f"request {index}:\n{diff}")
+    assert not problems, "host differs from Envoy\n" + "\n".join(problems)
 
 
 @dataclass(frozen=True)
