@@ -59,6 +59,7 @@ class XdsProxy:
         self.bound_port = 0
         self._socket_path: Path | None = None
         self.draining = False
+        self.refused = 0
 
     @property
     def ready(self) -> bool:
@@ -119,7 +120,12 @@ class XdsProxy:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "agent shutting down")
         if len(self.streams) >= self.listen.max_streams:
-            log.warning("too many envoy streams", extra={"limit": self.listen.max_streams})
+            self.refused += 1
+            if self.refused % 100 == 1:  # a flood must not flood the log too
+                log.warning(
+                    "too many envoy streams; refusing",
+                    extra={"limit": self.listen.max_streams, "refused": self.refused},
+                )
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many xDS streams (limit {self.listen.max_streams})",
