@@ -211,6 +211,10 @@ def test_envoy_trap_policy(trap_half: TrapHalf, name: str) -> None:
     observed = trap_half.observe(name)
     assert summary(observed) == EXPECTED[name]
     assert observed[0].logs == (("warning", "trap: trapping"),)
+    unreachable = "Function: proxy_on_request_headers failed: Uncaught RuntimeError: unreachable"
+    assert observed[0].trap == unreachable
+    # FAIL_RELOAD's new VM traps again on the next x-trap request; the others never run it.
+    assert observed[2].trap == (unreachable if name == "trap_reload" else None)
     expected_reloads = 2 if name == "trap_reload" else 0
     assert trap_half.reloads[name] == expected_reloads
 

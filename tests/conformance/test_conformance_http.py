@@ -274,8 +274,14 @@ def test_envoy_assemblyscript(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_assemblyscript_read_twice_bug(envoy_half: EnvoyHalf) -> None:
-    statuses = [o.status for o in envoy_half.observe("as_read_twice")]
-    assert statuses == [200, 503, 503]
+    observed = envoy_half.observe("as_read_twice")
+    assert [o.status for o in observed] == [200, 503, 503]
+    assert [o.trap for o in observed] == [
+        None,
+        "Function: proxy_on_context_create failed: Uncaught RangeError: "
+        "Maximum call stack size exceeded",
+        None,  # the VM stays failed (fail closed): no new trap
+    ]
     short = envoy_half.observe("as_read_twice_short")
     assert [o.status for o in short] == [200, 200, 200]
     assert headers(short[2], "response")["x-as-config"] == "short-config"

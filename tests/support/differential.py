@@ -165,6 +165,8 @@ class HostSide:
         self.clock.now += request.wait
         logs_before = len(self.host.logs)
         stream = self.host.http_stream()
+        vm = stream.vm
+        healthy = vm is not None and not vm.failed
         headers = _request_headers(request)
         stream.send_request_headers(headers, end_stream=not request.body)
         if request.body:
@@ -208,6 +210,7 @@ class HostSide:
             upstream_body=bytes(upstream.body) if upstream is not None else None,
             logs=tuple(logs),
             metrics=self.metrics(),
+            trap=vm.failed if healthy and vm is not None and vm.failed else None,
         )
 
 

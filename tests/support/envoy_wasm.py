@@ -80,6 +80,7 @@ class Observation:
     upstream_body: bytes | None
     logs: tuple[tuple[str, str], ...] = ()  # (level, message) of the plugin's log lines
     metrics: tuple[tuple[str, int], ...] = ()
+    trap: str | None = None  # "Function: <callback> failed: <reason>" if the VM trapped now
 
     @property
     def local_reply(self) -> bool:
@@ -402,6 +403,7 @@ def bootstrap(
 # --------------------------------------------------------------------------- Envoy
 
 
+_TRAP_LINE = re.compile(r"\]\[wasm\] \[[^\]]*\] (Function: \w+ failed: .*)$")
 _LOG_LINE = re.compile(
     r"^\[[^\]]*\]\[[^\]]*\]\[(?P<level>\w+)\]\[wasm\] \[[^\]]*\] "
     r"wasm log (?P<prefix>[^:]*): (?P<message>.*)$"
@@ -478,6 +480,12 @@ class EnvoyWasm:
             lines.append((match["level"], match["message"]))
         return lines
 
+    def traps(self, since: int = 0) -> list[str]:
+        """Trap messages Envoy logged after log offset ``since`` (they name no plugin)."""
+        assert self.envoy is not None
+        lines = self.envoy.logs()[since:].splitlines()
+        return [m.group(1) for m in map(_TRAP_LINE.search, lines) if m]
+
     def log_offset(self) -> int:
         assert self.envoy is not None
         return len(self.envoy.logs())
@@ -521,6 +529,7 @@ class EnvoyWasm:
             upstream_body=seen[0].body if seen else None,
             logs=tuple(self.plugin_logs(name, offset)),
             metrics=self.metrics(metrics),
+            trap=next(iter(self.traps(offset)), None),
         )
 
     def tcp_exchange(self, name: str, data: bytes, settle: float = 0.3) -> tuple[bytes, bytes]:
