@@ -154,3 +154,21 @@ def test_generated_server_cert_names_the_override(tls: TlsFiles) -> None:
     cert = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert tls.server_name in names.get_values_for_type(x509.DNSName)
+
+
+async def test_unreadable_credentials_end_the_stream_with_a_clear_error(
+    mtls_istiod: FakeIstiod, tls: TlsFiles, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    path = sock()
+    proxy = await start_proxy(path, settings(mtls_istiod, tls, token_file=token))
+    token.unlink()  # e.g. a projected token volume gone
+    ads = AdsClient(f"unix:{path}")
+    await ads.request(CLUSTER_TYPE, node=True)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await ads.read()
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot read token file" in failure.value.details()
+    await ads.close()
+    await proxy.stop(grace=1)

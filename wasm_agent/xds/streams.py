@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from wasm_agent.xds import metrics
 from wasm_agent.xds.ecds import EcdsSequencer
 from wasm_agent.xds.types import ECDS_TYPE, Flavour
-from wasm_agent.xds.upstream import DELTA_METHOD, SOTW_METHOD
+from wasm_agent.xds.upstream import DELTA_METHOD, SOTW_METHOD, UpstreamError
 from wasm_agent.xds.wire import WireError, request_head, response_type_url
 
 if TYPE_CHECKING:
@@ -225,9 +225,14 @@ class ProxyStream:
 
     # -- lifecycle -------------------------------------------------------------------------
     def _open_call(self) -> None:
-        self._call, self._release = self.proxy.upstream.open(
-            self.method, self.context.invocation_metadata()
-        )
+        try:
+            self._call, self._release = self.proxy.upstream.open(
+                self.method, self.context.invocation_metadata()
+            )
+        except UpstreamError as error:  # unreadable CA, key or token file
+            metrics.ISTIOD_CONNECTION_FAILURES.inc()
+            log.error("cannot open the upstream stream", extra={"error": str(error)})
+            raise StreamEnd(grpc.StatusCode.UNAVAILABLE, str(error), "agent") from None
 
     def _close_call(self) -> None:
         if self._call is not None:
@@ -258,6 +263,8 @@ class ProxyStream:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             watcher.cancel()
             end = self._outcome(done)
+        except StreamEnd as failed:  # the upstream stream could not be opened
+            end = failed
         except asyncio.CancelledError:
             metrics.ENVOY_CONNECTION_TERMINATIONS.inc(type="cancel")
             log.info("envoy stream cancelled", extra={"stream": self.id})
