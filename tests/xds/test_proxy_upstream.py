@@ -65,7 +65,11 @@ async def test_mtls_token_and_metadata_reach_istiod(
         mtls_istiod, tls, token_file=token, headers={"cluster-id": "Kubernetes", "x-team": "a"}
     )
     proxy = await start_proxy(path, upstream)
-    envoy_metadata = (("authorization", "Bearer envoy-secret"), ("x-custom", "kept"))
+    envoy_metadata = (
+        ("authorization", "Bearer envoy-secret"),
+        ("x-custom", "kept"),
+        ("x-team", "envoy-value"),
+    )
     ads = AdsClient(f"unix:{path}", metadata=envoy_metadata)
     await ads.request(CLUSTER_TYPE, node=True)
     assert (await ads.read()).version_info == "v1"

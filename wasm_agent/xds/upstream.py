@@ -180,8 +180,11 @@ class Upstream:
 
     def stream_metadata(self, downstream: Sequence[tuple[str, Any]] | None = ()) -> list:
         """Metadata for a new upstream stream: Envoy's (filtered), ``XDS_HEADER_*``, token."""
-        metadata = filter_downstream_metadata(downstream)
-        metadata.extend((k, v) for k, v in self.settings.headers.items())
+        configured = self.settings.headers
+        metadata = [
+            (k, v) for k, v in filter_downstream_metadata(downstream) if k not in configured
+        ]
+        metadata.extend(configured.items())  # XDS_HEADER_* win over Envoy's own values
         token = _read(self.settings.token_file, "token file")
         if token is not None:
             token_text = token.decode("utf-8", "replace").strip()
