@@ -212,18 +212,19 @@ def test_http_module_loads_updates_and_bad_sha_nacks(
         assert metrics["istio_agent_xds_proxy_responses"] >= 5
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_fail_open_allows_and_pull_secret_never_reaches_envoy(
-    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer
+    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer, delta: bool
 ) -> None:
     secret = '{"auths":{"registry.test":{"auth":"c2VjcmV0LXVzZXI6czNjcjN0LXB3"}}}'
-    url = mods.serve("/secret/v1.wasm", V1)
+    url = mods.serve(f"/secret-{delta}/v1.wasm", V1)
     env = {
         "ISTIO_META_WASM_IMAGE_PULL_SECRET": secret,
         "ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent",
         "KEEP_ME": "1",
     }
     xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1), env=env), "s1")
-    with Mesh(short_dir(tmp_path), istiod, echo) as mesh:
+    with Mesh(short_dir(tmp_path), istiod, echo, delta=delta) as mesh:
         mesh.wait_ecds_version("s1")
         mesh.header_becomes("v1")
         assert mesh.envoy is not None
@@ -241,12 +242,14 @@ def test_fail_open_allows_and_pull_secret_never_reaches_envoy(
         assert not istiod.nacks(ECDS_TYPE)
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_deny_mode_returns_403(
-    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer
+    tmp_path: Path, istiod: FakeIstiod, echo: EchoServer, mods: ModServer, delta: bool
 ) -> None:
     missing = mods.url("/deny/missing.wasm")
     xc.serve(istiod, xc.wasm_extension(missing, "ef" * 32), "d1")
-    with Mesh(short_dir(tmp_path), istiod, echo, "--fetch-failure", "deny") as mesh:
+    args = ("--fetch-failure", "deny")
+    with Mesh(short_dir(tmp_path), istiod, echo, *args, delta=delta) as mesh:
         mesh.wait_ecds_version("d1")
         deadline = time.monotonic() + 15
         while mesh.get()[0] != 403 and time.monotonic() < deadline:
