@@ -96,11 +96,14 @@ def load_spec(name: str, case: LoadCase, tmp_path: Path) -> WasmFilter:
 @pytest.fixture(scope="module")
 def envoy_load_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Envoy's log for each load case (one Envoy start each, ~0.5 s)."""
+    specs = {}
+    for name, case in LOAD_CASES.items():
+        workdir = tmp_path_factory.mktemp(f"envoy-load-{name}")
+        specs[name] = (load_spec(name, case, workdir), workdir)  # builds outside the clock
     logs = {}
     with envoy_clock("load failures"):
-        for name, case in LOAD_CASES.items():
-            workdir = tmp_path_factory.mktemp(f"envoy-load-{name}")
-            logs[name] = start_failure(load_spec(name, case, workdir), workdir)
+        for name, (spec, workdir) in specs.items():
+            logs[name] = start_failure(spec, workdir)
     return logs
 
 
@@ -171,10 +174,9 @@ class TrapHalf:
 
 @pytest.fixture(scope="module")
 def trap_half(tmp_path_factory: pytest.TempPathFactory) -> TrapHalf:
+    specs = [trap_spec(name) for name in POLICIES]
     with envoy_clock("traps"):
-        envoy = EnvoyWasm(
-            [trap_spec(name) for name in POLICIES], tmp_path_factory.mktemp("envoy-traps")
-        ).__enter__()
+        envoy = EnvoyWasm(specs, tmp_path_factory.mktemp("envoy-traps")).__enter__()
     try:
         yield TrapHalf(envoy)
     finally:

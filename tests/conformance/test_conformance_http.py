@@ -62,6 +62,23 @@ SCENARIOS = {
             Request("/plain"),
         ),
     ),
+    "body_stream": Scenario(
+        "c/body",
+        "body",
+        configuration="stream-request",
+        requests=(
+            Request("/x", method="POST", body=b"hello world"),
+            Request("/chunks", method="POST", body=ALPHABET * 40),
+        ),
+    ),
+    "pairs": Scenario(
+        "c/pairs",
+        "pairs",
+        requests=(
+            Request("/pairs", headers=(("user-agent", "conformance/1"), ("x-custom", "v"))),
+            Request("/pairs/post", method="POST", body=b"abc"),
+        ),
+    ),
     "local_reply": Scenario(
         "c/local_reply",
         "local_reply",
@@ -69,6 +86,8 @@ SCENARIOS = {
             Request("/deny"),
             Request("/ok"),
             Request("/deny/post", method="POST", body=b"data"),
+            Request("/status/418"),
+            Request("/status/418", method="POST", body=b"late body"),
         ),
     ),
     "callout": Scenario(
@@ -78,7 +97,15 @@ SCENARIOS = {
             Request("/c", headers=(("x-callout", "/auth"),)),
             Request("/c", headers=(("x-callout", "/fail"),)),
             Request("/none"),
+            Request("/c", headers=(("x-callout", "/auth"), ("x-callout-cluster", "nowhere"))),
+            Request("/c", method="POST", body=b"posted body", headers=(("x-callout", "/p"),)),
         ),
+    ),
+    # Envoy answers a timed-out callout with its own 504 "upstream request timeout" response.
+    "callout_timeout": Scenario(
+        "c/callout",
+        "callout",
+        requests=(Request("/c", headers=(("x-callout", "/slow"), ("x-callout-timeout", "200"))),),
     ),
     "wat": Scenario(
         "wat/add_header", "wat", requests=(Request("/w", headers=(("x-wat-req", "client"),)),)
@@ -90,8 +117,10 @@ SCENARIOS = {
         requests=(Request("/as"), Request("/as2")),
     ),
     # SDK bug: onConfigure passes the configuration size as the r_size pointer, so the host
-    # writes the size at address <size>. With this configuration that lands in the heap and the
-    # next read of the root configuration in a stream callback traps (Envoy: 200, then 503).
+    # writes the size at address <size>. With this configuration that lands in the heap: the
+    # first stream (reading the root configuration twice) works, the next one traps in
+    # proxy_on_context_create (Envoy: 200, then 503 for good). Needs the host to allocate
+    # exactly like Envoy (same malloc calls, same sizes, same order).
     "as_read_twice": Scenario(
         "as/config_twice",
         "as_config",
@@ -154,7 +183,7 @@ class EnvoyHalf:
 def envoy_half(tmp_path_factory: pytest.TempPathFactory) -> EnvoyHalf:
     specs = [scenario.spec(name) for name, scenario in SCENARIOS.items()]
     specs.append(WasmFilter("tcp", plugin("c/tcp"), "tcp", network=True))
-    with envoy_clock("http"):
+    with envoy_clock("http"):  # the plugins are built above, outside the clock
         envoy = EnvoyWasm(specs, tmp_path_factory.mktemp("envoy-http")).__enter__()
     try:
         yield EnvoyHalf(envoy)
@@ -225,23 +254,35 @@ def test_envoy_body(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_local_reply(envoy_half: EnvoyHalf) -> None:
-    deny, ok, deny_post = envoy_half.observe("local_reply")
+    deny, ok, deny_post, late, late_post = envoy_half.observe("local_reply")
     assert deny.status == 403
     assert deny.local_reply
     assert deny.response_body == b"denied by plugin\n"
     assert headers(deny, "response") == {
         "content-type": "text/plain",
         "x-local-reply": "yes",
-        "x-local-reply-seen": "1",  # Envoy runs the filter's response path for its own reply
+        # Envoy runs the filter's response path for its own local reply...
+        "x-local-reply-seen": "1",
+        # ...where the request is still readable, unlike after a forwarded request.
+        "x-request-path-in-response": "/deny",
     }
     assert deny.logs == (("info", "local_reply: denying"),)
     assert ok.status == 200 and not ok.local_reply
     assert headers(ok, "response")["x-local-reply-seen"] == "1"
+    assert headers(ok, "response")["x-request-path-in-response"] == "<missing 1>"
     assert deny_post.status == 403 and deny_post.upstream_body is None
+    # A local reply from the response path replaces the upstream's response.
+    for observation in (late, late_post):
+        assert not observation.local_reply  # the upstream saw the request
+        assert observation.status == 401
+        assert observation.response_body == b"denied late\n"
+        assert headers(observation, "response") == {"content-type": "text/plain", "x-late": "yes"}
+        assert observation.logs == (("info", "local_reply: late deny of the upstream's 418"),)
+    assert late_post.upstream_body == b"late body"
 
 
 def test_envoy_callout(envoy_half: EnvoyHalf) -> None:
-    auth, fail, none = envoy_half.observe("callout")
+    auth, fail, none, nowhere, posted = envoy_half.observe("callout")
     assert headers(auth)["x-callout-status"] == "200"
     assert headers(auth)["x-callout-header"] == "yes"
     assert headers(auth)["x-callout-body"] == "callout-ok /auth"
@@ -250,8 +291,45 @@ def test_envoy_callout(envoy_half: EnvoyHalf) -> None:
     assert headers(fail)["x-callout-status"] == "503"
     assert fail.status == 200
     assert "x-callout-status" not in headers(none)
-    assert envoy_half.envoy.callout.seen[0].path == "/auth"
-    assert ("x-from-plugin", "callout") in envoy_half.envoy.callout.seen[0].headers
+    # An unknown cluster: proxy_http_call answers BAD_ARGUMENT (2) at once.
+    assert headers(nowhere)["x-callout-error"] == "2"
+    assert nowhere.logs == (("error", "callout: http_call failed with status 2"),)
+    # A paused request's body waits and reaches the upstream after the resume.
+    assert posted.upstream_body == b"posted body"
+    assert headers(posted)["x-callout-status"] == "200"
+    seen = envoy_half.envoy.callout.seen
+    assert [s.path for s in seen] == ["/auth", "/fail", "/p"]
+    assert ("x-from-plugin", "callout") in seen[0].headers
+
+
+def test_envoy_callout_timeout(envoy_half: EnvoyHalf) -> None:
+    (timed_out,) = envoy_half.observe("callout_timeout")
+    assert timed_out.status == 200
+    assert headers(timed_out)["x-callout-status"] == "504"
+    assert headers(timed_out)["x-callout-body"] == "upstream request timeout"
+
+
+def test_envoy_body_streamed_request(envoy_half: EnvoyHalf) -> None:
+    small, large = envoy_half.observe("body_stream")
+    assert small.upstream_body == b"HELLO WORLD"
+    assert large.upstream_body == (ALPHABET * 40).upper()
+    assert large.response_body == (ALPHABET * 40).upper()
+
+
+def test_envoy_header_maps_and_log_level(envoy_half: EnvoyHalf) -> None:
+    get, post = envoy_half.observe("pairs")
+    assert headers(get)["x-request-header-names"] == (
+        ":authority,:path,:method,:scheme,user-agent,x-custom,x-forwarded-proto,x-request-id"
+    )
+    assert headers(post)["x-request-header-names"] == (
+        ":authority,:path,:method,:scheme,content-length,x-forwarded-proto,x-request-id"
+    )
+    assert headers(get, "response")["x-response-header-names"] == (
+        ":status,content-type,x-upstream,x-replace-resp,x-remove-resp,content-length,"
+        "x-envoy-upstream-service-time"
+    )
+    assert headers(get)["x-log-level"] == "2"  # info
+    assert get.logs == ()  # the debug line is below Envoy's level
 
 
 def test_envoy_wat(envoy_half: EnvoyHalf) -> None:
@@ -297,7 +375,22 @@ def test_envoy_tcp(envoy_half: EnvoyHalf) -> None:
 # --------------------------------------------------------------------------- host == Envoy
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+HOST_GAPS = {
+    # The harness can only fail a callout (fail_http_call: no headers); Envoy answers a
+    # timed-out callout with its async client's 504 "upstream request timeout" response.
+    "callout_timeout": "host: no Envoy-like callout timeout (504 'upstream request timeout')",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(reason=HOST_GAPS[name], strict=True))
+        if name in HOST_GAPS
+        else name
+        for name in SCENARIOS
+    ],
+)
 def test_host_matches_envoy(envoy_half: EnvoyHalf, name: str) -> None:
     scenario = SCENARIOS[name]
     envoy = envoy_half.observe(name)

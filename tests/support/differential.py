@@ -113,12 +113,17 @@ def _answer_callouts(host: HostedPlugin) -> None:
             return
         callout = pending[0]
         headers = callout.headers.to_dict()
-        status, response_headers, body = callout_response(
+        answer = callout_response(
             headers.get(":method", "GET"),
             headers.get(":path", "/"),
             normalize_headers(headers.items()),
             callout.body,
         )
+        if answer is None:  # the callout server answers too late: the call times out
+            timeout = getattr(host, "timeout_http_call", None)  # not in the harness (yet)
+            (timeout or host.fail_http_call)(callout.token)
+            continue
+        status, response_headers, body = answer
         host.respond_http_call(
             callout.token,
             [(":status", str(status)), *response_headers, ("content-length", str(len(body)))],
@@ -183,8 +188,14 @@ class HostSide:
                 bytes(upstream.body),
             )
             length = sum(len(chunk) for chunk in chunks)
+            # Envoy's router adds x-envoy-upstream-service-time before the filters see it.
             stream.send_response_headers(
-                [(":status", str(status)), *response_headers, ("content-length", str(length))],
+                [
+                    (":status", str(status)),
+                    *response_headers,
+                    ("content-length", str(length)),
+                    ("x-envoy-upstream-service-time", "1"),
+                ],
                 end_stream=not chunks,
             )
             for index, chunk in enumerate(chunks):

@@ -129,14 +129,20 @@ def upstream_response(
 
 def callout_response(
     method: str, path: str, headers: Headers, body: bytes
-) -> tuple[int, Headers, bytes]:
-    """What the ``callout`` cluster answers an HTTP callout."""
+) -> tuple[int, Headers, bytes] | None:
+    """What the ``callout`` cluster answers an HTTP callout; None: not in time (``/slow``
+    answers after ``SLOW_CALLOUT`` seconds, past any timeout the tests give the plugin)."""
+    if path.startswith("/slow"):
+        return None
     status = 503 if path.startswith("/fail") else 200
     return (
         status,
         (("x-callout", "yes"), ("content-type", "text/plain")),
         b"callout-ok " + path.encode(),
     )
+
+
+SLOW_CALLOUT = 1.5
 
 
 @dataclass
@@ -169,11 +175,16 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         self.server.seen.append(seen)  # type: ignore[attr-defined]
         normalized = normalize_headers(seen.headers)
         if self.server.kind == "callout":  # type: ignore[attr-defined]
-            status, headers, payload = callout_response(self.command, self.path, normalized, body)
+            answer = callout_response(self.command, self.path, normalized, body)
+            if answer is None:
+                time.sleep(SLOW_CALLOUT)
+                answer = (200, (), b"too late")
+            status, headers, payload = answer
             chunks = [payload]
         else:
             status, headers, chunks = upstream_response(self.command, self.path, normalized, body)
-        self.send_response(status)
+        # No Server/Date headers: the response is exactly what the functions above say.
+        self.send_response_only(status)
         for name, value in headers:
             self.send_header(name, value)
         self.send_header("content-length", str(sum(len(chunk) for chunk in chunks)))

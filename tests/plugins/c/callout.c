@@ -1,8 +1,10 @@
 /*
  * callout: requests with x-callout: <path> pause, call the "callout" cluster
- * (GET <path>, authority callout.test), and on the answer add x-callout-status,
- * x-callout-header (its x-callout header) and x-callout-body to the request before resuming it.
- * A failed call (status 0 headers) resumes with x-callout-status: none.
+ * (GET <path>, authority callout.test; x-callout-cluster and x-callout-timeout (ms) override the
+ * cluster and the 5000 ms timeout), and on the answer add x-callout-status, x-callout-header
+ * (its x-callout header) and x-callout-body to the request before resuming it. A failed or
+ * timed-out call (no headers) resumes with x-callout-status: none; a call the host refuses adds
+ * x-callout-error: <status> and continues at once.
  */
 #include "proxy_wasm.h"
 
@@ -18,16 +20,34 @@ uint32_t proxy_on_request_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
   char path[128] = "";
   sb_cat(path, sizeof path, target.data, target.size);
   free(target.data);
+  char cluster[64] = "callout";
+  bytes_t value;
+  if (get_header(MAP_REQUEST_HEADERS, "x-callout-cluster", &value) == WASM_OK) {
+    cluster[0] = 0;
+    sb_cat(cluster, sizeof cluster, value.data, value.size);
+    free(value.data);
+  }
+  uint32_t timeout = 5000;
+  if (get_header(MAP_REQUEST_HEADERS, "x-callout-timeout", &value) == WASM_OK) {
+    timeout = 0;
+    for (size_t i = 0; i < value.size; i++) timeout = timeout * 10 + (value.data[i] - '0');
+    free(value.data);
+  }
   const char *keys[] = {":method", ":path", ":authority", "x-from-plugin"};
   const char *values[] = {"GET", path, "callout.test", "callout"};
   size_t headers_size;
   char *headers = serialize_pairs(keys, values, 4, &headers_size);
   uint32_t token = 0;
-  uint32_t status =
-      proxy_http_call("callout", 7, headers, headers_size, "", 0, NULL, 0, 5000, &token);
+  uint32_t status = proxy_http_call(cluster, strlen(cluster), headers, headers_size, "", 0, NULL,
+                                    0, timeout, &token);
   free(headers);
   if (status != WASM_OK) {
-    log_msg(LOG_ERROR, "callout: http_call failed");
+    char text[12] = "";
+    sb_u32(text, sizeof text, status);
+    add_header_str(MAP_REQUEST_HEADERS, "x-callout-error", text);
+    char line[64] = "callout: http_call failed with status ";
+    sb_cat(line, sizeof line, text, strlen(text));
+    log_msg(LOG_ERROR, line);
     return ACTION_CONTINUE;
   }
   for (int i = 0; i < MAX_CALLS; i++) {

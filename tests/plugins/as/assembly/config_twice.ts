@@ -1,8 +1,12 @@
 // root id "as_config": x-as-config: <plugin configuration> on responses. Requests with
 // x-read-twice read the root context's configuration twice in onResponseHeaders, the way the
-// SDK README's example does. The SDK's onConfigure passes the configuration size where the host
-// expects the r_size pointer, so the host writes the size at address <size>; reading the
-// configuration again later then trips over the corrupted memory (SDK bug, reproduced in Envoy).
+// SDK README's example does.
+//
+// SDK bug: onConfigure passes the configuration size where the host expects the r_size pointer,
+// so the host writes the size (u32) at address <size>. Small configurations land below the
+// static data and do no harm (reading twice is then harmless too, in Envoy 1.40); large ones
+// corrupt the heap, and with a 7032-byte configuration the first stream still works while the
+// next one traps (stack overflow in proxy_on_context_create) -- in Envoy and in the host alike.
 export * from "@solo-io/proxy-runtime/proxy";
 import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context,

@@ -1,0 +1,48 @@
+/*
+ * pairs: what the plugin sees of the whole header maps, and the host's log level.
+ *
+ * Request:  adds x-request-header-names: the names of all request headers, in map order, as
+ *           proxy_get_header_map_pairs returns them (values are left out: x-request-id is
+ *           random), and x-log-level: proxy_get_log_level's answer.
+ * Response: adds x-response-header-names the same way for the response headers.
+ * Logs one debug line per request, which an info-level host must drop.
+ */
+#include "proxy_wasm.h"
+
+static void add_names(uint32_t map, const char *header) {
+  char *pairs = NULL;
+  size_t size = 0;
+  if (proxy_get_header_map_pairs(map, &pairs, &size) != WASM_OK || size < 4) {
+    add_header_str(map, header, "<none>");
+    return;
+  }
+  uint32_t n = *(uint32_t *)pairs;
+  uint32_t *lengths = (uint32_t *)(pairs + 4);
+  char *p = pairs + 4 + 8 * n;
+  char names[1024] = "";
+  for (uint32_t i = 0; i < n; i++) {
+    if (i) sb_cat(names, sizeof names, ",", 1);
+    sb_cat(names, sizeof names, p, lengths[2 * i]);
+    p += lengths[2 * i] + 1 + lengths[2 * i + 1] + 1;
+  }
+  free(pairs);
+  add_header_str(map, header, names);
+}
+
+EXPORT(proxy_on_request_headers)
+uint32_t proxy_on_request_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
+  add_names(MAP_REQUEST_HEADERS, "x-request-header-names");
+  uint32_t level = 99;
+  char text[12] = "";
+  proxy_get_log_level(&level);
+  sb_u32(text, sizeof text, level);
+  add_header_str(MAP_REQUEST_HEADERS, "x-log-level", text);
+  log_msg(LOG_DEBUG, "pairs: debug line");
+  return ACTION_CONTINUE;
+}
+
+EXPORT(proxy_on_response_headers)
+uint32_t proxy_on_response_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
+  add_names(MAP_RESPONSE_HEADERS, "x-response-header-names");
+  return ACTION_CONTINUE;
+}
