@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.differential import HostSide, Request, assert_same, envoy_clock, start_host_tcp
-from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter
+from tests.support.differential import HostSide, Request, assert_same, envoy_clock, host_tcp
+from tests.support.envoy_wasm import EnvoyWasm, Observation, TcpObservation, WasmFilter
 from tests.support.plugins import plugin
 
 ALPHABET = string.ascii_lowercase.encode()
@@ -28,9 +28,16 @@ class Scenario:
     requests: tuple[Request, ...]
     configuration: str | None = None
     metrics: tuple[str, ...] = ()
+    vm_configuration: str | None = None
 
     def spec(self, name: str) -> WasmFilter:
-        return WasmFilter(name, plugin(self.plugin), self.root_id, configuration=self.configuration)
+        return WasmFilter(
+            name,
+            plugin(self.plugin),
+            self.root_id,
+            configuration=self.configuration,
+            vm_configuration=self.vm_configuration,
+        )
 
 
 SCENARIOS = {
@@ -74,6 +81,7 @@ SCENARIOS = {
     "pairs": Scenario(
         "c/pairs",
         "pairs",
+        vm_configuration="vm-cfg-1",
         requests=(
             Request("/pairs", headers=(("user-agent", "conformance/1"), ("x-custom", "v"))),
             Request("/pairs/post", method="POST", body=b"abc"),
@@ -99,6 +107,20 @@ SCENARIOS = {
             Request("/none"),
             Request("/c", headers=(("x-callout", "/auth"), ("x-callout-cluster", "nowhere"))),
             Request("/c", method="POST", body=b"posted body", headers=(("x-callout", "/p"),)),
+        ),
+    ),
+    # A callout from the response path: the upstream's response (headers, body) waits for it.
+    "callout_response": Scenario(
+        "c/callout",
+        "callout",
+        requests=(
+            Request("/cr", headers=(("x-callout-response", "/from-response"),)),
+            Request(
+                "/chunks",
+                method="POST",
+                body=ALPHABET * 20,
+                headers=(("x-callout-response", "/with-body"),),
+            ),
         ),
     ),
     # Envoy answers a timed-out callout with its own 504 "upstream request timeout" response.
@@ -136,7 +158,11 @@ SCENARIOS = {
     ),
 }
 
-TCP_DATA = b"hello there, Envoy\n"
+# Connections, one payload each: plain rewrites, then a trap, then a connection to the failed VM.
+TCP_PAYLOADS = {
+    "tcp": (b"hello there, Envoy\n", b"second connection\n"),
+    "tcp_trap": (b"trap me\n", b"after the trap\n"),
+}
 
 
 class EnvoyHalf:
@@ -145,7 +171,7 @@ class EnvoyHalf:
     def __init__(self, envoy: EnvoyWasm) -> None:
         self.envoy = envoy
         self.observed: dict[str, list[Observation]] = {}
-        self._tcp: tuple[bytes, bytes, list[tuple[str, str]]] | None = None
+        self._tcp: dict[str, list[TcpObservation]] = {}
 
     def observe(self, name: str) -> list[Observation]:
         if name not in self.observed:
@@ -169,26 +195,30 @@ class EnvoyHalf:
         """The plugin's root-context log lines (VM start, configure; once per VM and thread)."""
         return set(self.envoy.plugin_logs(name, 0, context="root"))
 
-    def tcp(self) -> tuple[bytes, bytes, list[tuple[str, str]]]:
-        """One connection through the ``tcp`` listener: upstream saw, client got, stream logs."""
-        if self._tcp is None:
+    def tcp(self, name: str) -> list[TcpObservation]:
+        """One connection per payload of ``TCP_PAYLOADS[name]``, in order (once per Envoy)."""
+        if name not in self._tcp:
             with envoy_clock("http"):
-                offset = self.envoy.log_offset()
-                saw, got = self.envoy.tcp_exchange("tcp", TCP_DATA, settle=0.1)
-                self._tcp = (saw, got, self.envoy.plugin_logs("tcp", offset, context="stream"))
-        return self._tcp
+                self._tcp[name] = [
+                    self.envoy.tcp_exchange(name, payload) for payload in TCP_PAYLOADS[name]
+                ]
+        return self._tcp[name]
 
 
 @pytest.fixture(scope="module")
 def envoy_half(tmp_path_factory: pytest.TempPathFactory) -> EnvoyHalf:
     specs = [scenario.spec(name) for name, scenario in SCENARIOS.items()]
-    specs.append(WasmFilter("tcp", plugin("c/tcp"), "tcp", network=True))
+    specs += [tcp_spec(name) for name in TCP_PAYLOADS]
     with envoy_clock("http"):  # the plugins are built above, outside the clock
         envoy = EnvoyWasm(specs, tmp_path_factory.mktemp("envoy-http")).__enter__()
     try:
         yield EnvoyHalf(envoy)
     finally:
         envoy.__exit__()
+
+
+def tcp_spec(name: str) -> WasmFilter:
+    return WasmFilter(name, plugin("c/tcp"), "tcp", network=True)
 
 
 def headers(observation: Observation, side: str = "upstream") -> dict[str, str]:
@@ -366,10 +396,39 @@ def test_envoy_assemblyscript_read_twice_bug(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_tcp(envoy_half: EnvoyHalf) -> None:
-    upstream_saw, client_got, logs = envoy_half.tcp()
-    assert upstream_saw == b"HELLO THERE, ENVOY\n"
-    assert client_got == b"H3LLO TH3R3, 3NVOY\n"
-    assert logs == [("info", "tcp: new connection")]
+    first, second = envoy_half.tcp("tcp")
+    assert first == TcpObservation(
+        b"HELLO THERE, ENVOY\n", b"H3LLO TH3R3, 3NVOY\n", (("info", "tcp: new connection"),)
+    )
+    assert second.upstream_received == b"SECOND CONNECTION\n"
+
+
+def test_envoy_tcp_trap(envoy_half: EnvoyHalf) -> None:
+    trapped, after = envoy_half.tcp("tcp_trap")
+    # The trap closes the connection before anything reaches the upstream.
+    assert trapped == TcpObservation(
+        b"", b"", (("info", "tcp: new connection"), ("warning", "tcp: trapping"))
+    )
+    # The VM stays failed (fail closed): the next connection is closed unfiltered.
+    assert after == TcpObservation(b"", b"", ())
+
+
+def test_envoy_callout_from_response(envoy_half: EnvoyHalf) -> None:
+    plain, with_body = envoy_half.observe("callout_response")
+    for observation, path in ((plain, "/from-response"), (with_body, "/with-body")):
+        assert observation.status == 200
+        response = headers(observation, "response")
+        assert response["x-callout-status"] == "200"
+        assert response["x-callout-body"] == f"callout-ok {path}"
+        assert observation.logs == (
+            ("info", "callout: dispatched from the response"),
+            ("info", "callout: resuming"),
+        )
+    assert with_body.response_body == ALPHABET * 20
+
+
+def test_envoy_vm_configuration(envoy_half: EnvoyHalf) -> None:
+    assert envoy_half.startup_logs("pairs") == {("info", "pairs: vm configuration 'vm-cfg-1'")}
 
 
 # --------------------------------------------------------------------------- host == Envoy
@@ -398,13 +457,13 @@ def test_host_matches_envoy(envoy_half: EnvoyHalf, name: str) -> None:
     assert_same(envoy, [host.request(r) for r in scenario.requests])
 
 
-def test_host_matches_envoy_startup_logs(envoy_half: EnvoyHalf) -> None:
-    host = HostSide(SCENARIOS["headers"].spec("headers"))
+@pytest.mark.parametrize("name", ["headers", "pairs"])
+def test_host_matches_envoy_startup_logs(envoy_half: EnvoyHalf, name: str) -> None:
+    host = HostSide(SCENARIOS[name].spec(name))
     started = {(e.envoy_level, e.message) for e in host.host.logs if e.context_id >= 0}
-    assert started == envoy_half.startup_logs("headers")
+    assert started == envoy_half.startup_logs(name)
 
 
-def test_host_matches_envoy_tcp(envoy_half: EnvoyHalf) -> None:
-    envoy = envoy_half.tcp()
-    host = start_host_tcp(WasmFilter("tcp", plugin("c/tcp"), "tcp", network=True), TCP_DATA)
-    assert host == envoy
+@pytest.mark.parametrize("name", list(TCP_PAYLOADS))
+def test_host_matches_envoy_tcp(envoy_half: EnvoyHalf, name: str) -> None:
+    assert host_tcp(tcp_spec(name), TCP_PAYLOADS[name]) == envoy_half.tcp(name)

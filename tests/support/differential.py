@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tests.support.envoy_wasm import (
     HOST,
     Observation,
+    TcpObservation,
     WasmFilter,
     callout_response,
     normalize_headers,
@@ -225,18 +226,26 @@ class HostSide:
         )
 
 
-def start_host_tcp(spec: WasmFilter, data: bytes) -> tuple[bytes, bytes, list[tuple[str, str]]]:
-    """One TCP connection through ``spec`` in the host, upstream an echo (like ``TcpEcho``):
-    returns (what the upstream received, what the client received, the plugin's log lines)."""
+def host_tcp(spec: WasmFilter, payloads: Sequence[bytes]) -> list[TcpObservation]:
+    """One TCP connection per payload through ``spec`` in the host, upstream an echo (like
+    ``TcpEcho``), observed like ``EnvoyWasm.tcp_exchange``."""
     host = start_host(spec)
-    logs_before = len(host.logs)
-    connection = host.tcp_connection()
-    connection.send_downstream_data(data)
-    connection.send_upstream_data(bytes(connection.upstream_received))
-    connection.close_downstream()
-    logs = [
-        (entry.envoy_level, entry.message)
-        for entry in host.logs[logs_before:]
-        if entry.context_id >= 0 and entry.level >= LogLevel.INFO
-    ]
-    return bytes(connection.upstream_received), bytes(connection.downstream_received), logs
+    observed = []
+    for payload in payloads:
+        logs_before = len(host.logs)
+        connection = host.tcp_connection()
+        connection.send_downstream_data(payload)
+        if connection.upstream_received:
+            connection.send_upstream_data(bytes(connection.upstream_received))
+        connection.close_downstream()
+        logs = tuple(
+            (entry.envoy_level, entry.message)
+            for entry in host.logs[logs_before:]
+            if entry.context_id >= 0 and entry.level >= LogLevel.INFO
+        )
+        observed.append(
+            TcpObservation(
+                bytes(connection.upstream_received), bytes(connection.downstream_received), logs
+            )
+        )
+    return observed

@@ -96,6 +96,15 @@ class Observation:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class TcpObservation:
+    """One TCP connection: what the upstream received, what the client received, plugin logs."""
+
+    upstream_received: bytes
+    client_received: bytes
+    logs: tuple[tuple[str, str], ...] = ()
+
+
 # --------------------------------------------------------------------------- upstreams
 
 
@@ -543,20 +552,27 @@ class EnvoyWasm:
             trap=next(iter(self.traps(offset)), None),
         )
 
-    def tcp_exchange(self, name: str, data: bytes, settle: float = 0.3) -> tuple[bytes, bytes]:
-        """Send ``data`` on a new connection to ``name``; return (upstream saw, client got)."""
+    def tcp_exchange(self, name: str, data: bytes, settle: float = 0.1) -> TcpObservation:
+        """Send ``data`` on a new connection to ``name``, read until the echo is back or the
+        connection closes, and observe it."""
+        offset = self.log_offset()
         self.tcp.clear()
+        received = b""
         with socket.create_connection(("127.0.0.1", self.ports[name]), timeout=5) as sock:
             sock.sendall(data)
-            received = b""
             deadline = time.monotonic() + 5
             while len(received) < len(data) and time.monotonic() < deadline:
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
                 if not chunk:
                     break
                 received += chunk
         time.sleep(settle)
-        return self.tcp.received, received
+        return TcpObservation(
+            self.tcp.received, received, tuple(self.plugin_logs(name, offset, context="stream"))
+        )
 
 
 def send_http(

@@ -5,9 +5,21 @@
  *           proxy_get_header_map_pairs returns them (values are left out: x-request-id is
  *           random), and x-log-level: proxy_get_log_level's answer.
  * Response: adds x-response-header-names the same way for the response headers.
- * Logs one debug line per request, which an info-level host must drop.
+ * Logs one debug line per request, which an info-level host must drop, and the VM
+ * configuration at VM start.
  */
 #include "proxy_wasm.h"
+
+EXPORT(proxy_on_vm_start) uint32_t proxy_on_vm_start(uint32_t root, uint32_t size) {
+  bytes_t config;
+  get_buffer(BUFFER_VM_CONFIGURATION, 0, size, &config);
+  char line[128] = "pairs: vm configuration '";
+  sb_cat(line, sizeof line, config.data ? config.data : "", config.size);
+  sb_cat(line, sizeof line, "'", 1);
+  log_msg(LOG_INFO, line);
+  free(config.data);
+  return 1;
+}
 
 static void add_names(uint32_t map, const char *header) {
   char *pairs = NULL;

@@ -1,7 +1,7 @@
 /*
  * tcp: a network filter that rewrites downstream data (lowercase ASCII -> uppercase) before it
  * goes upstream, and upstream data ('E' -> '3') before it goes back to the client. Logs one line
- * per new connection.
+ * per new connection. Downstream data starting with "trap" traps (unreachable).
  */
 #include "proxy_wasm.h"
 
@@ -23,6 +23,13 @@ static void rewrite(uint32_t buffer, uint32_t size, char from_lo, char from_hi, 
 
 EXPORT(proxy_on_downstream_data)
 uint32_t proxy_on_downstream_data(uint32_t ctx, uint32_t size, uint32_t eos) {
+  bytes_t head = {NULL, 0};
+  if (size >= 4 && get_buffer(BUFFER_DOWNSTREAM_DATA, 0, 4, &head) == WASM_OK &&
+      memcmp(head.data, "trap", 4) == 0) {
+    log_msg(LOG_WARN, "tcp: trapping");
+    __builtin_trap();
+  }
+  free(head.data);
   rewrite(BUFFER_DOWNSTREAM_DATA, size, 'a', 'z', -32);
   return ACTION_CONTINUE;
 }
