@@ -18,6 +18,7 @@ from tests.support.envoy_wasm import EnvoyWasm, Observation, TcpObservation, Was
 from tests.support.plugins import plugin
 
 ALPHABET = string.ascii_lowercase.encode()
+LARGE = bytes(range(256)) * 800  # 200 KiB: Envoy hands it over in several chunks
 CUSTOM = ("wasmcustom.conformance_requests", "wasmcustom.conformance_gauge")
 
 
@@ -67,6 +68,7 @@ SCENARIOS = {
             Request("/x", method="POST", body=b"hello world"),
             Request("/chunks", method="POST", body=ALPHABET * 40),
             Request("/plain"),
+            Request("/large", method="POST", body=LARGE),
         ),
     ),
     "body_stream": Scenario(
@@ -85,7 +87,25 @@ SCENARIOS = {
         requests=(
             Request("/pairs", headers=(("user-agent", "conformance/1"), ("x-custom", "v"))),
             Request("/pairs/post", method="POST", body=b"abc"),
+            Request("/dup", headers=(("x-dup", "a"), ("x-dup", "b"))),
+            Request("/original", headers=(("x-rewrite-path", "/rewritten?q=1"),)),
+            Request("/status/404"),
         ),
+    ),
+    "resize": Scenario(
+        "c/resize",
+        "resize",
+        requests=(
+            Request("/r", method="POST", body=b"middle"),
+            Request("/r1", method="POST", body=b"x"),
+            Request("/chunks", method="POST", body=ALPHABET * 30),
+            Request("/get"),
+        ),
+    ),
+    "resize_partial": Scenario(
+        "c/resize",
+        "resize",
+        requests=(Request("/r", method="POST", body=b"middle", headers=(("x-partial", "1"),)),),
     ),
     "local_reply": Scenario(
         "c/local_reply",
@@ -273,7 +293,7 @@ def test_envoy_startup_logs(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_body(envoy_half: EnvoyHalf) -> None:
-    buffered, streamed, plain = envoy_half.observe("body")
+    buffered, streamed, plain, _large = envoy_half.observe("body")
     assert buffered.upstream_body == b"dlrow olleh"  # reversed: needs the whole body
     assert buffered.response_body == b"DLROW OLLEH"  # upstream echoes, response uppercased
     assert buffered.logs == (("info", "body: buffered request body of 11 bytes"),)
@@ -347,7 +367,7 @@ def test_envoy_body_streamed_request(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_header_maps_and_log_level(envoy_half: EnvoyHalf) -> None:
-    get, post = envoy_half.observe("pairs")
+    get, post, dup, rewrite, not_found = envoy_half.observe("pairs")
     assert headers(get)["x-request-header-names"] == (
         ":authority,:path,:method,:scheme,user-agent,x-custom,x-forwarded-proto,x-request-id"
     )
@@ -360,6 +380,38 @@ def test_envoy_header_maps_and_log_level(envoy_half: EnvoyHalf) -> None:
     )
     assert headers(get)["x-log-level"] == "2"  # info
     assert get.logs == ()  # the debug line is below Envoy's level
+    # An added "X-Upper" is stored lowercase and reads back as "x-upper".
+    assert headers(get)["x-upper-found"] == "yes"
+    assert ("x-upper", "1") in get.upstream_headers
+    # A repeated header: proxy_get_header_map_value gives the first value, both stay.
+    assert headers(dup)["x-dup-seen"] == "a"
+    assert [v for k, v in dup.upstream_headers if k == "x-dup"] == ["a", "b"]
+    # Replacing :path after routing changes what the upstream is asked for.
+    assert headers(rewrite)[":path"] == "/rewritten?q=1"
+    assert rewrite.response_body == b"upstream says hello to /rewritten?q=1\n"
+    # Replacing :status changes what the client gets.
+    assert not_found.status == 200
+    assert headers(not_found, "response")["x-was-404"] == "1"
+
+
+def test_envoy_body_resize(envoy_half: EnvoyHalf) -> None:
+    middle, single, chunks, get = envoy_half.observe("resize")
+    assert middle.upstream_body == b"<<middle>>"
+    assert middle.response_body == b"<<middle>>[end]"
+    assert middle.logs == (("info", "resize: request body now 10"),)
+    assert single.upstream_body == b"<<x>>"
+    assert chunks.upstream_body == b"<<" + ALPHABET * 30 + b">>"
+    assert get.upstream_body == b""
+    assert get.response_body == b"upstream says hello to /get\n[end]"
+    (partial,) = envoy_half.observe("resize_partial")
+    assert partial.upstream_body == b"<<Xiddle>>"
+    assert partial.logs[0] == ("info", "resize: partial replace status 0")
+
+
+def test_envoy_large_buffered_body(envoy_half: EnvoyHalf) -> None:
+    large = envoy_half.observe("body")[3]
+    assert large.upstream_body == LARGE[::-1]
+    assert large.logs == (("info", "body: buffered request body of 204800 bytes"),)
 
 
 def test_envoy_wat(envoy_half: EnvoyHalf) -> None:
@@ -438,6 +490,9 @@ HOST_GAPS = {
     # The harness can only fail a callout (fail_http_call: no headers); Envoy answers a
     # timed-out callout with its async client's 504 "upstream request timeout" response.
     "callout_timeout": "host: no Envoy-like callout timeout (504 'upstream request timeout')",
+    # Envoy: proxy_set_buffer_bytes(body, start 0, size 1, "X") on a 6-byte body is OK and
+    # replaces the first byte; the host answers BAD_ARGUMENT and leaves the body alone.
+    "resize_partial": "host: set_buffer_bytes partial replace at start 0 is BAD_ARGUMENT",
 }
 
 
