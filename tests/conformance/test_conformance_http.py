@@ -19,6 +19,18 @@ from tests.support.plugins import plugin
 
 ALPHABET = string.ascii_lowercase.encode()
 LARGE = bytes(range(256)) * 800  # 200 KiB: Envoy hands it over in several chunks
+# proxy_set_buffer_bytes(body "middle", start, size, "X"): Envoy's status and resulting body.
+SET_BUFFER_SHAPES = {
+    "0,0": (0, b"Xmiddle"),  # start 0, size 0: prepend
+    "0,6": (0, b"X"),  # start 0, size >= length: replace all
+    "0,100": (0, b"X"),
+    "6,0": (0, b"middleX"),  # start >= length: append
+    "100,0": (0, b"middleX"),
+    "7,1": (0, b"middleX"),
+    "2,1": (2, b"middle"),  # inside the body: BAD_ARGUMENT
+    "2,4": (2, b"middle"),
+    "3,0": (2, b"middle"),
+}
 CUSTOM = ("wasmcustom.conformance_requests", "wasmcustom.conformance_gauge")
 
 
@@ -100,12 +112,16 @@ SCENARIOS = {
             Request("/r1", method="POST", body=b"x"),
             Request("/chunks", method="POST", body=ALPHABET * 30),
             Request("/get"),
+            *(
+                Request("/r", method="POST", body=b"middle", headers=(("x-partial", shape),))
+                for shape in SET_BUFFER_SHAPES
+            ),
         ),
     ),
     "resize_partial": Scenario(
         "c/resize",
         "resize",
-        requests=(Request("/r", method="POST", body=b"middle", headers=(("x-partial", "1"),)),),
+        requests=(Request("/r", method="POST", body=b"middle", headers=(("x-partial", "0,1"),)),),
     ),
     "local_reply": Scenario(
         "c/local_reply",
@@ -395,7 +411,7 @@ def test_envoy_header_maps_and_log_level(envoy_half: EnvoyHalf) -> None:
 
 
 def test_envoy_body_resize(envoy_half: EnvoyHalf) -> None:
-    middle, single, chunks, get = envoy_half.observe("resize")
+    middle, single, chunks, get, *shapes = envoy_half.observe("resize")
     assert middle.upstream_body == b"<<middle>>"
     assert middle.response_body == b"<<middle>>[end]"
     assert middle.logs == (("info", "resize: request body now 10"),)
@@ -403,6 +419,10 @@ def test_envoy_body_resize(envoy_half: EnvoyHalf) -> None:
     assert chunks.upstream_body == b"<<" + ALPHABET * 30 + b">>"
     assert get.upstream_body == b""
     assert get.response_body == b"upstream says hello to /get\n[end]"
+    for (shape, (status, body)), observation in zip(SET_BUFFER_SHAPES.items(), shapes, strict=True):
+        assert observation.upstream_body == b"<<" + body + b">>", shape
+        assert observation.logs[0] == ("info", f"resize: partial replace status {status}"), shape
+    # start 0 with a size inside the body: Envoy drains that much and prepends the data.
     (partial,) = envoy_half.observe("resize_partial")
     assert partial.upstream_body == b"<<Xiddle>>"
     assert partial.logs[0] == ("info", "resize: partial replace status 0")
