@@ -104,6 +104,12 @@ SCENARIOS = {
             Request("/status/404"),
         ),
     ),
+    "state": Scenario(
+        "c/state",
+        "state",
+        metrics=("wasmcustom.st_requests", "wasmcustom.st_gauge"),
+        requests=(Request("/s1"), Request("/s2"), Request("/s3")),
+    ),
     "resize": Scenario(
         "c/resize",
         "resize",
@@ -408,6 +414,32 @@ def test_envoy_header_maps_and_log_level(envoy_half: EnvoyHalf) -> None:
     # Replacing :status changes what the client gets.
     assert not_found.status == 200
     assert headers(not_found, "response")["x-was-404"] == "1"
+
+
+def test_envoy_metrics_and_shared_data(envoy_half: EnvoyHalf) -> None:
+    first, second, third = envoy_half.observe("state")
+    assert [headers(o)["x-counter"] for o in (first, second, third)] == ["2", "4", "6"]
+    assert [headers(o)["x-gauge"] for o in (first, second, third)] == ["3", "6", "9"]
+    assert dict(third.metrics) == {"wasmcustom.st_requests": 6, "wasmcustom.st_gauge": 9}
+    # Defining a metric again gives a new id; counters refuse negative increments, histograms
+    # refuse increments and reads.
+    assert headers(first)["x-same-id"] == "no"
+    assert first.logs[:5] == (
+        ("info", "state: counter -1 status 2"),
+        ("info", "state: gauge -2 status 0"),
+        ("info", "state: histogram record status 0"),
+        ("info", "state: histogram increment status 2"),
+        ("info", "state: histogram get status 2"),
+    )
+    # Shared data: NOT_FOUND first; cas 0 writes unconditionally (so the "stale" write of 999
+    # wins once), later stale writes fail with CAS_MISMATCH (8).
+    assert first.logs[5:] == (
+        ("info", "state: first get status 1"),
+        ("info", "state: set status 0"),
+        ("info", "state: stale cas set status 0"),
+    )
+    assert [headers(o)["x-shared"] for o in (first, second, third)] == ["1", "1000", "1001"]
+    assert second.logs[-1] == ("info", "state: stale cas set status 8")
 
 
 def test_envoy_body_resize(envoy_half: EnvoyHalf) -> None:

@@ -75,6 +75,12 @@ uint32_t proxy_define_metric(uint32_t type, const char *name, size_t name_size, 
 IMPORT(proxy_increment_metric) uint32_t proxy_increment_metric(uint32_t id, int64_t offset);
 IMPORT(proxy_record_metric) uint32_t proxy_record_metric(uint32_t id, uint64_t value);
 IMPORT(proxy_get_metric) uint32_t proxy_get_metric(uint32_t id, uint64_t *value);
+IMPORT(proxy_get_shared_data)
+uint32_t proxy_get_shared_data(const char *key, size_t key_size, char **value, size_t *value_size,
+                               uint32_t *cas);
+IMPORT(proxy_set_shared_data)
+uint32_t proxy_set_shared_data(const char *key, size_t key_size, const char *value,
+                               size_t value_size, uint32_t cas);
 IMPORT(proxy_get_property)
 uint32_t proxy_get_property(const char *path, size_t path_size, char **value, size_t *value_size);
 
