@@ -9,10 +9,12 @@ in ``tests.support.envoy_wasm`` use), and returns the same ``Observation`` the E
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from tests.support.envoy_wasm import (
     HOST,
@@ -77,7 +79,9 @@ def start_host(spec: WasmFilter, clock: FakeClock | None = None) -> HostedPlugin
     policy = (
         FailurePolicy[spec.failure_policy] if spec.failure_policy else FailurePolicy.FAIL_CLOSED
     )
-    extra = {"monotonic": clock} if clock is not None else {}
+    extra: dict[str, Any] = {"monotonic": clock} if clock is not None else {}
+    if spec.environment and "environment" in inspect.signature(start_plugin).parameters:
+        extra["environment"] = dict(spec.environment)  # Envoy's vm_config.environment_variables
     return start_plugin(
         spec.module,
         plugin_config=spec.configuration or "",

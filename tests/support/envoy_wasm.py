@@ -291,6 +291,7 @@ class WasmFilter:
     vm_id: str | None = None  # default: name
     failure_policy: str | None = None  # FAIL_CLOSED, FAIL_OPEN, FAIL_RELOAD; None: unset
     network: bool = False
+    environment: tuple[tuple[str, str], ...] = ()  # vm_config.environment_variables.key_values
 
 
 def _string_value(value: str) -> dict[str, Any]:
@@ -306,6 +307,8 @@ def plugin_config(spec: WasmFilter) -> dict[str, Any]:
     }
     if spec.vm_configuration is not None:
         vm_config["configuration"] = _string_value(spec.vm_configuration)
+    if spec.environment:
+        vm_config["environment_variables"] = {"key_values": dict(spec.environment)}
     config: dict[str, Any] = {"name": spec.name, "root_id": spec.root_id, "vm_config": vm_config}
     if spec.configuration is not None:
         config["configuration"] = _string_value(spec.configuration)
