@@ -1,0 +1,78 @@
+"""The agent is killed with SIGKILL in the middle of fetching a module, then restarted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.faults import (
+    Agent,
+    FakeEnvoy,
+    assert_cache_clean,
+    assert_never_forwarded,
+    extension,
+    push,
+    wait_until,
+)
+from tests.support.istiod import FakeIstiod
+from tests.support.modserver import ModServer
+from tests.support.wasm import code_module, padded_module, sha256_hex
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+@pytest.mark.parametrize("moment", ["download", "compile"])
+def test_sigkill_mid_fetch_then_restart_fetches_again(
+    moment: str,
+    workdir: Path,
+    istiod: FakeIstiod,
+    mods: ModServer,
+    make_agent: Callable[..., Agent],
+    fake_envoy: Callable[[], FakeEnvoy],
+) -> None:
+    """SIGKILL of the agent (and its compile worker) half-way through the body, or while the
+    downloaded module compiles: nothing reaches Envoy, no module file exists, and a partial
+    temp file (if any) is held by no one, so it is never read as a module. After a restart the
+    module is fetched again, the leftover is removed, and Envoy gets exactly the right file."""
+    if moment == "download":
+        data = padded_module(256 * 1024, seed=71)
+        url = mods.slow("/crash.wasm", data, chunk=4096, delay=0.05)  # ~3 s in flight
+    else:
+        data = code_module(2 * 1024 * 1024, seed=72)  # compiles for about a second
+        url = mods.serve("/crash.wasm", data)
+    sha = sha256_hex(data)
+    agent = make_agent()
+    envoy = fake_envoy()
+    push(istiod, extension(url, sha), "k1")
+    cache = agent.cache_dir
+    if moment == "download":
+        wait_until(lambda: mods.count("/crash.wasm") == 1, 20, "download started")
+        wait_until(lambda: agent.counter("xds_proxy_responses") >= 1, 10, "response read")
+        time.sleep(0.5)  # some of the body has arrived
+    else:
+        wait_until(
+            lambda: any(p.name.startswith(".tmp-") for p in (cache / "modules").glob(".tmp-*")),
+            30,
+            "temp file being compiled",
+        )
+    agent.kill()
+
+    assert "k1" not in envoy.versions()
+    modules = assert_cache_clean(cache, allow_abandoned=True)
+    assert modules == {}, "a module file exists after a crash mid-fetch"
+    leftovers = list((cache / "modules").glob(".tmp-*"))
+    assert (moment == "compile") == bool(leftovers)
+
+    mods.serve("/crash.wasm", data)  # fast now: the refetch is quick
+    agent.start()
+    response = envoy.wait_version("k1", timeout=30)
+    assert mods.count("/crash.wasm") == 2  # fetched again, the partial state never reused
+    assert_never_forwarded(envoy, allowed={sha})
+    assert [s.path.name for s in envoy.seen] == [f"{sha}.wasm"]
+    assert response.version_info == "k1"
+    assert assert_cache_clean(cache).keys() == {sha}
+    assert not list((cache / "modules").glob(".tmp-*"))  # the crashed writer's temp is gone
+    assert agent.serving() and agent.status()[0] == 200
