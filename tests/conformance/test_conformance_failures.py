@@ -138,10 +138,24 @@ TRAP_SEQUENCE = (
     Request("/t5", wait=BACKOFF),
 )
 POLICIES = {"trap_closed": "FAIL_CLOSED", "trap_open": "FAIL_OPEN", "trap_reload": "FAIL_RELOAD"}
+# Traps elsewhere than the request headers: (policy, requests).
+OTHER_TRAPS = {
+    "trap_response_closed": ("FAIL_CLOSED", (Request("/status/418"), Request("/after"))),
+    "trap_response_open": ("FAIL_OPEN", (Request("/status/418"), Request("/after"))),
+    "trap_body_closed": (
+        "FAIL_CLOSED",
+        (Request("/b", method="POST", body=b"trap it"), Request("/after")),
+    ),
+    "trap_body_open": (
+        "FAIL_OPEN",
+        (Request("/b", method="POST", body=b"trap it"), Request("/after")),
+    ),
+}
 
 
 def trap_spec(name: str) -> WasmFilter:
-    return WasmFilter(name, plugin("c/trap"), "trap", failure_policy=POLICIES[name])
+    policy = POLICIES[name] if name in POLICIES else OTHER_TRAPS[name][0]
+    return WasmFilter(name, plugin("c/trap"), "trap", failure_policy=policy)
 
 
 class TrapHalf:
@@ -149,6 +163,18 @@ class TrapHalf:
         self.envoy = envoy
         self.observed: dict[str, list[Observation]] = {}
         self.reloads: dict[str, int] = {}
+        self.other: dict[str, list[Observation]] = {}
+
+    def observe_other(self, name: str) -> list[Observation]:
+        if name not in self.other:
+            with envoy_clock("traps"):
+                self.other[name] = [
+                    self.envoy.request(
+                        name, r.path, method=r.method, headers=r.headers, body=r.body, settle=0.1
+                    )
+                    for r in OTHER_TRAPS[name][1]
+                ]
+        return self.other[name]
 
     def observe(self, name: str) -> list[Observation]:
         """All policies run the sequence together (one set of pauses for the three)."""
@@ -174,7 +200,7 @@ class TrapHalf:
 
 @pytest.fixture(scope="module")
 def trap_half(tmp_path_factory: pytest.TempPathFactory) -> TrapHalf:
-    specs = [trap_spec(name) for name in POLICIES]
+    specs = [trap_spec(name) for name in (*POLICIES, *OTHER_TRAPS)]
     with envoy_clock("traps"):
         envoy = EnvoyWasm(specs, tmp_path_factory.mktemp("envoy-traps")).__enter__()
     try:
@@ -227,3 +253,38 @@ def test_host_trap_policy_matches_envoy(trap_half: TrapHalf, name: str) -> None:
     host = HostSide(trap_spec(name))
     assert_same(envoy, [host.request(r) for r in TRAP_SEQUENCE])
     assert host.host.reloads == trap_half.reloads[name]
+
+
+def test_envoy_traps_elsewhere(trap_half: TrapHalf) -> None:
+    # A trap in the response headers: the upstream answered, the client gets a 503 instead.
+    for name in ("trap_response_closed", "trap_response_open"):
+        trapped, after = trap_half.observe_other(name)
+        assert (trapped.status, trapped.local_reply) == (503, False), name
+        assert trapped.trap == (
+            "Function: proxy_on_response_headers failed: Uncaught RuntimeError: unreachable"
+        )
+        assert trapped.logs == (("warning", "trap: trapping in the response headers"),)
+    # A trap in the request body: 503 before the upstream has the whole request.
+    for name in ("trap_body_closed", "trap_body_open"):
+        trapped, after = trap_half.observe_other(name)
+        assert (trapped.status, trapped.local_reply) == (503, True), name
+        assert trapped.trap == (
+            "Function: proxy_on_request_body failed: Uncaught RuntimeError: unreachable"
+        )
+    # Afterwards: fail closed answers 503, fail open skips the plugin.
+    for name, status in (
+        ("trap_response_closed", 503),
+        ("trap_response_open", 200),
+        ("trap_body_closed", 503),
+        ("trap_body_open", 200),
+    ):
+        after = trap_half.observe_other(name)[1]
+        assert after.status == status, name
+        assert "x-trap-plugin" not in dict(after.response_headers), name
+
+
+@pytest.mark.parametrize("name", list(OTHER_TRAPS))
+def test_host_traps_elsewhere_match_envoy(trap_half: TrapHalf, name: str) -> None:
+    envoy = trap_half.observe_other(name)
+    host = HostSide(trap_spec(name))
+    assert_same(envoy, [host.request(r) for r in OTHER_TRAPS[name][1]])

@@ -182,8 +182,10 @@ class HostSide:
         if request.body:
             stream.send_request_body(request.body, end_stream=True)
         _answer_callouts(self.host)
-        upstream = stream.upstream if stream.upstream.headers is not None else None
-        if upstream is not None and stream.upstream.complete and not stream.closed:
+        # The upstream "saw" a request when all of it arrived (an aborted one is not recorded).
+        complete = stream.upstream.headers is not None and stream.upstream.complete
+        upstream = stream.upstream if complete else None
+        if upstream is not None and not stream.closed:
             seen = upstream.headers.pairs()
             pseudo = dict(seen)
             status, response_headers, chunks = upstream_response(

@@ -165,21 +165,35 @@ class Seen:
 class _RecordingHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> bytes | None:
+        """The whole body, or None if the connection ended first (an aborted request)."""
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             data = b""
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line:
+                    return None
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     self.rfile.readline()
                     return data
-                data += self.rfile.read(size)
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    return None
+                data += chunk
                 self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        data = self.rfile.read(length) if length else b""
+        return data if len(data) == length else None
 
     def _handle(self) -> None:
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except OSError:
+            body = None
+        if body is None:  # Envoy gave up on the request: the upstream never got all of it
+            self.close_connection = True
+            return
         seen = Seen(self.command, self.path, list(self.headers.items()), body)
         self.server.seen.append(seen)  # type: ignore[attr-defined]
         normalized = normalize_headers(seen.headers)
