@@ -112,6 +112,18 @@ SCENARIOS = {
         metrics=("wasmcustom.st_requests", "wasmcustom.st_gauge"),
         requests=(Request("/s1"), Request("/s2"), Request("/s3")),
     ),
+    "props": Scenario(
+        "c/props",
+        "props",
+        requests=(
+            Request("/props?a=b", headers=(("x-echo-me", "echo"), ("referer", "http://r/"))),
+        ),
+    ),
+    "props_body": Scenario(
+        "c/props",
+        "props",
+        requests=(Request("/props/post", method="POST", body=b"twelve bytes"),),
+    ),
     "wasi": Scenario("c/wasi", "wasi", requests=(Request("/w1"), Request("/w2"))),
     "wasi_env": Scenario(
         "c/wasi",
@@ -458,6 +470,42 @@ def test_envoy_metrics_and_shared_data(envoy_half: EnvoyHalf) -> None:
     assert second.logs[-1] == ("info", "state: stale cas set status 8")
 
 
+def props(observation: Observation, phase: str) -> dict[str, str]:
+    """``path -> result`` of the props plugin's lines for ``phase``."""
+    prefix = f"props {phase} "
+    lines = [
+        message[len(prefix) :] for _, message in observation.logs if message.startswith(prefix)
+    ]
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def test_envoy_properties_per_phase(envoy_half: EnvoyHalf) -> None:
+    (get,) = envoy_half.observe("props")
+    request = props(get, "request_headers")
+    assert request["request.path"] == "= /props?a=b"
+    assert request["request.url_path"] == "= /props"
+    assert request["request.query"] == "= a=b"
+    assert request["request.referer"] == "= http://r/"
+    assert request["request.headers.x-echo-me"] == "= echo"
+    assert request["request.id"] == "size 36"
+    assert request["response.code"] == "missing 1"
+    assert request["xds.cluster_name"] == "= upstream"
+    assert request["plugin_vm_id"] == "= props"
+    response = props(get, "response_headers")
+    # Once the request went upstream its headers are gone: request.* reads fail.
+    assert response["request.path"] == "missing 1"
+    assert response["request.protocol"] == "= HTTP/1.1"
+    assert response["response.code"] == "size 8"
+    assert response["response.code_details"] == "= via_upstream"
+    assert response["upstream.address"] == "size 15"
+    assert props(get, "log")["response.headers.x-upstream"] == "= 1"
+    assert "request_body" not in {m.split(" ")[1] for _, m in get.logs}  # no body, no call
+    (post,) = envoy_half.observe("props_body")
+    body = props(post, "request_body")
+    assert body["request.path"] == "missing 1"
+    assert body["upstream.address"] == "size 15"
+
+
 def test_envoy_wasi(envoy_half: EnvoyHalf) -> None:
     first, second = envoy_half.observe("wasi")
     # stdout writes become info lines, stderr writes error lines (trailing newline dropped).
@@ -584,6 +632,8 @@ HOST_GAPS = {
     # Envoy: proxy_set_buffer_bytes(body, start 0, size 1, "X") on a 6-byte body is OK and
     # replaces the first byte; the host answers BAD_ARGUMENT and leaves the body alone.
     "resize_partial": "host: set_buffer_bytes partial replace at start 0 is BAD_ARGUMENT",
+    # Envoy has chosen the upstream host by the time the request body arrives.
+    "props_body": "host: upstream.address/upstream.port missing in the request body phase",
 }
 STARTUP_GAPS = {
     # Envoy hands vm_config.environment_variables to WASI environ_get; the harness has no option

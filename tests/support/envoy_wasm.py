@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import difflib
 import http.client
 import re
 import socket
@@ -87,11 +88,18 @@ class Observation:
         return self.upstream_headers is None
 
     def diff(self, other: Observation) -> str:
-        """Readable field-by-field differences (empty when equal)."""
+        """Readable field-by-field differences (empty when equal); sequences line by line
+        (``-`` Envoy only, ``+`` host only)."""
         lines = []
         for name in self.__dataclass_fields__:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if mine != theirs:
+            if mine == theirs:
+                continue
+            if isinstance(mine, tuple) and isinstance(theirs, tuple):
+                changed = difflib.ndiff([repr(x) for x in mine], [repr(x) for x in theirs])
+                body = "\n".join(f"  {line}" for line in changed if line[:1] in "-+")
+                lines.append(f"{name} (- envoy, + host):\n{body}")
+            else:
                 lines.append(f"{name}:\n  envoy: {mine!r}\n  host:  {theirs!r}")
         return "\n".join(lines)
 
