@@ -195,6 +195,11 @@ SCENARIOS = {
     "wat": Scenario(
         "wat/add_header", "wat", requests=(Request("/w", headers=(("x-wat-req", "client"),)),)
     ),
+    "wat_v010": Scenario(
+        "wat/abi_v010", "wat_v010", configuration="v010-config", requests=(Request("/old"),)
+    ),
+    "lifecycle": Scenario("wat/lifecycle", "lifecycle", requests=(Request("/l"),)),
+    "lifecycle_start": Scenario("wat/lifecycle_start", "lifecycle", requests=(Request("/l"),)),
     "as_headers": Scenario(
         "as/index",
         "as_headers",
@@ -546,6 +551,20 @@ def test_envoy_wat(envoy_half: EnvoyHalf) -> None:
     assert only.logs == (("info", "wat: response headers"),)
 
 
+def test_envoy_abi_v010(envoy_half: EnvoyHalf) -> None:
+    (only,) = envoy_half.observe("wat_v010")
+    assert headers(only)["x-abi"] == "0.1.0"
+    assert headers(only)["x-config"] == "v010-config"  # proxy_get_configuration
+    assert headers(only, "response")["x-abi-resp"] == "0.1.0"
+    assert envoy_half.startup_logs("wat_v010") == {("info", "abi_v010: configured")}
+
+
+def test_envoy_start_functions(envoy_half: EnvoyHalf) -> None:
+    # _initialize, then main if exported (so not _start); _start alone is called.
+    assert envoy_half.startup_logs("lifecycle") == {("info", "lifecycle: started 3")}
+    assert envoy_half.startup_logs("lifecycle_start") == {("info", "lifecycle: started 4")}
+
+
 def test_envoy_assemblyscript(envoy_half: EnvoyHalf) -> None:
     first, second = envoy_half.observe("as_headers")
     for observation in (first, second):
@@ -664,7 +683,15 @@ def test_host_matches_envoy(envoy_half: EnvoyHalf, name: str) -> None:
         pytest.param(name, marks=pytest.mark.xfail(reason=STARTUP_GAPS[name], strict=True))
         if name in STARTUP_GAPS
         else name
-        for name in ("headers", "pairs", "wasi", "wasi_env")
+        for name in (
+            "headers",
+            "pairs",
+            "wasi",
+            "wasi_env",
+            "wat_v010",
+            "lifecycle",
+            "lifecycle_start",
+        )
     ],
 )
 def test_host_matches_envoy_startup_logs(envoy_half: EnvoyHalf, name: str) -> None:

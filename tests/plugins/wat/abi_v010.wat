@@ -1,0 +1,37 @@
+;; abi_v010: an ABI 0.1.0 plugin. Allocator exported as "malloc"; the plugin configuration comes
+;; from proxy_get_configuration (0.1.0 only); headers callbacks take no end_of_stream.
+;; Request: adds x-abi: 0.1.0 and x-config: <plugin configuration>. Response: adds x-abi-resp.
+(module
+  (import "env" "proxy_get_configuration" (func $get_config (param i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value"
+    (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "x-abi")
+  (data (i32.const 32) "0.1.0")
+  (data (i32.const 48) "x-config")
+  (data (i32.const 64) "x-abi-resp")
+  (data (i32.const 80) "abi_v010: configured")
+  ;; 1024: r_ptr, 1028: r_size of the configuration
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "proxy_abi_version_0_1_0"))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $next))
+    (global.set $next (i32.and (i32.add (i32.add (global.get $next) (local.get $size)) (i32.const 7))
+                               (i32.const -8)))
+    (local.get $ptr))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $get_config (i32.const 1024) (i32.const 1028)))
+    (drop (call $log (i32.const 2) (i32.const 80) (i32.const 20)))
+    (i32.const 1))
+  (func (export "proxy_on_request_headers") (param i32 i32) (result i32)
+    (drop (call $add (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 32) (i32.const 5)))
+    (drop (call $add (i32.const 0) (i32.const 48) (i32.const 8)
+                     (i32.load (i32.const 1024)) (i32.load (i32.const 1028))))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32) (result i32)
+    (drop (call $add (i32.const 2) (i32.const 64) (i32.const 10) (i32.const 32) (i32.const 5)))
+    (i32.const 0))
+)
