@@ -96,6 +96,16 @@ def ecds_seeds() -> Seeds:
             extension("es", wasm_filter(env={"ISTIO_META_WASM_IMAGE_PULL_SECRET": ""}))
         ],
     }
+    from google.protobuf import any_pb2
+    from udpa.type.v1 import typed_struct_pb2
+
+    from wasm_agent.xds.types import HTTP_WASM_TYPE
+
+    null_any = typed_struct_pb2.TypedStruct(type_url=HTTP_WASM_TYPE)
+    null_any.value.update({"config": {"configuration": {"@type": None}}})
+    packed_null_any = any_pb2.Any()
+    packed_null_any.Pack(null_any)
+    single["null_any_type"] = [extension("na", packed_null_any)]  # a finding (fixed)
     out: Seeds = {}
     for prefix in range(8):  # bit 0 flavour, bits 1-2 outcome pattern
         sotw = prefix & 1 == 0

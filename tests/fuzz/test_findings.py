@@ -90,3 +90,24 @@ def test_continue_stream_from_the_request_body_callback() -> None:
     assert ex.failed is None and host.failed is None
     assert bytes(ex.upstream.body) == b"prebody"
     assert host.log_messages() == ["0"]
+
+
+def test_typed_struct_with_a_null_any_type_is_malformed() -> None:
+    # json_format raised AttributeError for {"@type": null} inside an Any field of the
+    # TypedStruct: plan_response raised it instead of planning a NACK
+    from google.protobuf import any_pb2
+    from udpa.type.v1 import typed_struct_pb2
+
+    from tests.xds.ecds_builders import extension, sotw_response
+    from wasm_agent.xds.convert import FailureMode
+    from wasm_agent.xds.nack import Nack, decide, plan_response
+    from wasm_agent.xds.types import HTTP_WASM_TYPE, Flavour
+
+    wrapper = typed_struct_pb2.TypedStruct(type_url=HTTP_WASM_TYPE)
+    wrapper.value.update({"config": {"configuration": {"@type": None}}})
+    typed = any_pb2.Any()
+    typed.Pack(wrapper)
+    data = sotw_response([extension("ts", typed)]).SerializeToString()
+    plan = plan_response(data, Flavour.SOTW)
+    assert plan.rejection is not None and "ts" in str(plan.rejection)
+    assert isinstance(decide(plan, {}, FailureMode.NACK), Nack)

@@ -54,7 +54,15 @@ def unwrap_typed_struct(
     message = message_cls()
     try:
         json_format.ParseDict(_python(wrapper.value), message)
-    except (json_format.ParseError, ValueError, TypeError, KeyError, RecursionError) as exc:
+    # AttributeError: json_format on an Any whose "@type" is null
+    except (
+        json_format.ParseError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         cause = _redact(str(exc), wrapper.value)
         raise StructError(
             f"TypedStruct value does not convert to {message_cls.DESCRIPTOR.full_name}: {cause}"
