@@ -535,8 +535,11 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def can_mount() -> bool:
-    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN, no seccomp block)."""
+    """Whether this process may mount a tmpfs (root with CAP_SYS_ADMIN, no seccomp block).
+    ``FAULTS_NO_MOUNT=1`` in the environment forces the fallbacks."""
     global _MOUNT_OK
+    if os.environ.get("FAULTS_NO_MOUNT") == "1":
+        return False
     if _MOUNT_OK is None:
         with short_dir("wa-mnt-") as probe:
             _MOUNT_OK = (
@@ -612,10 +615,11 @@ class ReadOnly:
 
 
 def limit_file_size(pid: int, size: int | None) -> None:
-    """Set (or, with None, lift) RLIMIT_FSIZE of the running process ``pid``. Python ignores
-    SIGXFSZ, so an oversized write fails with EFBIG ("File too large")."""
-    value = resource.RLIM_INFINITY if size is None else size
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (value, value))
+    """Set (or, with None, lift) the soft RLIMIT_FSIZE of the running process ``pid`` (the
+    hard limit stays, so lifting needs no CAP_SYS_RESOURCE). Python ignores SIGXFSZ, so an
+    oversized write fails with EFBIG ("File too large")."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard if size is None else size, hard))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
