@@ -208,6 +208,7 @@ def dockerconfig_seeds() -> Seeds:
     out = {name: json.dumps(doc).encode() for name, doc in docs.items()}
     out["null"] = b"null"
     out["deep_nesting"] = b'{"auths": ' + b"[" * 3000  # RecursionError (a finding, fixed)
+    out["auth_not_ascii"] = '{"auths": {"h": {"auth": "\u9594z"}}}'.encode()  # a finding (fixed)
     out["bad_ipv6_key"] = b'{"auths": {"https://[docker.io/v1/": {"auth": "dXNlcjpwYXNz"}}}'
     return out
 

@@ -111,3 +111,10 @@ def test_typed_struct_with_a_null_any_type_is_malformed() -> None:
     plan = plan_response(data, Flavour.SOTW)
     assert plan.rejection is not None and "ts" in str(plan.rejection)
     assert isinstance(decide(plan, {}, FailureMode.NACK), Nack)
+
+
+def test_auth_that_is_not_ascii_is_a_docker_config_error() -> None:
+    # base64.b64decode raises a plain ValueError for non-ASCII text
+    secret = '{"auths": {"h": {"auth": "\u9594z"}}}'.encode()
+    with pytest.raises(DockerConfigError, match="not base64"):
+        parse_docker_config(secret)

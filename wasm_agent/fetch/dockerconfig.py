@@ -49,7 +49,10 @@ ANONYMOUS = Credentials()
 def _normalize_key(key: str) -> str:
     """``https://host:5000/v1/`` -> ``host:5000``; Docker Hub aliases -> ``index.docker.io``."""
     key = key.strip()
-    host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+    try:
+        host = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+    except ValueError:  # e.g. an unbalanced '[' (IPv6 literal)
+        raise DockerConfigError("an auths key is not a registry address") from None
     host = host.lower()
     return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
@@ -65,7 +68,7 @@ def _entry(raw: object) -> Credentials:
     if auth:
         try:
             decoded = base64.b64decode(auth, validate=False).decode()
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: not ASCII
             raise DockerConfigError("an auths entry has an 'auth' that is not base64") from None
         if ":" not in decoded:
             raise DockerConfigError("an auths entry has an 'auth' that is not user:password")
@@ -86,6 +89,8 @@ def parse_docker_config(data: bytes) -> dict[str, Credentials]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise DockerConfigError("not valid JSON") from None
+    except RecursionError:  # json nests one C stack frame per level
+        raise DockerConfigError("JSON nested too deeply") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
