@@ -1,0 +1,10 @@
+;; Load failure: imports proxy_log with the wrong signature.
+(module
+  (import "env" "proxy_log" (func $log (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $log (i32.const 0) (i32.const 0)))
+    (i32.const 1))
+)
