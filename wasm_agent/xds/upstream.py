@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wasm_agent.xds import grpc_core  # noqa: F401 - sets GRPC_EXPERIMENTS before grpc loads
+
 log = logging.getLogger(__name__)
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"

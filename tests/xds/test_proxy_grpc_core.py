@@ -1,0 +1,58 @@
+"""The proxy's grpc C-core settings (``GRPC_EXPERIMENTS``), checked in fresh interpreters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wasm_agent.xds import grpc_core
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOW = "import os; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
+
+
+def fresh(code: str, **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def test_the_proxy_sets_low_latency_experiments_before_grpc_loads() -> None:
+    if grpc_core.grpcio_version() not in grpc_core.MEASURED_GRPCIO:
+        pytest.fail(f"grpcio {grpc_core.grpcio_version()}: re-run bench/transports.py")
+    # the CLI's import order: upstream first (it imports no grpc), grpc later
+    run = fresh(f"import wasm_agent.xds.upstream, grpc.aio; {SHOW}")
+    assert run.stdout.strip() == repr(grpc_core.LOW_LATENCY_EXPERIMENTS)
+    assert "Unknown experiment" not in run.stderr  # grpc knows both names
+
+
+def test_an_operator_setting_wins_even_empty() -> None:
+    run = fresh(f"import wasm_agent.xds.upstream; {SHOW}", GRPC_EXPERIMENTS="")
+    assert run.stdout.strip() == "''"
+    run = fresh(f"import wasm_agent.xds.upstream; {SHOW}", GRPC_EXPERIMENTS="-event_engine_dns")
+    assert run.stdout.strip() == "'-event_engine_dns'"
+
+
+def test_too_late_once_grpc_is_loaded() -> None:
+    run = fresh(f"import grpc, wasm_agent.xds.upstream; {SHOW}")
+    assert run.stdout.strip() == "None"
+
+
+def test_only_for_measured_grpcio_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "grpc")  # pretend grpc is not loaded yet (restored after)
+    env: dict[str, str] = {}
+    monkeypatch.setattr(grpc_core, "grpcio_version", lambda: "1.99")
+    assert not grpc_core.configure(env) and env == {}
+    monkeypatch.setattr(grpc_core, "grpcio_version", lambda: "1.85")
+    assert grpc_core.configure(env)
+    assert env == {"GRPC_EXPERIMENTS": grpc_core.LOW_LATENCY_EXPERIMENTS}
