@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,11 +131,9 @@ def envoy_load_failures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     for name, case in LOAD_CASES.items():
         workdir = tmp_path_factory.mktemp(f"envoy-load-{name}")
         specs[name] = (load_spec(name, case, workdir), workdir)  # builds outside the clock
-    logs = {}
-    with envoy_clock("load failures"):
-        for name, (spec, workdir) in specs.items():
-            logs[name] = start_failure(spec, workdir)
-    return logs
+    with envoy_clock("load failures"), ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(start_failure, *args) for name, args in specs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 @pytest.mark.parametrize("name", list(LOAD_CASES))
