@@ -502,13 +502,14 @@ def test_envoy_properties_per_phase(envoy_half: EnvoyHalf) -> None:
     assert response["request.protocol"] == "= HTTP/1.1"
     assert response["response.code"] == "size 8"
     assert response["response.code_details"] == "= via_upstream"
-    assert response["upstream.address"] == "size 15"
+    assert response["upstream.address"] == "ip 127.0.0.1"
+    assert response["source.address"] == "ip 127.0.0.1"
     assert props(get, "log")["response.headers.x-upstream"] == "= 1"
     assert "request_body" not in {m.split(" ")[1] for _, m in get.logs}  # no body, no call
     (post,) = envoy_half.observe("props_body")
     body = props(post, "request_body")
     assert body["request.path"] == "missing 1"
-    assert body["upstream.address"] == "size 15"
+    assert body["upstream.address"] == "ip 127.0.0.1"
 
 
 def test_envoy_wasi(envoy_half: EnvoyHalf) -> None:

@@ -531,6 +531,20 @@ class EnvoyWasm:
         lines = self.envoy.logs()[since:].splitlines()
         return [m.group(1) for m in map(_TRAP_LINE.search, lines) if m]
 
+    def quiesce(self, settle: float, limit: float = 2.0) -> None:
+        """Wait ``settle`` seconds, then until the log stops growing (Envoy flushes every
+        20 ms here), at most ``limit`` seconds in all."""
+        deadline = time.monotonic() + limit
+        time.sleep(settle)
+        assert self.envoy is not None
+        size = self.envoy.log_path.stat().st_size if self.envoy.log_path.exists() else 0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.envoy.log_path.stat().st_size if self.envoy.log_path.exists() else 0
+            if now == size:
+                return
+            size = now
+
     def log_offset(self) -> int:
         assert self.envoy is not None
         return len(self.envoy.logs())
@@ -558,7 +572,7 @@ class EnvoyWasm:
         status, response_headers, response_body = send_http(
             self.ports[name], method, path, headers, body
         )
-        time.sleep(settle)  # let Envoy write the stream's log lines (on_log, on_done)
+        self.quiesce(settle)  # let Envoy write the stream's log lines (on_log, on_done)
         seen = list(self.upstream.seen)
         return Observation(
             status=status,
@@ -594,7 +608,7 @@ class EnvoyWasm:
                 if not chunk:
                     break
                 received += chunk
-        time.sleep(settle)
+        self.quiesce(settle)
         return TcpObservation(
             self.tcp.received, received, tuple(self.plugin_logs(name, offset, context="stream"))
         )

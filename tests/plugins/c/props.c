@@ -3,12 +3,12 @@
  *
  * In on_request_headers, on_request_body, on_response_headers, on_response_body and on_log it
  * logs one line per property: "props <phase> <path> = <value>" for stable values,
- * "... size <n>" for values that vary per run (times, ids, ports), "... missing <status>" when
- * the read fails. Path segments are separated by '.' here and by NUL for the host.
+ * "... size <n>" for values that vary per run (times, ids, ports), "... ip <address>" for
+ * "address:port" values (the port varies), "... missing <status>" when the read fails. Path segments are separated by '.' here and by NUL for the host.
  */
 #include "proxy_wasm.h"
 
-enum { VALUE, SIZE };
+enum { VALUE, SIZE, IP };
 
 static const struct {
   const char *path;
@@ -36,14 +36,14 @@ static const struct {
     {"response.headers.x-upstream", VALUE},
     {"response.size", SIZE},
     {"response.total_size", SIZE},
-    {"source.address", SIZE},
+    {"source.address", IP},
     {"source.port", SIZE},
-    {"destination.address", SIZE},
+    {"destination.address", IP},
     {"destination.port", SIZE},
     {"connection.id", SIZE},
     {"connection.mtls", SIZE},
     {"connection.requested_server_name", VALUE},
-    {"upstream.address", SIZE},
+    {"upstream.address", IP},
     {"upstream.port", SIZE},
     {"xds.cluster_name", VALUE},
     {"xds.route_name", VALUE},
@@ -70,6 +70,11 @@ static void dump(const char *phase) {
     if (status != WASM_OK) {
       sb_cat(line, sizeof line, " missing ", 9);
       sb_u32(line, sizeof line, status);
+    } else if (PROPS[i].mode == IP) {
+      size_t ip = 0;
+      while (ip < value.size && value.data[ip] != ':') ip++;
+      sb_cat(line, sizeof line, " ip ", 4);
+      sb_cat(line, sizeof line, value.data, ip);
     } else if (PROPS[i].mode == SIZE) {
       sb_cat(line, sizeof line, " size ", 6);
       sb_u32(line, sizeof line, value.size);
