@@ -11,6 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wasm_agent.fetch.trust_policy import TrustPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -85,6 +89,7 @@ class FetchSettings:
     docker_config_dir: Path | None = None
     default_fetch_timeout: float = 5.0  # whole-fetch deadline when the config names none
     max_redirects: int = 10
+    verify_policy: TrustPolicy | None = None  # cosign signatures required (docs/signing.md)
 
     def is_insecure(self, host: str) -> bool:
         """True if ``host`` (``name`` or ``name:port``) may use plain HTTP or unverified TLS."""
@@ -117,9 +122,25 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "wasm-agent"
 
 
-def fetch_settings_from_env(env: Mapping[str, str] | None = None) -> FetchSettings:
-    """Build :class:`FetchSettings` from Istio's environment variables."""
+def load_verify_policy(path: str | Path) -> TrustPolicy:
+    """Load a verify policy file (``--verify-policy``); :class:`SettingsError` names file:line."""
+    from wasm_agent.fetch.trust_policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise SettingsError(f"verify policy: {error}") from None
+
+
+def fetch_settings_from_env(
+    env: Mapping[str, str] | None = None, *, verify_policy: str | Path | None = None
+) -> FetchSettings:
+    """Build :class:`FetchSettings` from Istio's environment variables.
+
+    ``verify_policy`` (the ``--verify-policy`` flag) wins over ``$WASM_AGENT_VERIFY_POLICY``.
+    """
     env = os.environ if env is None else env
+    policy_path = verify_policy or env.get("WASM_AGENT_VERIFY_POLICY", "").strip()
     blocked = ",".join((*ALWAYS_BLOCKED_NETWORKS, env.get("BLOCKED_CIDRS_IN_WASM_FETCH", "")))
     docker_config = env.get("DOCKER_CONFIG", "").strip()
     max_size = _int(env, "ISTIO_WASM_MAX_BINARY_SIZE_BYTES", 256 * 1024 * 1024)
@@ -134,6 +155,7 @@ def fetch_settings_from_env(env: Mapping[str, str] | None = None) -> FetchSettin
         max_binary_size=max_size,
         blocked_networks=_networks(blocked, "BLOCKED_CIDRS_IN_WASM_FETCH"),
         docker_config_dir=Path(docker_config) if docker_config else None,
+        verify_policy=load_verify_policy(policy_path) if policy_path else None,
     )
 
 

@@ -38,10 +38,12 @@ class UrlRecord:
 
 @dataclass
 class IndexData:
-    """The whole index: URL records and checksum -> file sha256 for OCI digests."""
+    """The whole index: URL records, checksum -> file sha256 for OCI digests, and
+    ``registry/repo@sha256:<hex>`` -> fingerprints of the keys that verified its signature."""
 
     urls: dict[str, UrlRecord] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
+    signatures: dict[str, list[str]] = field(default_factory=dict)
 
     def file_sha256(self, checksum: str) -> str:
         """The module file sha256 a checksum names (identity for HTTP/file checksums)."""
@@ -68,7 +70,10 @@ class Index:
                 )
                 for url, rec in doc.get("urls", {}).items()
             }
-            return IndexData(urls=urls, digests=dict(doc.get("digests", {})))
+            signatures = {
+                name: [str(fp) for fp in fps] for name, fps in doc.get("signatures", {}).items()
+            }
+            return IndexData(urls=urls, digests=dict(doc.get("digests", {})), signatures=signatures)
         except FileNotFoundError:
             return IndexData()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -114,6 +119,8 @@ class Index:
             },
             "digests": dict(sorted(data.digests.items())),
         }
+        if data.signatures:
+            doc["signatures"] = dict(sorted(data.signatures.items()))
         tmp = self.layout.root / f".index-{os.urandom(6).hex()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as handle:

@@ -103,10 +103,12 @@ class ModuleCache:
         decision = self._decide(request, url, data)
         if decision.cached is None:
             return None
+        checksum = decision.checksum or decision.cached
+        if not self._trusted(url, checksum, data):  # fetch again: the fetch verifies
+            return None
         path = self.layout.module_path(decision.cached)
         if not store.touch(path):
             return None
-        checksum = decision.checksum or decision.cached
         try:
             self._remember(request, url, data, checksum, decision.cached)
         except CacheWriteError as error:  # e.g. a read-only cache baked into an image
@@ -115,14 +117,41 @@ class ModuleCache:
             path=path, sha256=decision.cached, url=url, size=path.stat().st_size, hit=True
         )
 
+    def _trusted(self, url: str, checksum: str, data: IndexData) -> bool:
+        """May a cached module be served under the verify policy without verifying again?
+
+        Yes without a policy, for non-OCI URLs, and when the repository's rule requires no
+        signature; else only if one of the rule's keys verified this digest in this repository.
+        """
+        policy = self.fetch_settings.verify_policy
+        if policy is None or not url.startswith("oci://"):
+            return True
+        name = _oci_name(url)
+        rule = policy.rule_for(name) if name is not None else None
+        if rule is None:
+            return False
+        if not rule.required:
+            return True
+        verified = data.signatures.get(f"{name}@sha256:{checksum}", ())
+        return not rule.fingerprints.isdisjoint(verified)
+
     def _remember(
-        self, request: ModuleRequest, url: str, data: IndexData, checksum: str, sha256: str
+        self,
+        request: ModuleRequest,
+        url: str,
+        data: IndexData,
+        checksum: str,
+        sha256: str,
+        verified_keys: tuple[str, ...] = (),
     ) -> None:
-        """Record URL -> checksum (and this resource's version) unless nothing changed."""
+        """Record URL -> checksum (and this resource's version) unless nothing changed, and
+        the keys that verified the module's signature."""
         now = time.time()
         old = data.urls.get(url)
+        name = _oci_name(url) if verified_keys else None
         if (
-            old is not None
+            name is None
+            and old is not None
             and (old.checksum, old.sha256) == (checksum, sha256)
             and old.resource_versions.get(request.resource_name) == request.resource_version
             and now - old.last_used < TOUCH_INTERVAL
@@ -140,6 +169,10 @@ class ModuleCache:
             rec.last_used = now
             if checksum != sha256:
                 current.digests[checksum] = sha256
+            if name is not None:
+                key = f"{name}@sha256:{checksum}"
+                known = current.signatures.get(key, [])
+                current.signatures[key] = sorted(set(known) | set(verified_keys))
 
         self.index.update(change)
 
@@ -192,7 +225,7 @@ class ModuleCache:
             await self._store(fetched, url, path)
         else:
             store.touch(path)
-        self._remember(request, url, data, fetched.checksum, fetched.sha256)
+        self._remember(request, url, data, fetched.checksum, fetched.sha256, fetched.verified_keys)
         CACHE_ENTRIES.set(len(self.layout.module_files()))
         log.info(
             "cached a Wasm module",
@@ -305,6 +338,16 @@ class ModuleCache:
         """Release every hold of this process."""
         for owner in list(self._holds):
             self.release(owner)
+
+
+def _oci_name(url: str) -> str | None:
+    """``registry/repository`` of an ``oci://`` URL, None if it does not parse."""
+    from wasm_agent.fetch.reference import InvalidReference, parse_reference
+
+    try:
+        return parse_reference(url).name
+    except InvalidReference:
+        return None
 
 
 def normalize_url(url: str) -> str:

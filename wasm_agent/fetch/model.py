@@ -39,7 +39,8 @@ class FetchedModule:
     """A fetched Wasm binary (after unboxing) and the digests that identify it.
 
     ``checksum`` is what a configured sha256 is matched against: the sha256 of ``data`` for
-    HTTP and file URLs, the manifest digest (hex) for OCI images.
+    HTTP and file URLs, the manifest digest (hex) for OCI images. ``verified_keys`` lists the
+    fingerprints of the verify-policy keys that verified its cosign signature (OCI only).
     """
 
     url: str
@@ -47,6 +48,7 @@ class FetchedModule:
     sha256: str
     checksum: str
     oci_digest: str | None = None
+    verified_keys: tuple[str, ...] = ()
 
     @classmethod
     def from_bytes(cls, url: str, data: bytes) -> FetchedModule:

@@ -138,6 +138,11 @@ class _RegistrySession(RegistryConnection):
             "fetching wasm image",
             extra={"registry": ref.registry, "repository": ref.repository, "ref": ref.reference},
         )
+        rule = None
+        if self.settings.verify_policy is not None:  # cosign signatures (docs/signing.md)
+            from wasm_agent.fetch import cosign
+
+            rule = cosign.rule_for(self.settings.verify_policy, self.url, ref)
         digest, manifest = await self.resolve()
         hexdigest = digest.removeprefix("sha256:")
         if expected is not None and expected != hexdigest:
@@ -145,6 +150,9 @@ class _RegistrySession(RegistryConnection):
                 self.url,
                 f"image manifest digest {digest} does not match the expected sha256 {expected}",
             )
+        verified: tuple[str, ...] = ()
+        if rule is not None and rule.required:  # before any layer is downloaded
+            verified = await cosign.verify(self, digest, rule)
         try:
             layer = oci_layers.choose_layer(manifest)
         except oci_layers.LayoutError as exc:
@@ -157,6 +165,7 @@ class _RegistrySession(RegistryConnection):
             sha256=data_sha256,
             checksum=hexdigest,
             oci_digest=digest,
+            verified_keys=verified,
         )
         log.info(
             "fetched wasm image",

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"deadline for each module's fetch (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
     add("--insecure-registry", action="append", default=[], metavar="HOST",
         help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
+    add("--verify-policy", metavar="FILE",
+        help="require cosign signatures of oci:// modules per this policy (docs/signing.md) "
+        "[env WASM_AGENT_VERIFY_POLICY]")  # fmt: skip
 
 
 def _read_value(spec: str, flag: str) -> bytes:
@@ -158,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         targets = _targets(args)
         config = _read_value(args.config, "--config")
         spec = load_spec(args.spec) if args.spec is not None else None
-        fetch_settings = fetch_settings_from_env()
+        fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
         secret = None
         if args.pull_secret is not None:
             secret = _read_value(f"@{args.pull_secret}", "--pull-secret")

@@ -86,6 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="allow plain HTTP / unverified TLS to this registry ('*' for all); repeatable",
     )
+    parser.add_argument(
+        "--verify-policy",
+        metavar="FILE",
+        help="require cosign signatures per this policy (docs/signing.md) "
+        "[env WASM_AGENT_VERIFY_POLICY]",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
 
@@ -142,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     """Prefetch every module; print one result per module."""
     try:
         requests = _requests(args)
-        fetch_settings = fetch_settings_from_env()
+        fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
         cache_settings = cache_settings_from_env(args.cache_dir)
     except (UsageError, SettingsError) as error:
         print(f"wasm-agent prefetch: error: {error}", file=sys.stderr)

@@ -33,6 +33,7 @@ ENV = {
     "fetch_failure": "WASM_AGENT_FETCH_FAILURE",
     "max_message_size": "WASM_AGENT_MAX_MESSAGE_SIZE",
     "max_streams": "WASM_AGENT_MAX_STREAMS",
+    "verify_policy": "WASM_AGENT_VERIFY_POLICY",
 }
 _SIZE_UNITS = {
     "": 1,
@@ -149,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(_env("max_streams", "100") or 100),
         help=_help("concurrent Envoy ADS streams accepted (default 100)", "max_streams"),
     )
+    parser.add_argument(
+        "--verify-policy",
+        metavar="FILE",
+        default=_env("verify_policy"),
+        help=_help("require cosign signatures per this policy (docs/signing.md)", "verify_policy"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,7 +211,8 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     from wasm_agent.xds.upstream import Upstream
 
     log = logging.getLogger("wasm_agent.proxy")
-    cache = ModuleCache(cache_settings_from_env(args.cache_dir), fetch_settings_from_env())
+    fetch_settings = fetch_settings_from_env(verify_policy=getattr(args, "verify_policy", None))
+    cache = ModuleCache(cache_settings_from_env(args.cache_dir), fetch_settings)
     proxy = XdsProxy(
         ListenSettings(
             address=args.listen,

@@ -1,0 +1,289 @@
+"""The verify policy: which OCI repositories need a cosign signature, and by which keys.
+
+Pure (no network). A policy file is YAML (details and an example in ``docs/signing.md``)::
+
+    rules:
+      - repository: ghcr.io/acme/**        # registry/repository glob
+        keys: [keys/acme.pub]              # PEM files (relative to this file) or inline PEM
+      - repository: "**"
+        keys: none                         # no signature required
+
+Rules are tried in order and the first whose glob matches ``registry/repository`` wins. A
+repository that matches no rule is refused (fail closed): end with a ``"**"`` rule to choose
+the default. Globs: ``*`` and ``?`` stay within one path segment, ``**`` crosses ``/``.
+Keys are ECDSA P-256 or Ed25519 public keys (``cosign generate-key-pair`` writes the former).
+Every error names ``file:line``; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
+
+NONE = "none"
+RULE_KEYS = frozenset({"repository", "keys"})
+TOP_KEYS = frozenset({"rules"})
+MAX_POLICY_SIZE = 1024 * 1024
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; the message starts with ``file:line:``."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A trusted public key; ``fingerprint`` is the sha256 hex of its SubjectPublicKeyInfo."""
+
+    fingerprint: str
+    algorithm: str  # "ecdsa-p256" or "ed25519"
+    origin: str  # file:line of the policy entry (and the key file, if any)
+    key: Any = field(compare=False, hash=False, repr=False)
+
+    def verify(self, signature: bytes, payload: bytes) -> bool:
+        """True if ``signature`` (DER ECDSA-SHA256 or raw Ed25519) signs ``payload``."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        try:
+            if self.algorithm == "ed25519":
+                self.key.verify(signature, payload)
+            else:
+                self.key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy entry: a glob and the keys of which one must have signed (None: no need)."""
+
+    pattern: str
+    keys: tuple[PublicKey, ...] | None
+    origin: str  # file:line
+
+    @property
+    def required(self) -> bool:
+        return self.keys is not None
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        return frozenset(k.fingerprint for k in self.keys or ())
+
+    def matches(self, name: str) -> bool:
+        return _glob_regex(self.pattern).fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """Ordered rules; the first rule matching a repository decides."""
+
+    rules: tuple[Rule, ...]
+    source: str = "<policy>"
+
+    def rule_for(self, name: str) -> Rule | None:
+        """The first rule matching ``name`` (``registry/repository``), else None (refused)."""
+        name = normalize_name(name)
+        for rule in self.rules:
+            if rule.matches(name):
+                return rule
+        return None
+
+
+def normalize_name(name: str) -> str:
+    """``registry/repository`` with the registry lowercased and Docker Hub aliases folded."""
+    registry, _, path = name.partition("/")
+    registry = registry.lower()
+    if registry in DOCKER_HUB_ALIASES:
+        registry = DOCKER_HUB
+        if path and "/" not in path and not any(c in path for c in "*?"):
+            path = f"library/{path}"
+    return f"{registry}/{path}" if path else registry
+
+
+_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    compiled = _GLOB_CACHE.get(pattern)
+    if compiled is None:
+        parts = re.split(r"(\*\*|\*|\?)", pattern)
+        regex = "".join(
+            ".*" if p == "**" else "[^/]*" if p == "*" else "[^/]" if p == "?" else re.escape(p)
+            for p in parts
+        )
+        compiled = _GLOB_CACHE[pattern] = re.compile(regex)
+    return compiled
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def load_policy(path: str | Path) -> TrustPolicy:
+    """Read and validate a policy file; raises :class:`PolicyError` naming ``file:line``."""
+    path = Path(path).expanduser()
+    try:
+        if path.stat().st_size > MAX_POLICY_SIZE:
+            raise PolicyError(f"{path}: larger than {MAX_POLICY_SIZE} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise PolicyError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
+    return parse_policy(text, str(path), base=path.parent)
+
+
+def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> TrustPolicy:
+    """Validate policy YAML ``text``; key file paths are relative to ``base``."""
+    import yaml
+
+    try:
+        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise PolicyError(f"{source}:{line}: not valid YAML: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{source}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: YAML nested too deeply") from None
+    documents = [d for d in documents if d is not None]
+    if not documents:
+        raise PolicyError(f"{source}:1: empty policy (expected a 'rules' list)")
+    if len(documents) > 1:
+        raise PolicyError(f"{_at(source, documents[1])}: one YAML document expected")
+    loader = _Loader(source, base or Path.cwd())
+    return TrustPolicy(rules=loader.top(documents[0]), source=source)
+
+
+def _at(source: str, node: Any) -> str:
+    return f"{source}:{node.start_mark.line + 1}"
+
+
+class _Loader:
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+
+    def error(self, node: Any, message: str) -> PolicyError:
+        return PolicyError(f"{_at(self.source, node)}: {message}")
+
+    def mapping(self, node: Any, what: str, allowed: frozenset[str]) -> dict[str, tuple[Any, Any]]:
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping")
+        found: dict[str, tuple[Any, Any]] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if not isinstance(name, str) or name not in allowed:
+                shown = name if name is not None else "<non-scalar>"
+                raise self.error(
+                    key, f"unknown key {shown!r} in {what} (allowed: {', '.join(sorted(allowed))})"
+                )
+            if name in found:
+                raise self.error(key, f"duplicate key {name!r} in {what}")
+            found[name] = (key, value)
+        return found
+
+    def string(self, node: Any, what: str) -> str:
+        import yaml
+
+        if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
+            raise self.error(node, f"{what} must be a string")
+        return node.value
+
+    def top(self, node: Any) -> tuple[Rule, ...]:
+        import yaml
+
+        fields = self.mapping(node, "the policy", TOP_KEYS)
+        if "rules" not in fields:
+            raise self.error(node, "missing 'rules' (a list of {repository, keys})")
+        key, rules = fields["rules"]
+        if not isinstance(rules, yaml.SequenceNode) or not rules.value:
+            raise self.error(rules if rules.value else key, "'rules' must be a non-empty list")
+        return tuple(self.rule(item) for item in rules.value)
+
+    def rule(self, node: Any) -> Rule:
+        fields = self.mapping(node, "a rule", RULE_KEYS)
+        for name in ("repository", "keys"):
+            if name not in fields:
+                raise self.error(node, f"rule has no '{name}'")
+        pattern = self.pattern(fields["repository"][1])
+        keys = self.keys(fields["keys"][1])
+        return Rule(pattern=pattern, keys=keys, origin=_at(self.source, node))
+
+    def pattern(self, node: Any) -> str:
+        text = self.string(node, "'repository'").strip()
+        if not text:
+            raise self.error(node, "'repository' is empty")
+        if "://" in text:
+            raise self.error(node, f"'repository' is registry/repository, not a URL: {text!r}")
+        if any(c.isspace() for c in text) or "@" in text:
+            raise self.error(node, f"'repository' has whitespace or a digest: {text!r}")
+        last = text.rsplit("/", 1)[-1]
+        if ":" in last and "/" in text:
+            raise self.error(node, f"'repository' names a tag; use registry/repository: {text!r}")
+        if "/" not in text and text != "**":
+            raise self.error(
+                node, f"'repository' must be registry/repository (or '**'), got {text!r}"
+            )
+        return normalize_name(text)
+
+    def keys(self, node: Any) -> tuple[PublicKey, ...] | None:
+        import yaml
+
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
+            if node.value.strip().lower() == NONE:
+                return None
+            return (self.key(node),)
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, "'keys' must be a list of PEM keys or key files, or 'none'")
+        if not node.value:
+            raise self.error(node, "'keys' is empty (write 'keys: none' to require no signature)")
+        return tuple(self.key(item) for item in node.value)
+
+    def key(self, node: Any) -> PublicKey:
+        text = self.string(node, "a key (PEM text or a file path)")
+        origin = _at(self.source, node)
+        if text.lstrip().startswith("-----BEGIN"):
+            return self.parse_key(node, text.encode(), origin)
+        path = (self.base / Path(text.strip()).expanduser()).resolve()
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise self.error(node, f"cannot read key file {path}: {error.strerror}") from None
+        return self.parse_key(node, data, f"{origin} ({path})")
+
+    def parse_key(self, node: Any, pem: bytes, origin: str) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+        try:
+            key = serialization.load_pem_public_key(pem.strip() + b"\n")
+        except (ValueError, TypeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else "unreadable"
+            raise self.error(node, f"not a PEM public key ({reason})") from None
+        except Exception:  # cryptography raises UnsupportedAlgorithm for unknown key types
+            raise self.error(node, "unsupported public key type") from None
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            algorithm = "ed25519"
+        elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            algorithm = "ecdsa-p256"
+        else:
+            kind = type(key).__name__.removeprefix("_").replace("PublicKey", "")
+            curve = getattr(getattr(key, "curve", None), "name", "")
+            shown = f"{kind} {curve}".strip()
+            raise self.error(
+                node, f"unsupported key type {shown} (use ECDSA P-256 or Ed25519 public keys)"
+            )
+        spki = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return PublicKey(hashlib.sha256(spki).hexdigest(), algorithm, origin, key)
