@@ -233,19 +233,23 @@ class TrapHalf:
         return self.other[name]
 
     def observe(self, name: str) -> list[Observation]:
-        """All policies run the sequence together (one set of pauses for the three)."""
+        """All policies share the pauses: after each pause every policy runs its requests up to
+        the next pause back to back (so FAIL_RELOAD's "inside the backoff" stays well inside)."""
         if not self.observed:
             results: dict[str, list[Observation]] = {name: [] for name in POLICIES}
+            segments: list[list[Request]] = []
+            for request in TRAP_SEQUENCE:
+                if request.wait or not segments:
+                    segments.append([])
+                segments[-1].append(request)
             with envoy_clock("traps"):
-                for request in TRAP_SEQUENCE:
-                    time.sleep(request.wait)
+                for segment in segments:
+                    time.sleep(segment[0].wait)
                     for policy in POLICIES:
-                        results[policy].append(
-                            self.envoy.request(
-                                policy, request.path, headers=request.headers, settle=0.1
-                            )
-                        )
-                time.sleep(0.1)  # the last log lines
+                        results[policy] += [
+                            self.envoy.request(policy, r.path, headers=r.headers, settle=0.05)
+                            for r in segment
+                        ]
                 assert self.envoy.envoy is not None
                 stats = self.envoy.envoy.stats("vm_reload_success")
             for policy in POLICIES:
