@@ -237,6 +237,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
             "listen": args.listen,
             "status": f"{status.host}:{status.port}",
             "fetch_failure": args.fetch_failure,
+            "verify_policy": getattr(args, "verify_policy", None) or "",
         },
     )
     number = await wait_for_signal()
