@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,3 +79,49 @@ def test_sigkill_mid_fetch_then_restart_fetches_again(
     assert assert_cache_clean(cache).keys() == {sha}
     assert not list((cache / "modules").glob(".tmp-*"))  # the crashed writer's temp is gone
     assert agent.serving() and agent.status()[0] == 200
+
+
+def test_sigkill_of_the_downloader_hands_over_to_a_waiting_process(
+    workdir: Path,
+    istiod: FakeIstiod,
+    mods: ModServer,
+    make_agent: Callable[..., Agent],
+    fake_envoy: Callable[[], FakeEnvoy],
+) -> None:
+    """While the agent downloads a module, a ``prefetch`` of the same module on the same
+    cache waits for it (one download per module per cache). The agent is killed: its lock dies
+    with it, the waiter downloads the module itself and gets the complete file; the restarted
+    agent then serves it from the cache without downloading."""
+    data = padded_module(256 * 1024, seed=73)
+    sha = sha256_hex(data)
+    url = mods.slow("/handover.wasm", data, chunk=4096, delay=0.05)  # ~3 s
+    agent = make_agent()
+    envoy = fake_envoy()
+    push(istiod, extension(url, sha), "h1")
+    wait_until(lambda: mods.count("/handover.wasm") == 1, 20, "download started")
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "wasm_agent", "prefetch", "--json", "--cache-dir",
+         str(agent.cache_dir), "--sha256", sha, url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir,
+        env=agent.env,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # the waiter is polling the download lock
+        assert waiter.poll() is None and mods.count("/handover.wasm") == 1
+        agent.kill()
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(10)
+    assert waiter.returncode == 0, err
+    (result,) = json.loads(out)
+    assert result["sha256"] == sha and result["cached"] is False
+    assert mods.count("/handover.wasm") == 2
+    assert assert_cache_clean(agent.cache_dir).keys() == {sha}
+    assert "h1" not in envoy.versions()
+
+    agent.start()
+    envoy.wait_version("h1", timeout=30)
+    assert mods.count("/handover.wasm") == 2  # served from the cache
+    assert_never_forwarded(envoy, allowed={sha})
