@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +21,7 @@ from tests.support.faults import (
     assert_never_forwarded,
     extension,
     push,
+    wait_nack,
     wait_until,
 )
 from tests.support.istiod import FakeIstiod
@@ -125,3 +129,44 @@ def test_sigkill_of_the_downloader_hands_over_to_a_waiting_process(
     envoy.wait_version("h1", timeout=30)
     assert mods.count("/handover.wasm") == 2  # served from the cache
     assert_never_forwarded(envoy, allowed={sha})
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_compile_worker_killed_like_the_oom_killer(
+    istiod: FakeIstiod,
+    mods: ModServer,
+    make_agent: Callable[..., Agent],
+    fake_envoy: Callable[[], FakeEnvoy],
+) -> None:
+    """The compile worker (a child of the agent) is SIGKILLed while it compiles, as the OOM
+    killer would: NACK naming the signal, the temp file is removed, nothing is forwarded, the
+    agent goes on; the next push compiles and loads the module."""
+    data = code_module(2 * 1024 * 1024, seed=74)  # compiles for about a second
+    sha = sha256_hex(data)
+    url = mods.serve("/oom.wasm", data)
+    agent = make_agent()
+    envoy = fake_envoy()
+    assert agent.process is not None
+    nonces = push(istiod, extension(url, sha), "c1")
+    workers = wait_until(lambda: _children(agent.process.pid), 30, "compile worker")
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    nack = wait_nack(istiod, nonces)
+    assert "compile worker killed by SIGKILL" in nack.error_detail.message, nack
+    assert "c1" not in envoy.versions()
+    assert assert_cache_clean(agent.cache_dir) == {}
+    assert not list((agent.cache_dir / "modules").glob(".tmp-*"))
+    assert agent.serving() and agent.status()[0] == 200
+
+    push(istiod, extension(url, sha), "c2")
+    envoy.wait_version("c2", timeout=30)
+    assert_never_forwarded(envoy, allowed={sha}, istiod=istiod, bad_versions={"c1"})
+    assert assert_cache_clean(agent.cache_dir).keys() == {sha}
+    assert envoy.streams == 1

@@ -92,7 +92,8 @@ def assert_cache_clean(cache_dir: Path, *, allow_abandoned: bool = False) -> dic
     * ``modules/.tmp-*.part`` only while a live process holds its lock (a download being
       written); ``allow_abandoned`` also accepts unlocked ones (right after a crash, before a
       restarted agent cleans up; they are never read as modules);
-    * nothing else in ``modules/``, no leftover ``.index-*.tmp`` next to the index;
+    * nothing else in ``modules/``; an ``.index-*.tmp`` next to the index only while a writer
+      holds ``index.lock`` (``allow_abandoned``: also after a crash; a purge removes them);
     * every index entry (URL record, OCI digest) points to an existing module file.
     """
     problems: list[str] = []
@@ -114,11 +115,10 @@ def assert_cache_clean(cache_dir: Path, *, allow_abandoned: bool = False) -> dic
         else:
             problems.append(f"{path}: stray file in modules/")
     if cache_dir.is_dir():
-        problems += [
-            f"{cache_dir / n}: leftover index temp file"
-            for n in os.listdir(cache_dir)
-            if n.startswith(".index-")
-        ]
+        index_temps = [n for n in os.listdir(cache_dir) if n.startswith(".index-")]
+        writing = index_temps and locked_by_live_process(cache_dir / "index.lock")
+        if index_temps and not writing and not allow_abandoned:
+            problems += [f"{cache_dir / n}: leftover index temp file" for n in index_temps]
     index = cache_dir / "index.json"
     if index.exists():
         doc = json.loads(index.read_text())
