@@ -116,7 +116,8 @@ def assert_cache_clean(cache_dir: Path, *, allow_abandoned: bool = False) -> dic
             problems.append(f"{path}: stray file in modules/")
     if cache_dir.is_dir():
         index_temps = [n for n in os.listdir(cache_dir) if n.startswith(".index-")]
-        writing = index_temps and locked_by_live_process(cache_dir / "index.lock")
+        lock = cache_dir / "index.lock"
+        writing = index_temps and lock.exists() and locked_by_live_process(lock)
         if index_temps and not writing and not allow_abandoned:
             problems += [f"{cache_dir / n}: leftover index temp file" for n in index_temps]
     index = cache_dir / "index.json"
