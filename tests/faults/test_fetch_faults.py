@@ -30,7 +30,7 @@ from tests.support.registry import Registry, unique_repo
 from tests.support.registry_proxy import Fault, RegistryProxy
 from tests.support.wasm import padded_module, sha256_hex
 
-pytestmark = [pytest.mark.slow, pytest.mark.registry, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 FAST_RETRIES = {"WASM_HTTP_REQUEST_MAX_RETRIES": "2"}
 
@@ -200,6 +200,7 @@ def _oci_agent(make_agent: Callable[..., Agent], *hosts: str) -> Agent:
     return make_agent(env={"WASM_INSECURE_REGISTRIES": ",".join(hosts), **FAST_RETRIES})
 
 
+@pytest.mark.registry
 @pytest.mark.parametrize("fault", ["truncate", "503", "stall"])
 def test_registry_faults_on_the_layer(
     fault: str,
@@ -256,6 +257,7 @@ def test_registry_faults_on_the_layer(
     assert_stream_intact(agent, envoy)
 
 
+@pytest.mark.registry
 def test_registry_serves_a_different_blob_for_the_digest(
     istiod: FakeIstiod,
     oci_registry: Registry,
