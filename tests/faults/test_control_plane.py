@@ -107,8 +107,8 @@ def test_istiod_stream_reset_mid_conversion(
         before = len(istiod.streams)
         stream, nonce = converting_second(istiod, plugins)
         istiod.abort(stream, grpc.StatusCode.UNAVAILABLE, "injected reset")
-        wait_until(lambda: len(istiod.streams) > before, 30, "Envoy reconnected")
         assert mesh.ecds()["version_info"] == "v1"  # the interrupted config never arrived
+        wait_until(lambda: len(istiod.streams) > before, 30, "Envoy reconnected")
         plugins.fast()
         settled(mesh, istiod, watcher, plugins, "reset")
     assert answered(istiod, nonce) == []
