@@ -187,7 +187,7 @@ async def test_slow_body_hits_the_deadline(modserver, fast_backoff):
 
 async def test_stalled_body_times_out_per_request_and_is_retried(modserver, fast_backoff):
     url = modserver.stall("/stall", WASM, after=4)
-    settings = FetchSettings(http_max_retries=2, http_request_timeout=0.3)
+    settings = FetchSettings(http_max_retries=2, http_request_timeout=1.0)
     await fails(
         DownloadFailure, url, fast_backoff, "timed out", "after 2 attempts", settings=settings
     )
