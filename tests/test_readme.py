@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import wasmtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +29,61 @@ def test_harness_example_passes(tmp_path: Path) -> None:
     assert len(tests) == 2
     for test in tests:
         test()
+
+
+def _setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S)]
+
+
+def _fresh_checkout(destination: Path) -> Path:
+    """The repository's files (committed or not, ignored ones excluded) in a new directory."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def test_readme_has_exactly_two_setup_commands() -> None:
+    commands = _setup_commands()
+    assert len(commands) == 2
+    assert commands[1] == "bash scripts/test"
+    assert "bash scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_readme_commands_work_as_written_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+    """Both set-up commands, verbatim, in a fresh copy with no virtualenv.
+
+    The second (the test command) runs with ``PYTEST_ADDOPTS`` naming one small test file, so
+    the suite does not recurse into itself; everything else it does (install, lint) is real.
+    """
+    demo, tests = _setup_commands()
+    checkout = _fresh_checkout(tmp_path / "repo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTEST"))}
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p
+    )
+    first = subprocess.run(
+        ["bash", "-c", demo], cwd=checkout, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "x-wasm-agent-demo: hello" in first.stdout
+    assert "NACK" in first.stdout
+    assert "Demo OK" in first.stdout
+    assert (checkout / ".venv" / "bin" / "wasm-agent").exists()
+
+    env["PYTEST_ADDOPTS"] = "tests/test_cli.py -p no:cacheprovider"
+    second = subprocess.run(
+        ["bash", "-c", tests], cwd=checkout, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert re.search(r"\b4 passed\b", second.stdout), second.stdout[-2000:]
