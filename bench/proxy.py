@@ -11,8 +11,9 @@ directly and through the proxy, so the figures are ratios of one run on one mach
 - ECDS conversion on a cache hit, p99 (target: < 1 ms)
 - agent RSS idle and peak during a cold 5 MB module fetch (targets: 50 MB, < 80 MB)
 
-A second baseline, the smallest possible grpc.aio forwarder (no parsing, no ECDS), shows how
-much of the added cost is grpcio's own (the floor any Python proxy on grpcio pays).
+A second baseline, the smallest possible grpc.aio forwarder (no parsing, no ECDS, the same
+``GRPC_EXPERIMENTS`` as the agent), shows how much of the added cost is grpcio's own (the floor
+any Python proxy on grpcio pays). ``bench/transports.py`` compares other transports.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
 from envoy.service.discovery.v3 import discovery_pb2  # noqa: E402
 
 from tests.e2e.agentproc import AgentProcess, free_port  # noqa: E402
+from wasm_agent.xds.grpc_core import LOW_LATENCY_EXPERIMENTS  # noqa: E402
 from wasm_agent.xds.types import CLUSTER_TYPE, ECDS_TYPE, Flavour  # noqa: E402
 from wasm_agent.xds.upstream import ADS_SERVICE, SOTW_METHOD  # noqa: E402
 
@@ -273,7 +275,8 @@ async def main(quick: bool) -> dict:
     floor_sock = workdir / "floor.sock"
     floor = subprocess.Popen(
         [sys.executable, __file__, "--forward", f"127.0.0.1:{port}", str(floor_sock)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # the grpc C-core settings the agent gives itself (wasm_agent.xds.grpc_core)
+        env={"GRPC_EXPERIMENTS": LOW_LATENCY_EXPERIMENTS, **os.environ, "PYTHONPATH": str(ROOT)},
     )
     agent = AgentProcess(workdir, f"127.0.0.1:{port}", "--plaintext", "--log-level", "warning")
     try:
