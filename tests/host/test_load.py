@@ -88,14 +88,15 @@ def test_import_type_mismatch() -> None:
     wasm = plugin(BASIC, extra='(import "env" "proxy_done" (func (param i32) (result i32)))')
     assert _load_error(wasm) == (
         "Failed to load Wasm module due to an import type mismatch: env.proxy_done, "
-        "want: (i32) -> (i32), but host exports: () -> (i32)"
+        "want: i32 -> i32, but host exports: void -> i32"
     )
 
 
 def test_bad_callback_signature() -> None:
     body = '(func (export "proxy_on_request_headers") (param i32 i32) (result i32) (i32.const 0))'
-    assert _load_error(plugin(body, version="0_2_1")).startswith(
-        "Bad function signature for: proxy_on_request_headers, want: (i32 i32 i32) -> (i32)"
+    assert _load_error(plugin(body, version="0_2_1")) == (
+        "Bad function signature for: proxy_on_request_headers, want: i32 i32 i32 -> i32, "
+        "but the module exports: i32 i32 -> i32"
     )
     start_plugin(plugin(body, version="0_1_0"))  # two parameters are right for 0.1.0
 

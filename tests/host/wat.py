@@ -66,6 +66,7 @@ WASI_SIGS: dict[str, tuple[str, str]] = {
     "clock_time_get": ("i32 i64 i32", "i32"),
     "random_get": ("i32 i32", "i32"),
     "environ_sizes_get": ("i32 i32", "i32"),
+    "environ_get": ("i32 i32", "i32"),
     "args_sizes_get": ("i32 i32", "i32"),
     "proc_exit": ("i32", ""),
     "sched_yield": ("", "i32"),

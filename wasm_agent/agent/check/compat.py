@@ -58,10 +58,7 @@ def host_signature(params: str, results: str) -> str:
 
 
 def _host_table() -> dict[tuple[str, str], tuple[str, str, object]]:
-    from wasm_agent.agent.host import vm
-
-    vm._register_host_functions()  # fills abi.HOST_FUNCTIONS from the host modules
-    return abi.HOST_FUNCTIONS
+    return abi.host_function_table()
 
 
 def check_compat(info: ModuleInfo, envoy_abi: AbiVersion = AbiVersion.V0_2_1) -> Compat:

@@ -290,6 +290,26 @@ def host(name: str, params: str, results: str = "i", module: str = "env") -> Cal
     return register
 
 
+def host_function_table() -> dict[tuple[str, str], tuple[str, str, HostFn]]:
+    """Every host function: ``(module, name) -> (params, results, function)``.
+
+    Importing the host modules registers their ``@host`` functions; this does it (once).
+    """
+    from wasm_agent.agent.host import (  # noqa: F401
+        buffers,
+        callouts,
+        control,
+        general,
+        maps,
+        metrics,
+        properties,
+        shared,
+        wasi,
+    )
+
+    return HOST_FUNCTIONS
+
+
 def func_type(params: str, results: str) -> wasmtime.FuncType:
     return wasmtime.FuncType([_TYPES[c] for c in params], [_TYPES[c] for c in results])
 
@@ -306,8 +326,18 @@ def detect_version(export_names: set[str]) -> AbiVersion | None:
 
 
 def type_str(types: list[wasmtime.ValType]) -> str:
-    """Render value types like cpp-host's printValTypes: ``(i32 i32)``."""
+    """Render value types in parentheses, ``(i32 i32)`` (``wasm-agent check``'s notation)."""
     return "(" + " ".join(str(t) for t in types) + ")"
+
+
+def envoy_types(types: list[wasmtime.ValType]) -> str:
+    """Value types as cpp-host's V8 ``printValTypes`` prints them: ``i32 i32``, none: ``void``."""
+    return " ".join(str(t) for t in types) or "void"
+
+
+def envoy_signature(ft: wasmtime.FuncType) -> str:
+    """A function type the way Envoy's load errors print it: ``i32 i32 -> i32``."""
+    return f"{envoy_types(ft.params)} -> {envoy_types(ft.results)}"
 
 
 # Callbacks the host looks up, with the signature cpp-host requires ((params, results)).

@@ -13,8 +13,9 @@ class Buffer:
     """A buffer the plugin can read and maybe modify.
 
     ``mutable`` buffers follow Envoy's ``Buffer::copyFrom`` for live body/data buffers:
-    ``start=0,length=0`` prepends, ``start=0,length>=size`` replaces, ``start>=size`` appends,
-    anything else is BAD_ARGUMENT. Immutable buffers (configs, callout bodies) refuse writes.
+    ``start=0`` drains ``length`` bytes (all of them if ``length>=size``) and prepends the data
+    (so ``length=0`` prepends, ``length>=size`` replaces), ``start>=size`` appends, anything
+    else is BAD_ARGUMENT. Immutable buffers (configs, callout bodies) refuse writes.
     """
 
     __slots__ = ("data", "mutable")
@@ -29,16 +30,11 @@ class Buffer:
     def copy_from(self, start: int, length: int, value: bytes) -> Status:
         if not self.mutable:
             return Status.BAD_ARGUMENT
-        size = len(self.data)
         if start == 0:
-            if length == 0:
-                self.data[0:0] = value
-                return Status.OK
-            if length >= size:
-                self.data[:] = value
-                return Status.OK
-            return Status.BAD_ARGUMENT
-        if start >= size:
+            # drain(length) (clamped to the buffer), then prepend
+            self.data[:length] = value
+            return Status.OK
+        if start >= len(self.data):
             self.data += value
             return Status.OK
         return Status.BAD_ARGUMENT

@@ -5,7 +5,8 @@ Start a plugin (load, link, start, ``proxy_on_vm_start``, ``proxy_on_configure``
     from wasm_agent.agent.host.harness import start_plugin, FailurePolicy, LoadError
 
     host = start_plugin("plugin.wasm", plugin_config=b'{"x": 1}', vm_config=b"",
-                        properties={"plugin_name": "p"}, failure_policy=FailurePolicy.FAIL_OPEN)
+                        properties={"plugin_name": "p"}, failure_policy=FailurePolicy.FAIL_OPEN,
+                        environment={"K": "v"})   # WASI environ (vm_config.environment_variables)
     # a module that cannot load raises LoadError(str = Envoy's message)
 
 Drive an HTTP stream callback by callback, then inspect it::
@@ -34,7 +35,8 @@ TCP: ``c = host.tcp_connection(); c.send_downstream_data(b"x"); c.send_upstream_
 c.close_downstream()``; see ``c.upstream_received``, ``c.downstream_received``, ``c.closed``.
 
 Around the streams: ``host.tick()`` (``host.tick_period_ms``), ``host.http_callouts`` /
-``host.respond_http_call(token, headers, body, trailers)`` / ``host.fail_http_call(token)``,
+``host.respond_http_call(token, headers, body, trailers)`` / ``host.fail_http_call(token)`` (a
+reset) / ``host.timeout_http_call(token)`` (Envoy's 504 "upstream request timeout"),
 ``host.grpc_calls`` / ``host.respond_grpc(token, message=..., close=0, ...)``, ``host.logs``
 (``LogEntry.level/.envoy_level/.message/.raw``) / ``host.log_messages(min_level)`` /
 ``host.log_bytes()``, ``host.metrics``, ``host.set_property(path, value)``, ``host.shared_data`` /
@@ -47,8 +49,9 @@ Behaviour and what was checked against Envoy 1.40: ``docs/host.md``.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,8 +122,16 @@ def start_plugin(
     clusters: set[str] | None = None,
     shared: SharedState | None = None,
     cache_dir: str | Path | None = None,
+    environment: Mapping[str, str] | None = None,
+    host_env_keys: Sequence[str] = (),
 ) -> HostedPlugin:
-    """Load, start and configure a plugin from a path or bytes; raise LoadError on failure."""
+    """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
+
+    ``environment`` and ``host_env_keys`` are Envoy's ``vm_config.environment_variables``
+    (``key_values``, and names whose values come from this process's environment when set);
+    the plugin reads them with WASI ``environ_get``. A key given twice is a ValueError with
+    Envoy's configuration error.
+    """
     wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
     options = VmOptions(
         vm_config=_bytes(vm_config),
@@ -137,12 +148,47 @@ def start_plugin(
         foreign_functions=dict(foreign_functions or {}),
         clusters=frozenset(clusters) if clusters is not None else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
+        environment=environment_variables(environment or {}, host_env_keys, plugin_name),
     )
     plugin = Plugin(
         wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,
         monotonic=monotonic,
     )  # fmt: skip
     return HostedPlugin(plugin)
+
+
+# Envoy's router local reply on an upstream timeout (Http::Utility::sendLocalReply: :status,
+# then content-length and content-type for a body), which the async client hands to the plugin.
+CALLOUT_TIMEOUT_BODY = b"upstream request timeout"
+CALLOUT_TIMEOUT_HEADERS = (
+    (":status", "504"),
+    ("content-length", str(len(CALLOUT_TIMEOUT_BODY))),
+    ("content-type", "text/plain"),
+)
+
+
+def environment_variables(
+    key_values: Mapping[str, str], host_env_keys: Sequence[str], plugin_name: str
+) -> dict[str, str]:
+    """The WASI environment Envoy builds from ``vm_config.environment_variables``.
+
+    Like Envoy's ``WasmConfig``: every key once (else the configuration is rejected), the
+    ``key_values`` first, then each ``host_env_keys`` name this process has in its environment.
+    """
+    seen = set(key_values)
+    for key in host_env_keys:
+        if key in seen:
+            raise ValueError(
+                f"Key {key} is duplicated in envoy.extensions.wasm.v3.VmConfig."
+                f"environment_variables for {plugin_name}. All the keys must be unique."
+            )
+        seen.add(key)
+    merged = {str(k): str(v) for k, v in key_values.items()}
+    for key in host_env_keys:
+        value = os.environ.get(key)
+        if value is not None:
+            merged[key] = value
+    return merged
 
 
 @dataclass
@@ -317,6 +363,14 @@ class HostedPlugin:
 
     def fail_http_call(self, token: int) -> None:
         fail_http_call(self.vm, token)
+
+    def timeout_http_call(self, token: int) -> None:
+        """The callout timed out: what Envoy's async client then delivers, its router's local
+        reply (504, body ``upstream request timeout``) as a normal response."""
+        deliver_http_response(
+            self.vm, token, HeaderMap.coerce(list(CALLOUT_TIMEOUT_HEADERS)), CALLOUT_TIMEOUT_BODY,
+            HeaderMap(),
+        )  # fmt: skip
 
     @property
     def grpc_calls(self) -> list[GrpcCall]:

@@ -78,8 +78,9 @@ class HttpStream:
 
     @property
     def upstream_known(self) -> bool:
-        """An upstream host answered (``upstream.*`` properties exist)."""
-        return self.response.headers is not None and self.request.out.headers is not None
+        """The router picked an upstream host (``upstream.*`` properties exist): Envoy does it
+        when the request headers reach the router, so from the request body phase on."""
+        return self.request.out.headers is not None
 
     def response_code(self) -> int | None:
         headers = self.response.headers

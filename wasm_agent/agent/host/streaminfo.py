@@ -5,7 +5,8 @@ Which ones answer when matches Envoy 1.40 (checked property by property in the r
 response headers and log phases): attributes read from the request headers (``request.path``,
 ``request.headers.<name>``, ...) exist only while the plugin can see those headers (their
 callback, a pause, and ``proxy_on_log``); stream-info ones (``request.time``, ``request.size``,
-``response.flags``, ...) always; ``upstream.*`` once the upstream answered;
+``response.flags``, ...) always; ``upstream.*`` once the request headers went upstream
+(the router picked a host: the request body phase on);
 ``request.duration`` only in ``proxy_on_log``. Integers are 8-byte little-endian.
 """
 

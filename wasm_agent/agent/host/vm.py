@@ -78,6 +78,8 @@ class VmOptions:
     foreign_functions: dict[str, Callable[[bytes], Any]] = field(default_factory=dict)
     clusters: frozenset[str] | None = None  # http_call targets; None accepts any
     cache_dir: Any = None
+    # WASI environment (vm_config.environment_variables, merged): environ_get / environ_sizes_get
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 # wasmtime binds a FuncType to the first engine that uses it (using it with another engine
@@ -94,7 +96,7 @@ def _ftype(params: str, results: str, mode: tuple[bool, bool]) -> wasmtime.FuncT
 
 
 def _sig(ft: wasmtime.FuncType) -> str:
-    return f"{abi.type_str(ft.params)} -> {abi.type_str(ft.results)}"
+    return abi.envoy_signature(ft)
 
 
 _GUARDED: dict[str, Callable] = {}
@@ -115,18 +117,8 @@ def _guard(name: str, fn: Callable) -> Callable:
 
 
 def _register_host_functions() -> None:
-    """Import the modules whose ``@host`` functions fill ``abi.HOST_FUNCTIONS``."""
-    from wasm_agent.agent.host import (  # noqa: F401
-        buffers,
-        callouts,
-        control,
-        general,
-        maps,
-        metrics,
-        properties,
-        shared,
-        wasi,
-    )
+    """Fill ``abi.HOST_FUNCTIONS`` (kept for callers; ``abi.host_function_table()`` is public)."""
+    abi.host_function_table()
 
 
 class PluginVM:
@@ -267,7 +259,7 @@ class PluginVM:
             if "_initialize" in funcs:
                 self._raw_call("_initialize", funcs["_initialize"], ())
                 main = funcs.get("main")
-                if main is not None and _sig(self._func_types["main"]) == "(i32 i32) -> (i32)":
+                if main is not None and _sig(self._func_types["main"]) == "i32 i32 -> i32":
                     self._raw_call("main", main, (0, 0))
             elif "_start" in funcs:
                 self._raw_call("_start", funcs["_start"], ())

@@ -1,11 +1,12 @@
 """The WASI subset Envoy serves (cpp-host ``FOR_ALL_WASI_FUNCTIONS``), under both
 ``wasi_snapshot_preview1`` and ``wasi_unstable``.
 
-stdout/stderr writes become logs at info/error (one trailing newline dropped); environment and
-arguments are empty; only the realtime clock exists; ``proc_exit`` logs and returns (the module
-usually traps right after); reading and opening files fails; ``fd_seek``/``fd_close`` succeed doing
-nothing. Functions Envoy does not serve (e.g. ``sched_yield``, ``poll_oneoff``) fail the load as
-missing imports.
+stdout/stderr writes become logs at info/error (one trailing newline dropped); the environment
+is ``VmOptions.environment`` (Envoy's ``vm_config.environment_variables``), one ``KEY=VALUE``
+string plus a NUL per variable; arguments are empty; only the realtime clock exists;
+``proc_exit`` logs and returns (the module usually traps right after); reading and opening files
+fails; ``fd_seek``/``fd_close`` succeed doing nothing. Functions Envoy does not serve (e.g.
+``sched_yield``, ``poll_oneoff``) fail the load as missing imports.
 """
 
 from __future__ import annotations
@@ -84,15 +85,32 @@ def fd_fdstat_get(fd: int, stat_p: int) -> int:
     return ESUCCESS
 
 
+def _environment() -> list[bytes]:
+    """The variables as cpp-host writes them: ``KEY=VALUE`` plus a NUL each."""
+    env = Current.vm.options.environment
+    return [f"{key}={value}".encode() + b"\0" for key, value in env.items()]
+
+
 @host("environ_get", "ii", module="wasi")
 def environ_get(environ_p: int, buf_p: int) -> int:
+    # cpp-host: for each variable, the pointer then the string (EFAULT stops part way)
+    mem = Current.vm.memory
+    environ_p, buf_p = environ_p & _M, buf_p & _M
+    for entry in _environment():
+        if not mem.set_u32(environ_p, buf_p) or not mem.write(buf_p, entry):
+            return EFAULT
+        buf_p += len(entry)
+        environ_p += 4
     return ESUCCESS
 
 
 @host("environ_sizes_get", "ii", module="wasi")
 def environ_sizes_get(count_p: int, size_p: int) -> int:
     mem = Current.vm.memory
-    if not mem.set_u32(count_p, 0) or not mem.set_u32(size_p, 0):
+    entries = _environment()
+    if not mem.set_u32(count_p, len(entries)):
+        return EFAULT
+    if not mem.set_u32(size_p, sum(len(e) for e in entries)):
         return EFAULT
     return ESUCCESS
 
