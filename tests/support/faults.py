@@ -361,14 +361,19 @@ def push(istiod: Any, config: Any, version: str) -> list[str]:
     return xc.serve(istiod, config, version)
 
 
-def wait_nack(istiod: Any, nonces: Iterable[str], timeout: float = 20.0) -> Any:
-    """The NACK istiod received for one of ``nonces``."""
+def wait_nack(
+    istiod: Any, nonces: Iterable[str], timeout: float = 20.0, agent: Agent | None = None
+) -> Any:
+    """The NACK istiod received for one of ``nonces`` (on timeout: ``agent``'s log tail)."""
     wanted = set(nonces)
-    return istiod.wait_for(
-        lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce in wanted],
-        timeout,
-        f"NACK of {sorted(wanted)}",
-    )[0]
+    try:
+        return istiod.wait_for(
+            lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce in wanted],
+            timeout,
+            f"NACK of {sorted(wanted)}",
+        )[0]
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}\n{agent.logs() if agent else ''}") from None
 
 
 def answered(istiod: Any, nonce: str) -> list[Any]:
