@@ -59,12 +59,10 @@ def test_sigkill_mid_fetch_then_restart_fetches_again(
         wait_until(lambda: mods.count("/crash.wasm") == 1, 20, "download started")
         wait_until(lambda: agent.counter("xds_proxy_responses") >= 1, 10, "response read")
         time.sleep(0.5)  # some of the body has arrived
-    else:
-        wait_until(
-            lambda: any(p.name.startswith(".tmp-") for p in (cache / "modules").glob(".tmp-*")),
-            30,
-            "temp file being compiled",
-        )
+    else:  # the worker is held stopped mid-compile, then dies with the agent
+        assert agent.process is not None
+        assert _stop_running_child(agent.process.pid) is not None
+        assert list((cache / "modules").glob(".tmp-*"))
     agent.kill()
 
     assert "k1" not in envoy.versions()
@@ -146,17 +144,14 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def _kill_running_child(parent: int) -> bool:
-    """SIGKILL a child of ``parent`` that is still running: stop it first (SIGSTOP), so it
-    cannot finish between the check and the kill. False if it had already exited."""
+def _stop_running_child(parent: int) -> int | None:
+    """SIGSTOP the child of ``parent`` (the compile worker) so it cannot finish; its pid, or
+    None if it had already exited."""
     (child,) = wait_until(lambda: _children(parent), 30, "compile worker")
     os.kill(child, signal.SIGSTOP)
     settled = {"T", "t", "Z", "X", "gone"}  # stopped, or it had exited already
     state = wait_until(lambda: (st := _state(child)) in settled and st, 5, "SIGSTOP")
-    if state not in ("T", "t"):
-        return False
-    os.kill(child, signal.SIGKILL)
-    return True
+    return child if state in ("T", "t") else None
 
 
 def test_compile_worker_killed_like_the_oom_killer(
@@ -176,7 +171,9 @@ def test_compile_worker_killed_like_the_oom_killer(
         sha = sha256_hex(data)
         url = mods.serve(f"/oom-{attempt}.wasm", data)
         nonces = push(istiod, extension(url, sha), f"c{attempt}")
-        if _kill_running_child(agent.process.pid):
+        worker = _stop_running_child(agent.process.pid)
+        if worker is not None:
+            os.kill(worker, signal.SIGKILL)
             break
         envoy.wait_version(f"c{attempt}")
     else:
