@@ -171,7 +171,7 @@ class RegistryAuth:
             doc = response.json()
             value = doc.get("token") or doc.get("access_token")
             lifetime = float(doc.get("expires_in") or _MIN_TOKEN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             raise AuthFailure(
                 self.url, "token server answered something that is not a token"
             ) from None

@@ -93,6 +93,8 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise LayoutError("manifest is not valid JSON") from None
+    except RecursionError:  # json nests one C stack frame per level
+        raise LayoutError("manifest JSON is nested too deeply") from None
     if not isinstance(doc, dict):
         raise LayoutError("manifest is not a JSON object")
     if doc.get("schemaVersion") != 2:

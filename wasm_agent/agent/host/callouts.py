@@ -110,6 +110,11 @@ def http_call(
     return Status.OK
 
 
+def _text(raw: bytes) -> str:
+    """A service or method name; Envoy takes any bytes, so never fail on bad UTF-8."""
+    return raw.decode("utf-8", "replace")
+
+
 def _grpc_common(sp: int, ss: int, np_: int, ns: int, mp: int, ms: int, ip: int, is_: int):
     mem = Current.vm.memory
     parts = [mem.read(sp, ss), mem.read(np_, ns), mem.read(mp, ms), mem.read(ip, is_)]
@@ -131,7 +136,7 @@ def grpc_call(
         return Status.PARSE_FAILURE
     token = vm.callouts.next_grpc_token(stream=False)
     call = GrpcCall(
-        token, service, name.decode(), method.decode(), HeaderMap(deserialize_pairs(metadata))
+        token, service, _text(name), _text(method), HeaderMap(deserialize_pairs(metadata))
     )
     call.messages.append(request)
     call.timeout_ms = timeout & _M
@@ -154,8 +159,8 @@ def grpc_stream(
     vm.callouts.grpc[token] = GrpcCall(
         token,
         service,
-        name.decode(),
-        method.decode(),
+        _text(name),
+        _text(method),
         HeaderMap(deserialize_pairs(metadata)),
         stream=True,
     )

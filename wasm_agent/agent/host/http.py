@@ -232,7 +232,9 @@ class HttpStream:
     def _call_data(self, d: _Direction, chunk: bytes, end: bool) -> str:
         name, _, buf_id, _ = d.names
         data = (d.buffered or bytearray()) + chunk
-        self.ctx.buffers[buf_id] = Buffer(data, mutable=True)
+        # held here: proxy_continue_stream drops the context's request buffer (as Envoy does)
+        # but the chunk, with any change made before, still goes on
+        buffer = self.ctx.buffers[buf_id] = Buffer(data, mutable=True)
         result = self.vm.call_cb(
             f"proxy_on_{name}_body", self.ctx, self.ctx.id, len(data), int(end)
         )
@@ -242,7 +244,7 @@ class HttpStream:
         self.actions.append((f"{name}_body", status.name))
         if self._blocked(d):
             return status.name
-        data = self.ctx.buffers[buf_id].data
+        data = buffer.data
         if status == abi.DataStatus.CONTINUE:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
