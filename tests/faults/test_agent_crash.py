@@ -62,7 +62,7 @@ def test_sigkill_mid_fetch_then_restart_fetches_again(
     else:  # the worker is held stopped mid-compile, then dies with the agent
         assert agent.process is not None
         assert _stop_running_child(agent.process.pid) is not None
-        assert list((cache / "modules").glob(".tmp-*"))
+        wait_until(lambda: list((cache / "modules").glob(".tmp-*")), 5, "temp file on disk")
     agent.kill()
 
     assert "k1" not in envoy.versions()
