@@ -5,24 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.core.v3 import (
-    address_pb2,
     base_pb2,
-    config_source_pb2,
     extension_pb2,
     http_uri_pb2,
 )
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
 from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 from tests.support.istiod import as_any
-from wasm_agent.xds.types import ECDS_TYPE, HTTP_RBAC_TYPE, HTTP_WASM_TYPE, LISTENER_TYPE
+from wasm_agent.agent.demo.resources import listener as demo_listener
+from wasm_agent.xds.types import ECDS_TYPE, LISTENER_TYPE
 
 FILTER_NAME = "my-wasm"
 LISTENER_NAME = "main"
@@ -95,42 +89,9 @@ def bootstrap(socket: str, echo_port: int, *, delta: bool = False) -> dict[str, 
 
 
 def listener() -> listener_pb2.Listener:
-    """Port 0 on 127.0.0.1; HCM with the ECDS Wasm filter, then the router to ``echo``."""
-    route = route_pb2.RouteConfiguration(
-        name="local",
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(
-                name="all",
-                domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster="echo"),
-                    )
-                ],
-            )
-        ],
-    )
-    manager = hcm_pb2.HttpConnectionManager(stat_prefix="e2e", route_config=route)
-    wasm_filter = manager.http_filters.add(name=FILTER_NAME)
-    wasm_filter.config_discovery.config_source.ads.SetInParent()
-    wasm_filter.config_discovery.config_source.resource_api_version = config_source_pb2.V3
-    # Like istiod: RBAC too, so a failed plugin's allow/deny-all replacement is accepted
-    wasm_filter.config_discovery.type_urls.extend([HTTP_WASM_TYPE, HTTP_RBAC_TYPE])
-    manager.http_filters.add(name="envoy.filters.http.router").typed_config.Pack(
-        router_pb2.Router()
-    )
-    chain = listener_components_pb2.FilterChain()
-    chain.filters.add(name="envoy.filters.network.http_connection_manager").typed_config.Pack(
-        manager
-    )
-    return listener_pb2.Listener(
-        name=LISTENER_NAME,
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=0)
-        ),
-        filter_chains=[chain],
-    )
+    """Port 0 on 127.0.0.1; HCM with the ECDS Wasm filter, then the router to ``echo``
+    (the demo's listener, named for the tests)."""
+    return demo_listener(LISTENER_NAME, FILTER_NAME, cluster="echo", stat_prefix="e2e")
 
 
 def wasm_extension(

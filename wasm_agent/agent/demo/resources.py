@@ -46,10 +46,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def listener() -> listener_pb2.Listener:
-    """127.0.0.1, port from the OS; the ECDS Wasm filter, then the router to ``backend``."""
+def listener(
+    name: str = LISTENER_NAME,
+    filter_name: str = FILTER_NAME,
+    cluster: str = BACKEND_CLUSTER,
+    stat_prefix: str = "demo",
+) -> listener_pb2.Listener:
+    """127.0.0.1, port from the OS; the ECDS Wasm filter ``filter_name`` (Wasm or RBAC, as
+    istiod lists them), then the router to ``cluster``."""
     route = route_pb2.RouteConfiguration(
-        name="demo",
+        name=name,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
                 name="all",
@@ -57,14 +63,14 @@ def listener() -> listener_pb2.Listener:
                 routes=[
                     route_components_pb2.Route(
                         match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=BACKEND_CLUSTER),
+                        route=route_components_pb2.RouteAction(cluster=cluster),
                     )
                 ],
             )
         ],
     )
-    manager = hcm_pb2.HttpConnectionManager(stat_prefix="demo", route_config=route)
-    wasm_filter = manager.http_filters.add(name=FILTER_NAME)
+    manager = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix, route_config=route)
+    wasm_filter = manager.http_filters.add(name=filter_name)
     wasm_filter.config_discovery.config_source.ads.SetInParent()
     wasm_filter.config_discovery.config_source.resource_api_version = config_source_pb2.V3
     wasm_filter.config_discovery.type_urls.extend([HTTP_WASM_TYPE, HTTP_RBAC_TYPE])
@@ -76,7 +82,7 @@ def listener() -> listener_pb2.Listener:
         manager
     )
     return listener_pb2.Listener(
-        name=LISTENER_NAME,
+        name=name,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=0)
         ),
