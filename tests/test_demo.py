@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from wasm_agent.agent.demo.envoy import EnvoyNotFound, find_envoy
 from wasm_agent.agent.demo.resources import plugin_wat
 from wasm_agent.agent.demo.runner import WRONG_SHA256
 
@@ -148,12 +149,59 @@ def test_keep_running_prints_curl_and_a_signal_stops_everything(number: int) -> 
     assert processes_mentioning(workdir) == []
 
 
-def test_missing_envoy_is_a_clear_error(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}  # no envoy on PATH
-    result = demo(env=env)
+def test_a_missing_envoy_named_by_the_environment_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-envoy-here"
+    result = demo(env={**os.environ, "WASM_AGENT_ENVOY": str(missing)})
     assert result.returncode == 1
-    assert "Envoy is not installed: pip install 'wasm-agent[envoy]'" in result.stderr
+    assert f"WASM_AGENT_ENVOY={missing}: not an executable file" in result.stderr
     assert result.stdout == ""
+    flag = demo("--envoy", str(missing))
+    assert flag.returncode == 1
+    assert f"--envoy {missing}: not an executable file" in flag.stderr
+
+
+def _fake_envoy(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "envoy"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_envoy_is_found_next_to_python_before_path(tmp_path: Path) -> None:
+    venv_envoy = _fake_envoy(tmp_path / "venv" / "bin")
+    path_envoy = _fake_envoy(tmp_path / "on-path")
+    environ = {"PATH": str(path_envoy.parent)}
+    python = str(tmp_path / "venv" / "bin" / "python")
+    assert find_envoy(environ=environ, python=python) == str(venv_envoy)
+    venv_envoy.unlink()
+    assert find_envoy(environ=environ, python=python) == str(path_envoy)
+    named = _fake_envoy(tmp_path / "named")
+    assert find_envoy(environ={**environ, "WASM_AGENT_ENVOY": str(named)}, python=python) == str(
+        named
+    )
+    assert find_envoy(str(named), environ={"WASM_AGENT_ENVOY": "/nope"}, python=python) == str(
+        named
+    )
+
+
+def test_a_missing_envoy_error_says_where_it_looked(tmp_path: Path) -> None:
+    python = str(tmp_path / "venv" / "bin" / "python")
+    with pytest.raises(EnvoyNotFound) as caught:
+        find_envoy(environ={"PATH": str(tmp_path / "empty")}, python=python)
+    message = str(caught.value)
+    assert "Envoy is not installed: pip install 'wasm-agent[envoy]'" in message
+    assert str(tmp_path / "venv" / "bin" / "envoy") in message
+    assert f"PATH={tmp_path / 'empty'}" in message
+    assert "--envoy PATH or WASM_AGENT_ENVOY" in message
+
+
+def test_demo_finds_envoy_beside_python_with_an_empty_path(tmp_path: Path) -> None:
+    """The fresh-machine case: Envoy only in the virtualenv, PATH without it."""
+    assert (Path(sys.executable).parent / "envoy").exists(), "tests run from the venv's Python"
+    result = demo(env={**os.environ, "PATH": str(tmp_path)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Demo OK" in result.stdout
 
 
 def test_plugin_source_exports_the_proxy_wasm_entry_points() -> None:

