@@ -1,0 +1,116 @@
+"""``wasm-agent node``: the trusted node service (a CSI node plugin, driver csi.wasm-agent.io).
+
+Serves the CSI Identity and Node services on ``--csi-endpoint unix:PATH`` for kubelet, turns
+each CSI ephemeral inline volume into the pod's view (read-only ``modules/`` and ``node.sock``)
+and places modules there from the node cache ``--cache-dir``, which only this process writes.
+Exit status: 0 stopped by a signal, 1 failed to start, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from wasm_agent.core.logs import setup_logging
+from wasm_agent.core.settings import SettingsError, cache_settings_from_env, parse_duration
+from wasm_agent.fetch.trust_policy import fetch_settings_from_env
+from wasm_agent.node.run import serve
+from wasm_agent.node.settings import (
+    DEFAULT_PODS_DIR,
+    NodeSettings,
+    NodeSettingsError,
+    parse_csi_endpoint,
+)
+
+log = logging.getLogger(__name__)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``node`` flags."""
+    env = os.environ
+    parser.add_argument(
+        "--csi-endpoint",
+        default=env.get("CSI_ENDPOINT", ""),
+        metavar="unix:PATH",
+        help="CSI gRPC socket kubelet calls (default $CSI_ENDPOINT)",
+    )
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="node cache (default $WASM_AGENT_CACHE_DIR)"
+    )
+    parser.add_argument(
+        "--status-address", metavar="HOST:PORT", help="serve /healthz/ready and /metrics"
+    )
+    parser.add_argument(
+        "--node-id",
+        default=env.get("NODE_NAME") or socket.gethostname(),
+        help="NodeGetInfo node_id (default $NODE_NAME, else the host name)",
+    )
+    parser.add_argument(
+        "--kubelet-pods-dir",
+        type=Path,
+        default=DEFAULT_PODS_DIR,
+        metavar="DIR",
+        help=f"every target_path must lie under it (default {DEFAULT_PODS_DIR})",
+    )
+    parser.add_argument(
+        "--access-ttl",
+        default="5m",
+        metavar="DURATION",
+        help="how long a registry's acceptance of a pod's credentials is reused (default 5m)",
+    )
+    parser.add_argument(
+        "--no-mounts",
+        action="store_true",
+        help="place modules by hardlink or copy instead of read-only bind mounts",
+    )
+    parser.add_argument(
+        "--verify-policy",
+        metavar="FILE",
+        help="cosign signatures required per repository (default $WASM_AGENT_VERIFY_POLICY)",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+
+
+def settings_from_args(args: argparse.Namespace) -> NodeSettings:
+    """:class:`NodeSettings` from parsed flags and the environment (usage errors raise)."""
+    if not args.csi_endpoint:
+        raise NodeSettingsError("--csi-endpoint is required (unix:PATH)")
+    return NodeSettings(
+        csi_socket=parse_csi_endpoint(args.csi_endpoint),
+        cache=cache_settings_from_env(args.cache_dir),
+        fetch=fetch_settings_from_env(verify_policy=args.verify_policy),
+        status_address=args.status_address,
+        node_id=args.node_id,
+        pods_dir=Path(os.path.normpath(args.kubelet_pods_dir)),
+        access_ttl=parse_duration(args.access_ttl, "--access-ttl"),
+        use_mounts=not args.no_mounts,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the node service until SIGTERM/SIGINT."""
+    setup_logging(args.log_level)
+    try:
+        settings = settings_from_args(args)
+    except (NodeSettingsError, SettingsError) as error:
+        print(f"wasm-agent node: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        log.error("node service failed", extra={"error": str(error)})
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wasm_agent.node``: the same as ``wasm-agent node``."""
+    parser = argparse.ArgumentParser(prog="wasm-agent node", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,253 @@
+"""The node service: pod views, the module requests on their sockets, holds and state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from wasm_agent.cache.model import CachedModule, ModuleRequest
+from wasm_agent.cache.module_cache import ModuleCache, ModuleGone, normalize_url
+from wasm_agent.core.logs import redact_url
+from wasm_agent.fetch.errors import FetchError
+from wasm_agent.node.access import AccessChecker, AccessDenied
+from wasm_agent.node.metrics import NODE_REQUESTS, NODE_VOLUMES
+from wasm_agent.node.protocol import MAX_LINE, Answer, BadRequest, decode_request
+from wasm_agent.node.settings import NodeSettings
+from wasm_agent.node.state import PodIdentity, VolumeRecord, VolumeStore
+from wasm_agent.node.unixsock import bind_unix
+from wasm_agent.node.views import View, ViewError
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(Exception):
+    """A publish or unpublish request that cannot be served; ``code`` is the CSI/gRPC status
+    name (INVALID_ARGUMENT, ALREADY_EXISTS, INTERNAL)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NodeService:
+    """Serves every pod view of this node; the only writer of the node cache."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        cache: ModuleCache | None = None,
+        access: AccessChecker | None = None,
+    ) -> None:
+        self.settings = settings
+        fetch = settings.fetch
+        self.cache = cache or ModuleCache(settings.cache, fetch)
+        self.access = access or AccessChecker(fetch, settings.access_ttl)
+        self.store = VolumeStore(settings.state_dir)
+        self.volumes: dict[str, VolumeRecord] = {}
+        self._servers: dict[str, asyncio.Server] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore every recorded view: its mounts, its socket, its holds."""
+        self.store.ensure()
+        for record in self.store.load_all():
+            try:
+                await self._serve(record)
+            except (OSError, PublishError) as error:
+                log.error(
+                    "cannot restore a view",
+                    extra={"volume_id": record.volume_id, "error": str(error)},
+                )
+                continue
+            self._hold(record)
+        NODE_VOLUMES.set(len(self.volumes))
+        log.info("node service restored its views", extra={"volumes": len(self.volumes)})
+
+    async def stop(self) -> None:
+        """Stop the per-pod sockets (views and holds on disk stay for the next start)."""
+        for server in self._servers.values():
+            server.close()
+        for server in self._servers.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._servers.clear()
+        self.cache.close()
+
+    # -- CSI -------------------------------------------------------------------------------
+
+    def _view(self, record: VolumeRecord) -> View:
+        backing = self.settings.state_dir / "views" / record.key
+        return View(Path(record.target_path), backing, self.settings.use_mounts)
+
+    def _check_target(self, target_path: str) -> Path:
+        if not target_path or not os.path.isabs(target_path):
+            raise PublishError("INVALID_ARGUMENT", "target_path must be an absolute path")
+        normal = Path(os.path.normpath(target_path))
+        root = self.settings.pods_dir
+        if root not in normal.parents:
+            raise PublishError("INVALID_ARGUMENT", f"target_path must lie under {root}")
+        existing = normal.parent
+        while not existing.exists():
+            existing = existing.parent
+        if existing.resolve() != existing:
+            raise PublishError("INVALID_ARGUMENT", "target_path must not pass through symlinks")
+        return normal
+
+    async def publish(
+        self, volume_id: str, target_path: str, pod: PodIdentity, read_only: bool = True
+    ) -> VolumeRecord:
+        """Create (or confirm) the view of ``volume_id`` at ``target_path``."""
+        if not volume_id:
+            raise PublishError("INVALID_ARGUMENT", "volume_id is required")
+        target = self._check_target(target_path)
+        async with self._lock(volume_id):
+            record = self.volumes.get(volume_id)
+            if record is not None and record.target_path != str(target):
+                raise PublishError(
+                    "ALREADY_EXISTS", f"volume {volume_id} is published at another target_path"
+                )
+            if record is None:
+                record = VolumeRecord(volume_id, str(target), pod, read_only)
+                self.store.save(record)
+            await self._serve(record)
+            NODE_VOLUMES.set(len(self.volumes))
+            log.info("published a view", extra={"volume_id": volume_id, "pod": pod.label()})
+            return record
+
+    async def unpublish(self, volume_id: str, target_path: str) -> None:
+        """Remove the view of ``volume_id`` and release its holds (idempotent)."""
+        if not volume_id:
+            raise PublishError("INVALID_ARGUMENT", "volume_id is required")
+        async with self._lock(volume_id):
+            record = self.volumes.pop(volume_id, None)
+            if record is None:
+                if target_path:
+                    self._check_target(target_path)
+                    probe = VolumeRecord(volume_id, target_path, PodIdentity())
+                    self._view(probe).remove()
+                return
+            server = self._servers.pop(volume_id, None)
+            if server is not None:
+                server.close()
+            self._view(record).remove()
+            self.cache.release(_owner(record))
+            self.store.delete(record)
+            NODE_VOLUMES.set(len(self.volumes))
+            log.info("unpublished a view", extra={"volume_id": volume_id})
+        self._locks.pop(volume_id, None)
+
+    def _lock(self, volume_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(volume_id, asyncio.Lock())
+
+    async def _serve(self, record: VolumeRecord) -> None:
+        view = self._view(record)
+        try:
+            view.create()
+        except (OSError, ViewError) as error:
+            raise PublishError("INTERNAL", f"cannot create the view: {error}") from None
+        for sha, _url in record.modules.items():
+            source = self.cache.layout.module_path(sha)
+            if not view.has(sha) and source.is_file():
+                view.place(sha, source)
+        if record.volume_id not in self._servers:
+            sock = bind_unix(view.socket_path)
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                await self._connection(record, reader, writer)
+
+            self._servers[record.volume_id] = await asyncio.start_unix_server(
+                handle, sock=sock, limit=MAX_LINE
+            )
+        self.volumes[record.volume_id] = record
+
+    def _hold(self, record: VolumeRecord) -> None:
+        modules = []
+        for sha, url in record.modules.items():
+            path = self.cache.layout.module_path(sha)
+            if path.is_file():
+                modules.append(CachedModule(path, sha, url, path.stat().st_size, True))
+        try:
+            self.cache.hold(_owner(record), modules)
+        except ModuleGone as error:
+            log.warning("a view's module left the cache", extra={"error": str(error)})
+
+    # -- module requests -------------------------------------------------------------------
+
+    async def _connection(
+        self, record: VolumeRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError:
+                    writer.write(_refuse("bad_request", "request line too long").encode())
+                    break
+                except asyncio.IncompleteReadError:
+                    break
+                answer = await self.request(record, line)
+                writer.write(answer.encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def request(self, record: VolumeRecord, line: bytes) -> Answer:
+        """Serve one request line from ``record``'s pod."""
+        try:
+            request = decode_request(line)
+        except BadRequest as error:
+            NODE_REQUESTS.inc(result="bad_request")
+            return _refuse("bad_request", str(error))
+        try:
+            answer = await self._place(record, request)
+        except AccessDenied as error:
+            NODE_REQUESTS.inc(result="denied")
+            return _refuse("denied", str(error), "download_failure")
+        except FetchError as error:
+            NODE_REQUESTS.inc(result="fetch_failed")
+            return _refuse("fetch_failed", str(error), error.result)
+        except (OSError, ModuleGone) as error:
+            NODE_REQUESTS.inc(result="fetch_failed")
+            log.error("cannot place a module", extra={"error": str(error)})
+            return _refuse("unavailable", f"the node service cannot place the module: {error}")
+        NODE_REQUESTS.inc(result="placed")
+        return answer
+
+    async def _place(self, record: VolumeRecord, request: ModuleRequest) -> Answer:
+        url = normalize_url(request.url)
+        await self.access.check(url, request.pull_secret, request.timeout)
+        module = await self.cache.get(request)
+        if self.volumes.get(record.volume_id) is not record:
+            raise ModuleGone("the view was unpublished while the module was fetched")
+        name = self._view(record).place(module.sha256, module.path)
+        if record.modules.get(module.sha256) != module.url:
+            record.modules[module.sha256] = module.url
+            self.store.save(record)
+        self._hold(record)
+        log.info(
+            "placed a module",
+            extra={
+                "volume_id": record.volume_id,
+                "pod": record.pod.label(),
+                "url": redact_url(module.url),
+                "sha256": module.sha256,
+                "hit": module.hit,
+            },
+        )
+        return Answer(ok=True, path=name, sha256=module.sha256, size=module.size, hit=module.hit)
+
+
+def _owner(record: VolumeRecord) -> str:
+    return f"volume:{record.volume_id}"
+
+
+def _refuse(reason: str, error: str, result: str = "fetch_failure") -> Answer:
+    return Answer(ok=False, reason=reason, result=result, error=error)
