@@ -27,7 +27,8 @@ from tests.support.sigstore import (
     tree_hash,
     trusted_root_json,
 )
-from wasm_agent.fetch import keyless, sigstore_bundle as sb
+from wasm_agent.fetch import keyless
+from wasm_agent.fetch import sigstore_bundle as sb
 from wasm_agent.fetch.keyless import KeylessIdentity, Problem, Refused
 from wasm_agent.fetch.trust_root import TrustRootError, parse_time, parse_trust_root
 
