@@ -72,6 +72,9 @@ class View:
             if not local.exists():
                 local.touch(mode=FILE_MODE)
             if seen not in mount_points(seen):
+                # the mount shows the cache file's own inode: make it 0444 there (the node
+                # service owns the cache; content-addressed files are never rewritten)
+                os.chmod(source, FILE_MODE)
                 try:
                     bind_read_only(source, seen)
                 except MountError as error:

@@ -1,0 +1,282 @@
+"""Module requests on the pods' node.sock: one download per node, read-only placement,
+private modules stay private, holds, a crash mid-download, restarts, 50 views at once."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.node.harness import Kubelet, NodeProcess, Pod, mounted
+from tests.support.modserver import ModServer
+from tests.support.oci_push import RawPusher
+from tests.support.registry import (
+    PUSH_PASSWORD,
+    PUSH_USER,
+    REGISTRY_PASSWORD,
+    REGISTRY_USER,
+    Registry,
+    unique_repo,
+)
+from tests.support.wasm import code_module, minimal_module, sha256_hex
+from wasm_agent.cache.model import ModuleRequest
+from wasm_agent.cache.module_cache import ModuleCache
+from wasm_agent.core.settings import CacheSettings, FetchSettings
+from wasm_agent.fetch.errors import AuthFailure, DownloadFailure, FetchError
+from wasm_agent.node.client import NodeModuleSource
+
+
+@pytest.fixture
+def modserver() -> Iterator[ModServer]:
+    with ModServer() as server:
+        yield server
+
+
+def start_node(tmp_path: Path, registry: Registry | None = None) -> NodeProcess:
+    env = {"WASM_INSECURE_REGISTRIES": registry.host} if registry else {}
+    return NodeProcess(tmp_path / "node", env=env).start()
+
+
+def pull_secret(host: str, user: str, password: str) -> bytes:
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"auth": auth}}}).encode()
+
+
+def published(kubelet: Kubelet, name: str) -> Pod:
+    pod = kubelet.pod(name)
+    kubelet.publish(pod)
+    return pod
+
+
+async def test_two_pods_one_download_read_only_placement(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    module = code_module(4000, seed=3)
+    url = modserver.serve("/plugin.wasm", module)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pods = [published(kubelet, "a"), published(kubelet, "b")]
+            request = ModuleRequest(url=url, sha256=sha256_hex(module), timeout=20)
+            got = [await NodeModuleSource(pod.socket).get(request) for pod in pods]
+        assert modserver.count("/plugin.wasm") == 1
+        for pod, module_file in zip(pods, got, strict=True):
+            assert module_file.path == pod.target / "modules" / f"{sha256_hex(module)}.wasm"
+            assert module_file.path.read_bytes() == module
+            assert mounted(module_file.path)  # a read-only bind mount of the cache file
+            assert module_file.path.stat().st_mode & 0o777 == 0o444
+            with pytest.raises(OSError, match="Read-only file system"):
+                module_file.path.write_bytes(b"\0asm")
+        assert [m.hit for m in got] == [False, True]
+        assert 'wasm_node_module_requests{result="placed"} 2' in node.metrics()
+    finally:
+        node.cleanup()
+
+
+NON_ROOT_WRITE = """
+import os, sys
+view = os.open(sys.argv[1], os.O_PATH | os.O_DIRECTORY)  # reached as root, like kubelet's dirs
+os.setgid(65534); os.setuid(65534)  # then act as the pod's non-root user inside the view
+module = "modules/" + sys.argv[2]
+actions = {
+    "append": lambda: os.close(os.open(module, os.O_WRONLY | os.O_APPEND, dir_fd=view)),
+    "create": lambda: os.close(os.open("modules/evil.wasm", os.O_WRONLY | os.O_CREAT, dir_fd=view)),
+    "remove": lambda: os.unlink(module, dir_fd=view),
+    "rename": lambda: os.rename(module, "x", src_dir_fd=view, dst_dir_fd=view),
+    "chmod": lambda: os.chmod(module, 0o666, dir_fd=view),
+    "socket-dir": lambda: os.mkdir("new", dir_fd=view),
+}
+results = []
+for name, action in actions.items():
+    try:
+        action()
+        results.append(name + "=written")
+    except OSError as error:
+        results.append(name + "=" + str(error.errno))
+print("|".join(results))
+"""
+
+
+async def test_a_pod_cannot_write_its_view(tmp_path: Path, modserver: ModServer) -> None:
+    import errno
+
+    module = minimal_module()
+    url = modserver.serve("/m.wasm", module)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=20))
+        name = f"{sha256_hex(module)}.wasm"
+        out = subprocess.run(
+            [sys.executable, "-c", NON_ROOT_WRITE, str(pod.target), name],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip().split("|")  # fmt: skip
+        refused = {str(errno.EACCES), str(errno.EPERM), str(errno.EROFS)}
+        assert len(out) == 6 and all(r.split("=")[1] in refused for r in out), out
+        # root in the pod (or a pod with CAP_DAC_OVERRIDE) meets the read-only mounts
+        for attempt in (lambda: (pod.target / "modules" / "evil").write_bytes(b"x"),
+                        lambda: (pod.target / "modules" / name).write_bytes(b"x"),
+                        lambda: os.chmod(pod.target / "modules" / name, 0o666)):  # fmt: skip
+            with pytest.raises(OSError, match="Read-only file system"):
+                attempt()
+        assert (pod.target / "modules" / name).read_bytes() == module
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture(scope="module")
+def private_image(oci_registry_basic: Registry) -> tuple[str, bytes]:
+    repo, module = unique_repo("private"), code_module(3000, seed=14)
+    with RawPusher(oci_registry_basic.url, PUSH_USER, PUSH_PASSWORD) as pusher:
+        pusher.push_wasm_artifact(repo, "v1", module)
+    return repo, module
+
+
+async def test_private_module_needs_the_pods_own_credentials(
+    tmp_path: Path, oci_registry_basic: Registry, private_image: tuple[str, bytes]
+) -> None:
+    repo, module = private_image
+    url = oci_registry_basic.oci_url(repo, "v1")
+    host = oci_registry_basic.host
+    node = start_node(tmp_path, oci_registry_basic)
+    try:
+        with Kubelet(node) as kubelet:
+            owner, stranger, liar = (published(kubelet, n) for n in ("owner", "stranger", "liar"))
+            good = ModuleRequest(
+                url=url, pull_secret=pull_secret(host, REGISTRY_USER, REGISTRY_PASSWORD),
+                timeout=20,
+            )  # fmt: skip
+            placed = await NodeModuleSource(owner.socket).get(good)
+            assert placed.path.read_bytes() == module
+            with pytest.raises(AuthFailure) as denied:
+                await NodeModuleSource(stranger.socket).get(ModuleRequest(url=url, timeout=20))
+            assert "registry refused no credentials" in str(denied.value)
+            wrong = ModuleRequest(
+                url=url, pull_secret=pull_secret(host, REGISTRY_USER, "wrong"), timeout=20
+            )
+            with pytest.raises(AuthFailure, match="refused the pod's pull secret"):
+                await NodeModuleSource(liar.socket).get(wrong)
+            assert list((stranger.target / "modules").iterdir()) == []
+            assert list((liar.target / "modules").iterdir()) == []
+            again = await NodeModuleSource(owner.socket).get(good)  # remembered: no new check
+            assert again.hit
+        assert oci_registry_basic.count_blob_gets(repo) == 1  # the Wasm layer, once
+        logs = node.logs()
+        for secret in (good.pull_secret, wrong.pull_secret):
+            assert secret is not None
+            assert base64.b64encode(secret).decode() not in logs
+            assert json.loads(secret)["auths"][host]["auth"] not in logs
+        assert REGISTRY_PASSWORD not in logs
+    finally:
+        node.cleanup()
+
+
+async def test_unpublish_releases_holds_so_purge_may_remove(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    module = minimal_module()
+    url = modserver.serve("/held.wasm", module)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            placed = await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=20))
+            cache = ModuleCache(CacheSettings(node.cache_dir, module_expiry=0), FetchSettings())
+            cache_file = node.cache_dir / "modules" / placed.path.name
+            later = time.time() + 3600
+            assert cache.purge(now=later) == []  # held by the pod's view
+            assert cache_file.is_file()
+            kubelet.unpublish(pod)
+            assert not pod.target.exists()
+            assert cache.purge(now=later) == [cache_file]
+    finally:
+        node.cleanup()
+
+
+async def test_killed_mid_download_then_restarted(tmp_path: Path, modserver: ModServer) -> None:
+    module = code_module(20000, seed=5)
+    url = modserver.slow("/slow.wasm", module, chunk=1000, delay=0.1)  # about 2 s
+    first = minimal_module()
+    first_url = modserver.serve("/first.wasm", first)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            source = NodeModuleSource(pod.socket)
+            await source.get(ModuleRequest(url=first_url, timeout=20))
+            import asyncio
+
+            pending = asyncio.create_task(source.get(ModuleRequest(url=url, timeout=30)))
+            deadline = time.monotonic() + 20
+            while modserver.count("/slow.wasm") == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            node.kill()
+            with pytest.raises(DownloadFailure, match="node service closed the connection"):
+                await pending
+            name = f"{sha256_hex(module)}.wasm"
+            assert not (node.cache_dir / "modules" / name).exists()
+            assert sorted(p.name for p in (pod.target / "modules").iterdir()) == [
+                f"{sha256_hex(first)}.wasm"
+            ]
+            with pytest.raises(DownloadFailure, match="node service unavailable"):
+                await source.get(ModuleRequest(url=url, timeout=30))
+            node.start()  # views intact: same mounts, socket served again, holds restored
+            assert mounted(pod.target)
+            assert (pod.target / "modules" / f"{sha256_hex(first)}.wasm").read_bytes() == first
+            got = await source.get(ModuleRequest(url=url, timeout=30))
+            assert got.path.read_bytes() == module
+            assert not list((node.cache_dir / "modules").glob(".tmp-*"))
+            cache = ModuleCache(CacheSettings(node.cache_dir, module_expiry=0), FetchSettings())
+            assert cache.purge(now=time.time() + 3600) == []  # the restored view holds both
+    finally:
+        node.cleanup()
+
+
+async def test_fifty_views_publishing_at_once(tmp_path: Path, modserver: ModServer) -> None:
+    module = minimal_module()
+    url = modserver.serve("/many.wasm", module)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pods = [kubelet.pod(f"p{i}") for i in range(50)]
+            with ThreadPoolExecutor(50) as pool:
+                list(pool.map(kubelet.publish, pods))
+            assert all(mounted(pod.target) for pod in pods)
+            import asyncio
+
+            got = await asyncio.gather(
+                *(NodeModuleSource(p.socket).get(ModuleRequest(url=url, timeout=30)) for p in pods)
+            )
+            assert all(g.path.read_bytes() == module for g in got)
+            assert modserver.count("/many.wasm") == 1
+            assert "wasm_node_volumes 50" in node.metrics()
+            with ThreadPoolExecutor(50) as pool:
+                list(pool.map(kubelet.unpublish, pods))
+            assert not any(pod.target.exists() for pod in pods)
+            assert "wasm_node_volumes 0" in node.metrics()
+    finally:
+        node.cleanup()
+
+
+async def test_pods_may_not_ask_for_node_files(tmp_path: Path) -> None:
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            for url in ("/etc/passwd", "file:///etc/passwd"):
+                with pytest.raises(AuthFailure, match=r"only ask for http\(s\):// or oci://"):
+                    await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=5))
+            with pytest.raises(FetchError, match="'timeout' must be"):
+                await NodeModuleSource(pod.socket).get(ModuleRequest(url="oci://x/y", timeout=-1))
+    finally:
+        node.cleanup()
