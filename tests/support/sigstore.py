@@ -137,7 +137,7 @@ class FulcioCA:
         *,
         not_before: datetime | None = None,
         minutes: int = 10,
-        issuer_oid: str = "v2",
+        issuer_oid: str = "both",
         code_signing: bool = True,
     ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         """An ephemeral P-256 key and its certificate for ``identity`` (email or URI SAN)."""
@@ -148,15 +148,15 @@ class FulcioCA:
             if "://" in identity
             else x509.RFC822Name(identity)
         )
-        issuer_ext = (
-            x509.UnrecognizedExtension(ISSUER_V2, _utf8string(issuer))
-            if issuer_oid == "v2"
-            else x509.UnrecognizedExtension(ISSUER_V1, issuer.encode())
-        )
+        issuer_exts = []  # Fulcio writes both: the v2 DER string and the deprecated raw bytes
+        if issuer_oid in ("both", "v2"):
+            issuer_exts.append(x509.UnrecognizedExtension(ISSUER_V2, _utf8string(issuer)))
+        if issuer_oid in ("both", "v1"):
+            issuer_exts.append(x509.UnrecognizedExtension(ISSUER_V1, issuer.encode()))
         usages = [
             ExtendedKeyUsageOID.CODE_SIGNING if code_signing else ExtendedKeyUsageOID.SERVER_AUTH
         ]
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.intermediate.subject)
@@ -174,10 +174,10 @@ class FulcioCA:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
             )
             .add_extension(x509.SubjectAlternativeName([name]), critical=True)
-            .add_extension(issuer_ext, critical=False)
-            .sign(self.key, hashes.SHA384())
         )
-        return key, cert
+        for ext in issuer_exts:
+            builder = builder.add_extension(ext, critical=False)
+        return key, builder.sign(self.key, hashes.SHA384())
 
 
 # -- Rekor ------------------------------------------------------------------------------------
