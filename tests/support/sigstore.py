@@ -540,3 +540,22 @@ def push_referrer(
             repo, tag, json.dumps(index_doc, separators=(",", ":")).encode(), OCI_INDEX
         )
     return digest
+
+
+def keyless_policy_yaml(
+    rules: list[tuple[str, list[dict[str, str]] | None]], trusted_root: str | None = None
+) -> str:
+    """A verify policy with keyless entries: (repository glob, entries or None for ``none``);
+    each entry maps policy keys (``identity``, ``issuerRegExp``, ...) to values."""
+    lines = [f"trustedRoot: {json.dumps(trusted_root)}"] if trusted_root else []
+    lines.append("rules:")
+    for pattern, entries in rules:
+        lines.append(f"  - repository: {json.dumps(pattern)}")
+        if entries is None:
+            lines.append("    keys: none")
+            continue
+        lines.append("    keyless:")
+        for item in entries:
+            for i, (key, value) in enumerate(item.items()):
+                lines.append(f"      {'- ' if i == 0 else '  '}{key}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
