@@ -1,0 +1,342 @@
+"""Golden conformance cases: what real Envoy 1.40 did, recorded once, replayed on the host.
+
+Each ``Case`` runs the ``wat/golden`` plugin (``tests/plugins/wat/golden.wat``) in one Envoy
+(``--concurrency 1`` or ``2``, wasm log component at info or trace) with one listener, sends its
+requests in order, stops Envoy (SIGTERM; killed if a runaway plugin holds a worker) and keeps:
+
+- per request: the status (or ``"no response"``), the response headers in wire order (``date``
+  and ``server``, added by the codec after every filter, are left out; the values of
+  ``x-envoy-upstream-service-time`` are masked) and the body;
+- every ``[wasm]`` log line (level, text; continuation lines such as the in-VM backtrace joined
+  with newlines), grouped by thread: ``main`` and ``workers`` (worker blocks sorted, since which
+  worker takes a connection is up to the kernel). UUIDs are masked.
+
+``record(case, workdir)`` produces that from Envoy; ``observe_host(case)`` from the reference host;
+``tests/conformance/golden/<case>.json`` holds the recording (``test_golden.py``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.envoy import envoy_binary
+from tests.support.envoy_wasm import HOST, Upstream, WasmFilter, bootstrap, upstream_response
+from tests.support.plugins import plugin
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+PLUGIN = "wat/golden"
+NAME, ROOT_ID = "golden", "gold"
+NO_RESPONSE = "no response"
+CLIENT_TIMEOUT = 3.0  # a runaway plugin: no answer within this many seconds
+BASE_HEADERS = (("x-b", "2"), ("x-a", "1"), ("accept", "*/*"))
+DROPPED = frozenset({"date", "server"})
+MASKED = frozenset({"x-envoy-upstream-service-time"})
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+RESULTS: dict[str, bool] = {}  # case -> host identical to Envoy (the suite prints the ratio)
+_LINE = re.compile(
+    r"^\[(?P<ts>[^\]]*)\]\[(?P<tid>\d+)\]\[(?P<level>\w+)\]\[(?P<comp>[^\]]*)\] "
+    r"\[(?P<src>[^\]]*)\] (?P<msg>.*)$"
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    headers: tuple[tuple[str, str], ...] = BASE_HEADERS
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # trap, properties, local_reply, lifecycle, runaway, trace
+    requests: tuple[Request, ...] = ()
+    concurrency: int = 1
+    failure_policy: str | None = None
+    log_level: str = "info"  # the wasm log component's level
+
+    def spec(self) -> WasmFilter:
+        return WasmFilter(NAME, plugin(PLUGIN), ROOT_ID, failure_policy=self.failure_policy)
+
+
+def _reqs(*paths: str) -> tuple[Request, ...]:
+    return tuple(Request(p) for p in paths)
+
+
+PROPS_HEADERS = (*BASE_HEADERS, ("x-dup", "1"), ("X-Mixed", "M"), ("x-dup", "2"))
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        *(
+            Case(
+                f"trap_{where}_{(policy or 'default').lower()}",
+                "trap",
+                _reqs(path, "/"),
+                failure_policy=policy,
+            )
+            for where, path in (("request", "/trap"), ("response", "/trap-resp"))
+            for policy in ("FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD", None)
+        ),
+        Case("props_headers", "properties", (Request("/props", PROPS_HEADERS),)),
+        Case("props_twice", "properties", (Request("/props"), Request("/props?x=1"))),
+        Case("local_empty_body", "local_reply", _reqs("/local")),
+        Case("local_with_body", "local_reply", _reqs("/local-body")),
+        Case("local_from_response", "local_reply", _reqs("/local-resp")),
+        Case("lifecycle_c1", "lifecycle", _reqs("/")),
+        Case("lifecycle_c2", "lifecycle", concurrency=2),
+        Case("lifecycle_c2_request", "lifecycle", _reqs("/"), concurrency=2),
+        Case("runaway_c1", "runaway", _reqs("/loop")),
+        Case("trace_request", "trace", _reqs("/"), log_level="trace"),
+        Case("trace_trap", "trace", _reqs("/trap"), failure_policy="FAIL_OPEN", log_level="trace"),
+        Case("trace_local_reply", "trace", _reqs("/local"), log_level="trace"),
+    ]
+}
+
+
+@dataclass
+class Observed:
+    """What a case produced (Envoy's recording or the host's run), JSON-ready."""
+
+    responses: list[dict[str, Any]] = field(default_factory=list)
+    main: list[list[str]] = field(default_factory=list)  # [level, text] on the main thread
+    workers: list[list[list[str]]] = field(default_factory=list)  # one list per worker, sorted
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SERVICE_TIME = re.compile(r"(x-envoy-upstream-service-time=)\d+")
+MAP_DUMP = re.compile(r"^(?P<head>.*(?:request|response)\.headers: )(?P<pairs>.*)$", re.S)
+
+
+def mask(text: str) -> str:
+    """UUIDs and upstream service times (they differ run to run) masked."""
+    return SERVICE_TIME.sub(r"\1*", UUID.sub("<uuid>", text))
+
+
+def comparable(expected: dict[str, Any]) -> dict[str, Any]:
+    """``expected`` with the pairs of map-valued property dumps sorted.
+
+    Envoy iterates an ``absl::flat_hash_set`` of the header names (``HeadersWrapper::ListKeys``)
+    whose per-table seed changes from request to request (five identical requests in one Envoy
+    gave five orders), so only the pairs, not their order, can be compared.
+    """
+
+    def fix(entry: list[str]) -> list[str]:
+        match = MAP_DUMP.match(entry[1])
+        if match is None:
+            return entry
+        pairs = sorted(p for p in match["pairs"].split("|") if p)
+        return [entry[0], match["head"] + "|".join(pairs)]
+
+    out = dict(expected)
+    out["main"] = [fix(e) for e in expected["main"]]
+    out["workers"] = sorted(
+        ([fix(e) for e in block] for block in expected["workers"]), key=json.dumps
+    )
+    return out
+
+
+def response_view(status: int | str, headers: list[tuple[str, str]], body: bytes) -> dict:
+    """A response as the golden files keep it (wire order; date/server dropped)."""
+    kept = []
+    for name, value in headers:
+        name = name.lower()
+        if name in DROPPED:
+            continue
+        kept.append([name, "*" if name in MASKED else mask(value)])
+    return {"status": status, "headers": kept, "body": body.decode("latin-1")}
+
+
+def group_threads(
+    lines: list[tuple[str, str, str]], main_tid: str
+) -> tuple[list[list[str]], list[list[list[str]]]]:
+    """(thread, level, text) lines -> the main thread's lines and the sorted worker blocks."""
+    main: list[list[str]] = []
+    workers: dict[str, list[list[str]]] = {}
+    for tid, level, text in lines:
+        entry = [level, mask(text)]
+        if tid == main_tid:
+            main.append(entry)
+        else:
+            workers.setdefault(tid, []).append(entry)
+    blocks = sorted(workers.values(), key=lambda block: json.dumps(block))
+    return main, blocks
+
+
+# --------------------------------------------------------------------------- Envoy
+
+
+def _send(port: int, request: Request) -> dict[str, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        connection.putrequest("GET", request.path, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("host", HOST)
+        for name, value in request.headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response_view(response.status, response.getheaders(), response.read())
+    except TimeoutError:
+        return {"status": NO_RESPONSE, "headers": [], "body": ""}
+    finally:
+        connection.close()
+
+
+def parse_log(text: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """Envoy's log file -> (main thread id, [(thread, level, text)] of [wasm] lines)."""
+    main_tid = ""
+    out: list[tuple[str, str, str]] = []
+    last_wasm = False
+    for raw in text.splitlines():
+        match = _LINE.match(raw)
+        if match is None:
+            if last_wasm and out:  # a continuation line (backtrace) of the last wasm line
+                tid, level, message = out[-1]
+                out[-1] = (tid, level, message + "\n" + raw)
+            continue
+        if match["comp"] == "main" and not main_tid:
+            main_tid = match["tid"]
+        last_wasm = match["comp"] == "wasm"
+        if last_wasm:
+            out.append((match["tid"], match["level"], match["msg"]))
+    return main_tid, out
+
+
+def _wait_for_port(admin_file: Path, process: subprocess.Popen[bytes], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"envoy exited {process.returncode}")
+        if admin_file.exists() and admin_file.read_text().strip():
+            admin = admin_file.read_text().strip()
+            try:
+                with urllib.request.urlopen(f"http://{admin}/listeners?format=json") as r:
+                    statuses = json.loads(r.read()).get("listener_statuses", [])
+                for status in statuses:
+                    if status.get("name") == NAME:
+                        return int(status["local_address"]["socket_address"]["port_value"])
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise TimeoutError("envoy did not come up")
+
+
+def record(case: Case, workdir: Path) -> Observed:
+    """Run ``case`` in real Envoy and observe it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with Upstream() as upstream:
+        config = bootstrap([case.spec()], upstream.port, upstream.port)
+        config["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        config_path, admin_file, log_path = (workdir / n for n in ("e.yaml", "admin", "envoy.log"))
+        config_path.write_text(yaml.safe_dump(config))
+        command = [
+            envoy_binary(), "-c", str(config_path), "--concurrency", str(case.concurrency),
+            "--use-dynamic-base-id", "--admin-address-path", str(admin_file),
+            "--log-path", str(log_path), "--file-flush-interval-msec", "20",
+            "--component-log-level", f"wasm:{case.log_level}",
+        ]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port = _wait_for_port(admin_file, process, 30)
+            time.sleep(0.3)  # every worker has started its VM
+            responses = [_send(port, request) for request in case.requests]
+            time.sleep(0.2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5 if case.kind != "runaway" else 1)
+            except subprocess.TimeoutExpired:  # a runaway plugin never lets its worker stop
+                process.kill()
+                process.wait()
+    main_tid, lines = parse_log(log_path.read_text(errors="replace"))
+    main, workers = group_threads(lines, main_tid)
+    return Observed(responses, main, workers)
+
+
+# --------------------------------------------------------------------------- host
+
+
+def observe_host(case: Case) -> Observed:
+    """Run ``case`` in the reference host and observe it like ``record`` does."""
+    from wasm_agent.host import harness
+
+    policy = harness.FailurePolicy[case.failure_policy or "FAIL_CLOSED"]
+    host = harness.start_plugin(
+        plugin(PLUGIN), failure_policy=policy, vm_id=NAME, root_id=ROOT_ID, plugin_name=NAME,
+        log_level=harness.LogLevel.TRACE if case.log_level == "trace" else harness.LogLevel.INFO,
+        concurrency=case.concurrency,
+    )  # fmt: skip
+    responses = []
+    for request in case.requests:
+        ex = host.exchange(
+            [(":authority", HOST), (":path", request.path), (":method", "GET"),
+             *((k.lower(), v) for k, v in request.headers)],
+            upstream=_upstream,
+        )  # fmt: skip
+        if ex.hung:
+            responses.append({"status": NO_RESPONSE, "headers": [], "body": ""})
+            continue
+        client = ex.client
+        assert client is not None and client.headers is not None
+        pairs = client.headers.pairs()
+        status = int(dict(pairs)[":status"])
+        headers = [(k, v) for k, v in pairs if not k.startswith(":")]
+        responses.append(response_view(status, headers, bytes(client.body)))
+    if not any(r["status"] == NO_RESPONSE for r in responses):
+        host.shutdown()
+    lines = [(str(t), lvl, text) for t, lvl, text in host.envoy_log_lines()]
+    main, workers = group_threads(lines, "main")
+    return Observed(responses, main, workers)
+
+
+def _upstream(received: Any) -> tuple[Any, ...]:
+    """The upstream server's answer (``upstream_response``), as the real one gives it."""
+    pairs = received.headers.pairs()
+    pseudo = dict(pairs)
+    status, headers, chunks = upstream_response(
+        pseudo.get(":method", ""), pseudo.get(":path", ""), (), bytes(received.body)
+    )
+    body = b"".join(chunks)
+    return ([(":status", str(status)), *headers, ("content-length", str(len(body)))], chunks)
+
+
+def golden_path(name: str) -> Path:
+    return GOLDEN_DIR / f"{name}.json"
+
+
+def load_golden(name: str) -> dict[str, Any]:
+    return json.loads(golden_path(name).read_text())
+
+
+def golden_document(case: Case, observed: Observed, envoy_version: str) -> dict[str, Any]:
+    return {
+        "case": case.name,
+        "class": case.kind,
+        "recorded_from": envoy_version,
+        "plugin": PLUGIN,
+        "concurrency": case.concurrency,
+        "failure_policy": case.failure_policy,
+        "wasm_log_level": case.log_level,
+        "requests": [
+            {"path": r.path, "headers": [list(h) for h in r.headers]} for r in case.requests
+        ],
+        "expected": observed.to_json(),
+    }
+
+
+def envoy_version() -> str:
+    out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return f"envoy {match.group(1) if match else out.strip()}"
