@@ -1,0 +1,85 @@
+"""Envoy's front end around an HTTP filter: what the HTTP connection manager (HCM), the HTTP/1
+codec and the router hand the plugin by default, and what the codec writes to the client.
+
+Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
+
+- request headers in the order Envoy's HTTP/1 codec and HCM build them: ``:authority`` (from
+  ``host``), ``:path``, ``:method``, the other headers as given (lower-cased), ``content-length``
+  when there is a body, then ``:scheme: http``, ``x-forwarded-proto: http`` and ``x-request-id``
+  (HCM; a fixed UUID per stream, so runs repeat);
+- a body as one data frame followed by an empty end-of-stream frame (the codec's
+  ``onMessageComplete``), both ways;
+- response headers with ``x-envoy-upstream-service-time`` appended (the router adds it before
+  the filters see the response);
+- to the client: ``content-length: 0`` appended when a response without a body has no length
+  (a local reply with an empty body), ``transfer-encoding: chunked`` when one with a body has
+  none (checked against Envoy 1.40 in tests/conformance/golden). ``date`` and ``server``, which
+  HCM adds after every filter, are not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Pairs = list[tuple[str, str]]
+SERVICE_TIME = "x-envoy-upstream-service-time"
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+def request_id(stream_number: int) -> str:
+    """The ``x-request-id`` the host gives stream ``n`` (Envoy's is a random UUID4)."""
+    return f"00000000-0000-4000-8000-{stream_number:012d}"
+
+
+def request_headers(
+    headers: Iterable[tuple[str, str]], body_size: int, stream_number: int
+) -> Pairs:
+    """The request headers as Envoy's HCM delivers them to the first filter."""
+    given = [(name.lower(), value) for name, value in headers]
+    names = {name for name, _ in given}
+    values = dict(given)
+    authority = values.get(":authority", values.get("host", "localhost"))
+    out: Pairs = [
+        (":authority", authority),
+        (":path", values.get(":path", "/")),
+        (":method", values.get(":method", "GET")),
+    ]
+    skip = {":authority", ":path", ":method", "host", ":scheme"}
+    out += [(name, value) for name, value in given if name not in skip]
+    has_length = "content-length" in names or "transfer-encoding" in names
+    method = out[2][1]
+    if not has_length and (body_size or method in ("POST", "PUT", "PATCH")):
+        out.append(("content-length", str(body_size)))
+    out.append((":scheme", values.get(":scheme", "http")))
+    if "x-forwarded-proto" not in names:
+        out.append(("x-forwarded-proto", "http"))
+    if "x-request-id" not in names:
+        out.append(("x-request-id", request_id(stream_number)))
+    return out
+
+
+def response_headers(headers: Iterable[tuple[str, str]], service_time: str = "1") -> Pairs:
+    """The upstream's response headers as the router hands them to the filters."""
+    out = [(name.lower(), value) for name, value in headers]
+    if not any(name == SERVICE_TIME for name, _ in out):
+        out.append((SERVICE_TIME, service_time))
+    return out
+
+
+def frames(chunks: list[bytes]) -> list[bytes]:
+    """Body chunks as the codec delivers them: the data, then an empty end-of-stream frame."""
+    data = [chunk for chunk in chunks if chunk]
+    return [*data, b""] if data else []
+
+
+def client_headers(pairs: Pairs, body_size: int) -> Pairs:
+    """What the HTTP/1 codec writes: a length (or chunked encoding) when the headers lack one."""
+    names = {name for name, _ in pairs}
+    if "content-length" in names or "transfer-encoding" in names:
+        return pairs
+    status = next((value for name, value in pairs if name == ":status"), "200")
+    if status.isdigit() and (int(status) in NO_BODY_STATUS or int(status) < 200):
+        return pairs
+    if body_size == 0:
+        return [*pairs, ("content-length", "0")]
+    return [*pairs, ("transfer-encoding", "chunked")]
