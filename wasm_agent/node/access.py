@@ -71,6 +71,8 @@ class AccessChecker:
             ) from None
         if len(self._granted) >= MAX_REMEMBERED:
             self._granted = {k: v for k, v in self._granted.items() if v > now}
+            if len(self._granted) >= MAX_REMEMBERED:
+                self._granted.clear()
         self._granted[key] = now + self.ttl
 
     def forget(self) -> None:

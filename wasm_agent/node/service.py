@@ -50,6 +50,7 @@ class NodeService:
         self.volumes: dict[str, VolumeRecord] = {}
         self._servers: dict[str, asyncio.Server] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._held: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -65,7 +66,7 @@ class NodeService:
                     extra={"volume_id": record.volume_id, "error": str(error)},
                 )
                 continue
-            self._hold(record)
+        self._sync_holds()
         NODE_VOLUMES.set(len(self.volumes))
         log.info("node service restored its views", extra={"volumes": len(self.volumes)})
 
@@ -136,8 +137,8 @@ class NodeService:
             if server is not None:
                 server.close()
             self._view(record).remove()
-            self.cache.release(_owner(record))
             self.store.delete(record)
+            self._sync_holds()
             NODE_VOLUMES.set(len(self.volumes))
             log.info("unpublished a view", extra={"volume_id": volume_id})
         self._locks.pop(volume_id, None)
@@ -166,16 +167,24 @@ class NodeService:
             )
         self.volumes[record.volume_id] = record
 
-    def _hold(self, record: VolumeRecord) -> None:
-        modules = []
-        for sha, url in record.modules.items():
+    def _sync_holds(self) -> None:
+        """Hold each module some view uses, once (one shared flock per module, not per view),
+        and release the modules no view uses any more."""
+        wanted: dict[str, str] = {}
+        for record in self.volumes.values():
+            wanted.update(record.modules)
+        for sha in self._held - wanted.keys():
+            self.cache.release(f"module:{sha}")
+            self._held.discard(sha)
+        for sha in wanted.keys() - self._held:
             path = self.cache.layout.module_path(sha)
-            if path.is_file():
-                modules.append(CachedModule(path, sha, url, path.stat().st_size, True))
-        try:
-            self.cache.hold(_owner(record), modules)
-        except ModuleGone as error:
-            log.warning("a view's module left the cache", extra={"error": str(error)})
+            module = CachedModule(path, sha, wanted[sha], 0, True)
+            try:
+                self.cache.hold(f"module:{sha}", [module])
+            except ModuleGone as error:
+                log.warning("a view's module left the cache", extra={"error": str(error)})
+                continue
+            self._held.add(sha)
 
     # -- module requests -------------------------------------------------------------------
 
@@ -231,7 +240,7 @@ class NodeService:
         if record.modules.get(module.sha256) != module.url:
             record.modules[module.sha256] = module.url
             self.store.save(record)
-        self._hold(record)
+        self._sync_holds()
         log.info(
             "placed a module",
             extra={
@@ -243,10 +252,6 @@ class NodeService:
             },
         )
         return Answer(ok=True, path=name, sha256=module.sha256, size=module.size, hit=module.hit)
-
-
-def _owner(record: VolumeRecord) -> str:
-    return f"volume:{record.volume_id}"
 
 
 def _refuse(reason: str, error: str, result: str = "fetch_failure") -> Answer:
