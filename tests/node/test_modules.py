@@ -188,15 +188,18 @@ async def test_unpublish_releases_holds_so_purge_may_remove(
     node = start_node(tmp_path)
     try:
         with Kubelet(node) as kubelet:
-            pod = published(kubelet, "a")
-            placed = await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=20))
+            first, second = published(kubelet, "a"), published(kubelet, "b")
+            for pod in (first, second):
+                placed = await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=20))
             cache = ModuleCache(CacheSettings(node.cache_dir, module_expiry=0), FetchSettings())
             cache_file = node.cache_dir / "modules" / placed.path.name
             later = time.time() + 3600
-            assert cache.purge(now=later) == []  # held by the pod's view
-            assert cache_file.is_file()
-            kubelet.unpublish(pod)
-            assert not pod.target.exists()
+            assert cache.purge(now=later) == []  # held for both views
+            kubelet.unpublish(first)
+            assert not first.target.exists()
+            assert cache.purge(now=later) == []  # still held for the second view
+            assert (second.target / "modules" / placed.path.name).read_bytes() == module
+            kubelet.unpublish(second)
             assert cache.purge(now=later) == [cache_file]
     finally:
         node.cleanup()
