@@ -33,7 +33,7 @@ from tests.xds.ecds_builders import (
     wasm_filter,
 )
 from wasm_agent.xds.convert import FailureMode
-from wasm_agent.xds.nack import Forward, decide, plan_response
+from wasm_agent.xds.decide import Forward, decide, plan_response
 from wasm_agent.xds.types import CLUSTER_TYPE, Flavour
 from wasm_agent.xds.wire import response_type_url
 

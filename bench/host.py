@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.host.wat import plugin
 from tests.support.wasm import code_module
-from wasm_agent.agent.host import compile
-from wasm_agent.agent.host.harness import start_plugin
+from wasm_agent.host import compile
+from wasm_agent.host.harness import start_plugin
 
 HEADER_PLUGIN = """
   (func (export "proxy_on_context_create") (param i32 i32))

@@ -34,9 +34,9 @@ import wasmtime
 from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry
 from tests.support.wasm import code_module, padded_module
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache, ModuleRequest
-from wasm_agent.fetch.validate import validate_module
+from wasm_agent.core.settings import CacheSettings, FetchSettings
+from wasm_agent.fetch.checks import validate_module
 
 REPO = Path(__file__).resolve().parent.parent
 COLD_RUNS = 3

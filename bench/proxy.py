@@ -167,9 +167,9 @@ async def conversion_on_cache_hit(workdir: Path, quick: bool) -> dict:
     from tests.support.modserver import ModServer
     from tests.support.plugins_wat import header_plugin
     from tests.support.wasm import sha256_hex
-    from wasm_agent.agent.settings import CacheSettings, FetchSettings
     from wasm_agent.cache import ModuleCache
-    from wasm_agent.xds.ecds import WasmConverter
+    from wasm_agent.core.settings import CacheSettings, FetchSettings
+    from wasm_agent.xds.converter import WasmConverter
 
     module = header_plugin("bench")
     with ModServer() as mods:

@@ -22,7 +22,7 @@ def _python_blocks(text: str) -> list[str]:
 def test_harness_example_passes(tmp_path: Path) -> None:
     """The pytest-harness example, run against the demo plugin it names."""
     plugin = tmp_path / "plugin.wasm"
-    plugin.write_bytes(wasmtime.wat2wasm((ROOT / "wasm_agent/agent/demo/plugin.wat").read_text()))
+    plugin.write_bytes(wasmtime.wat2wasm((ROOT / "wasm_agent/demo/plugin.wat").read_text()))
     [block] = [b for b in _python_blocks((ROOT / "README.md").read_text()) if "start_plugin" in b]
     namespace: dict[str, object] = {}
     exec(compile(block.replace('"plugin.wasm"', repr(str(plugin))), "README.md", "exec"), namespace)
@@ -100,7 +100,7 @@ def test_readme_commands_work_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     assert Path(python_home[0]) == checkout / ".venv"
     assert Path(python_home[1]).is_relative_to(checkout), python_home[1]
 
-    env["PYTEST_ADDOPTS"] = "tests/test_cli.py -p no:cacheprovider"
+    env["PYTEST_ADDOPTS"] = "tests/agent/test_cli.py -p no:cacheprovider"
     second = subprocess.run(
         ["bash", "-c", tests], cwd=checkout, env=env, capture_output=True, text=True, timeout=900
     )

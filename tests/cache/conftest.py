@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.modserver import ModServer
 from tests.support.registry import oci_pusher, oci_registry  # noqa: F401  (fixtures)
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 
 
 @pytest.fixture

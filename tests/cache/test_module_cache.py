@@ -13,9 +13,9 @@ from tests.support.modserver import ModServer
 from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry
 from tests.support.wasm import minimal_module, padded_module, sha256_hex
-from wasm_agent.agent.metrics import REGISTRY
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache, ModuleRequest, PullPolicy
+from wasm_agent.core.metrics import REGISTRY
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 from wasm_agent.fetch.errors import ChecksumMismatch, DownloadFailure, InvalidModule
 
 BAD_WASM = b"\0asm\x01\0\0\0\x01\x05garbage"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tests.cache.helpers import REPO
 from tests.support.wasm import padded_module, sha256_hex
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache, ModuleGone, ModuleRequest
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 
 DAY = 24 * 3600.0
 
@@ -57,7 +57,7 @@ async def test_hold_replaces_previous_set_and_refuses_gone_modules(
 HOLDER = """
 import sys
 from pathlib import Path
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache, ModuleRequest
 cache = ModuleCache(CacheSettings(directory=Path(sys.argv[1])), FetchSettings())
 module = cache.lookup(ModuleRequest(url=sys.argv[2]))

@@ -11,8 +11,8 @@ from pathlib import Path
 import wasmtime
 
 from tests.support.plugins import plugin
-from wasm_agent.agent.check.model import ModuleReport, Status
-from wasm_agent.agent.check.runner import Options, check_module
+from wasm_agent.check.model import ModuleReport, Status
+from wasm_agent.check.runner import Options, check_module
 
 REPO = Path(__file__).resolve().parents[2]
 ALLOC = """

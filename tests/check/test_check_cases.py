@@ -15,9 +15,9 @@ from tests.check.helpers import (
     wasm,
 )
 from tests.support.plugins import plugin
-from wasm_agent.agent.check.model import Status
-from wasm_agent.agent.check.runner import Options
-from wasm_agent.agent.check.spec import load_spec
+from wasm_agent.check.model import Status
+from wasm_agent.check.runner import Options
+from wasm_agent.check.spec import load_spec
 
 
 def run_spec(tmp_path: Path, data: bytes, text: str, config: bytes = b"", root_id: str = ""):

@@ -15,11 +15,11 @@ from tests.check.helpers import (
     proxy_wat,
     wasm,
 )
-from wasm_agent.agent.check.compat import check_compat
-from wasm_agent.agent.check.model import Status
-from wasm_agent.agent.check.runner import Options
-from wasm_agent.agent.check.structure import parse_module
-from wasm_agent.agent.host.abi import AbiVersion
+from wasm_agent.check.compat import check_compat
+from wasm_agent.check.model import Status
+from wasm_agent.check.runner import Options
+from wasm_agent.check.structure import parse_module
+from wasm_agent.host.abi import AbiVersion
 
 HTTP = '(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))'
 TCP = '(func (export "proxy_on_new_connection") (param i32) (result i32) (i32.const 0))'

@@ -6,8 +6,8 @@ import pytest
 
 from tests.check.helpers import AS_INDEX, C_HEADERS, built, check_bytes, proxy_wat, wasm
 from tests.support.plugins import plugin
-from wasm_agent.agent.check.load import failed_stage
-from wasm_agent.agent.check.model import Status
+from wasm_agent.check.load import failed_stage
+from wasm_agent.check.model import Status
 
 STAGES = ["instantiate", "start", "on_vm_start", "on_configure"]
 
@@ -67,8 +67,8 @@ def test_trap_in_initialize_fails_the_start_stage() -> None:
 
 
 def test_spec_cases_are_skipped_when_the_module_cannot_start(tmp_path) -> None:
-    from wasm_agent.agent.check.runner import Options
-    from wasm_agent.agent.check.spec import load_spec
+    from wasm_agent.check.runner import Options
+    from wasm_agent.check.spec import load_spec
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("- name: one\n  expect: {}\n")

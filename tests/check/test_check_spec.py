@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wasm_agent.agent.check.spec import LocalReplyExpect, LogExpect, SpecError, load_spec
+from wasm_agent.check.spec import LocalReplyExpect, LogExpect, SpecError, load_spec
 
 FULL = """\
 config:

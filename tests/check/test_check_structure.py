@@ -15,9 +15,9 @@ from tests.check.helpers import (
     proxy_wat,
     wasm,
 )
-from wasm_agent.agent.check.model import Status
-from wasm_agent.agent.check.structure import MalformedModule, parse_module
-from wasm_agent.agent.host.abi import type_str
+from wasm_agent.check.model import Status
+from wasm_agent.check.structure import MalformedModule, parse_module
+from wasm_agent.host.abi import type_str
 
 
 def test_reads_imports_exports_memory_table_and_start() -> None:

@@ -3,7 +3,7 @@
 The Envoy half starts one Envoy per test module (one listener per plugin instance, each with its
 own ``vm_id``), runs each scenario's requests once per Envoy (memoized, so the host-comparison
 tests reuse them) and checks them against explicit expectations; the host half runs the same
-requests through ``wasm_agent.agent.host.harness`` and must observe exactly the same.
+requests through ``wasm_agent.host.harness`` and must observe exactly the same.
 The wall time spent on the Envoy half is printed at the end of the run.
 """
 

@@ -20,7 +20,7 @@ import pytest
 from tests.support.differential import HostSide, Request, assert_same, envoy_clock, start_host
 from tests.support.envoy_wasm import EnvoyWasm, Observation, WasmFilter, start_failure
 from tests.support.plugins import plugin
-from wasm_agent.agent.host.harness import LoadError
+from wasm_agent.host.harness import LoadError
 
 # --------------------------------------------------------------------------- load failures
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from envoy.service.discovery.v3 import discovery_pb2
 
-from wasm_agent.agent.demo.envoy import find_envoy
+from wasm_agent.demo.envoy import find_envoy
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "deploy" / "envoy"

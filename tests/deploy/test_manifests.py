@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from tests.support.wasm import minimal_module, sha256_hex
-from wasm_agent.agent.settings import cache_settings_from_env, fetch_settings_from_env
+from wasm_agent.core.settings import cache_settings_from_env
+from wasm_agent.fetch.trust_policy import fetch_settings_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"

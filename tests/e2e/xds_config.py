@@ -15,7 +15,7 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2, duration_pb2
 
 from tests.support.istiod import as_any
-from wasm_agent.agent.demo.resources import listener as demo_listener
+from wasm_agent.demo.resources import listener as demo_listener
 from wasm_agent.xds.types import ECDS_TYPE, LISTENER_TYPE
 
 FILTER_NAME = "my-wasm"

@@ -24,7 +24,7 @@ from tests.support.cosign import (
 from tests.support.oci_push import Pushed, RawPusher
 from tests.support.registry import TOKEN_ANONYMOUS, Registry, unique_repo
 from tests.support.wasm import padded_module
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch import cosign
 from wasm_agent.fetch.cosign import SIGNATURE_VERIFICATIONS, Reason
 from wasm_agent.fetch.errors import SignatureFailure

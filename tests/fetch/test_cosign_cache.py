@@ -14,9 +14,9 @@ from tests.support.modserver import ModServer
 from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, unique_repo
 from tests.support.wasm import padded_module, sha256_hex
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache
 from wasm_agent.cache.model import ModuleRequest
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 from wasm_agent.fetch.cosign import Reason
 from wasm_agent.fetch.errors import SignatureFailure
 from wasm_agent.fetch.trust_policy import TrustPolicy, parse_policy

@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.modserver import ModServer
 from tests.support.wasm import minimal_module, sha256_hex
-from wasm_agent.agent.metrics import REGISTRY
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.metrics import REGISTRY
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch import FetchRequest, fetch_module
 from wasm_agent.fetch.dispatch import normalize_url
 from wasm_agent.fetch.errors import (

@@ -11,8 +11,8 @@ import pytest
 
 from tests.support.modserver import ModServer, Route, gzip_bytes, tar_bytes, tar_entry
 from tests.support.wasm import minimal_module, padded_module, sha256_hex
-from wasm_agent.agent.logs import redact_url
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.logs import redact_url
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import (
     BlockedAddress,
     ChecksumMismatch,

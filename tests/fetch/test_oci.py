@@ -25,7 +25,7 @@ from tests.support.oci_push import (
 )
 from tests.support.registry import Registry, unique_repo
 from tests.support.wasm import minimal_module, padded_module, sha256_hex
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import (
     BlockedAddress,
     ChecksumMismatch,

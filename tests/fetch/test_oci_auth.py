@@ -23,7 +23,7 @@ from tests.support.registry import (
 )
 from tests.support.tokenserver import ISSUER, SERVICE, TokenServer
 from tests.support.wasm import minimal_module, padded_module
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import AuthFailure, BlockedAddress
 from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.fetch.oci import fetch_oci

@@ -11,7 +11,7 @@ from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, unique_repo
 from tests.support.registry_proxy import Fault, RegistryProxy
 from tests.support.wasm import padded_module
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import DownloadFailure, FetchError
 from wasm_agent.fetch.model import FetchedModule, FetchRequest
 from wasm_agent.fetch.oci import fetch_oci

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.modserver import ModServer
 from tests.support.wasm import minimal_module
-from wasm_agent.agent.settings import FetchSettings, fetch_settings_from_env
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import BlockedAddress, DownloadFailure
 from wasm_agent.fetch.transport import (
     TRANSPORT_ERRORS,
@@ -21,6 +21,7 @@ from wasm_agent.fetch.transport import (
     make_client,
     to_fetch_error,
 )
+from wasm_agent.fetch.trust_policy import fetch_settings_from_env
 
 WASM = minimal_module()
 LOOPBACK_BLOCKED = fetch_settings_from_env({"BLOCKED_CIDRS_IN_WASM_FETCH": "127.0.0.0/8"})

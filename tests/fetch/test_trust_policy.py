@@ -10,8 +10,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.cosign import Signer, policy_yaml
-from wasm_agent.agent.settings import SettingsError, fetch_settings_from_env
-from wasm_agent.fetch.trust_policy import PolicyError, load_policy, normalize_name, parse_policy
+from wasm_agent.core.settings import SettingsError
+from wasm_agent.fetch.trust_policy import (
+    PolicyError,
+    fetch_settings_from_env,
+    load_policy,
+    normalize_name,
+    parse_policy,
+)
 
 ECDSA, ED25519 = Signer.ecdsa(), Signer.ed25519()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.wasm import code_module, minimal_module, wat_to_wasm
+from wasm_agent.fetch.checks import ValidateSettings, validate_module
 from wasm_agent.fetch.errors import InvalidModule
-from wasm_agent.fetch.validate import ValidateSettings, validate_module
 
 
 def write(tmp_path: Path, data: bytes, name: str = "m.wasm") -> Path:

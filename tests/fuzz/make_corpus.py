@@ -269,7 +269,7 @@ def unbox_seeds() -> Seeds:
 
 def host_memory_seeds() -> Seeds:
     from tests.fuzz.targets.host_memory import FUNCTIONS
-    from wasm_agent.agent.host.maps import serialize_pairs
+    from wasm_agent.host.maps import serialize_pairs
 
     index = {name: i for i, (name, *_rest) in enumerate(FUNCTIONS)}
     pairs = serialize_pairs([(b"x-fuzz", b"1"), (b"x-b", b"two")])

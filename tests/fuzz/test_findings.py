@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import start_plugin
 from wasm_agent.fetch.dockerconfig import DockerConfigError, parse_docker_config
 from wasm_agent.fetch.errors import AuthFailure
 from wasm_agent.fetch.oci_auth import RegistryAuth
 from wasm_agent.fetch.oci_layers import LayoutError, parse_manifest
+from wasm_agent.host.harness import start_plugin
 
 DEEP = b"[" * 100_000  # json's C decoder nests one stack frame per level: RecursionError
 
@@ -100,7 +100,7 @@ def test_typed_struct_with_a_null_any_type_is_malformed() -> None:
 
     from tests.xds.ecds_builders import extension, sotw_response
     from wasm_agent.xds.convert import FailureMode
-    from wasm_agent.xds.nack import Nack, decide, plan_response
+    from wasm_agent.xds.decide import Nack, decide, plan_response
     from wasm_agent.xds.types import HTTP_WASM_TYPE, Flavour
 
     wrapper = typed_struct_pb2.TypedStruct(type_url=HTTP_WASM_TYPE)

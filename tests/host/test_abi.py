@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import LogLevel, start_plugin
-from wasm_agent.agent.host.maps import serialize_pairs
+from wasm_agent.host.harness import LogLevel, start_plugin
+from wasm_agent.host.maps import serialize_pairs
 
 REQ = {":method": "GET", ":path": "/a/b?x=1", ":authority": "svc", "user-agent": "ua/1"}
 

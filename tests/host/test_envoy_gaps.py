@@ -11,10 +11,10 @@ import struct
 import pytest
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.abi import Status
-from wasm_agent.agent.host.context import Buffer
-from wasm_agent.agent.host.harness import LoadError, start_plugin
-from wasm_agent.agent.host.maps import serialize_pairs
+from wasm_agent.host.abi import Status
+from wasm_agent.host.context import Buffer
+from wasm_agent.host.harness import LoadError, start_plugin
+from wasm_agent.host.maps import serialize_pairs
 
 REQ = {":method": "POST", ":path": "/", ":authority": "svc"}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import FailurePolicy, LoadError, start_plugin
+from wasm_agent.host.harness import FailurePolicy, LoadError, start_plugin
 
 REQ = {":method": "GET", ":path": "/", ":authority": "h"}
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import start_plugin
-from wasm_agent.agent.host.maps import serialize_pairs
+from wasm_agent.host.harness import start_plugin
+from wasm_agent.host.maps import serialize_pairs
 
 REQ = {":method": "POST", ":path": "/p?q=1", ":authority": "example.com", "x-a": "1"}
 

@@ -8,7 +8,7 @@ import pytest
 import wasmtime
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import LoadError, start_plugin
+from wasm_agent.host.harness import LoadError, start_plugin
 
 
 def _load_error(wasm: bytes, **kwargs: object) -> str:
@@ -195,7 +195,7 @@ def test_wasi_under_both_names(module: str) -> None:
 
 
 def test_compile_cache_hits_disk(tmp_path) -> None:
-    from wasm_agent.agent.host import compile
+    from wasm_agent.host import compile
 
     wasm = plugin(BASIC + '(func (export "distinct_for_cache_test"))')
     start_plugin(wasm, cache_dir=tmp_path)

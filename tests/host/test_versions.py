@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from tests.host.wat import BASIC, plugin
-from wasm_agent.agent.host.harness import start_plugin
+from wasm_agent.host.harness import start_plugin
 
 REQ = {":method": "GET", ":path": "/", ":authority": "h"}
 

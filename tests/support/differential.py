@@ -1,7 +1,7 @@
 """The reference-host half of the differential suite: the same requests, the same upstreams.
 
 ``HostSide.request(...)`` drives one HTTP exchange through a plugin started with
-``wasm_agent.agent.host.harness.start_plugin`` the way Envoy's HCM presents it (pseudo-headers,
+``wasm_agent.host.harness.start_plugin`` the way Envoy's HCM presents it (pseudo-headers,
 ``:scheme``, ``x-forwarded-proto``, ``x-request-id``), answers callouts with
 ``callout_response`` and the upstream with ``upstream_response`` (the functions the real servers
 in ``tests.support.envoy_wasm`` use), and returns the same ``Observation`` the Envoy half does.
@@ -25,7 +25,7 @@ from tests.support.envoy_wasm import (
     normalize_headers,
     upstream_response,
 )
-from wasm_agent.agent.host.harness import FailurePolicy, HostedPlugin, LogLevel, start_plugin
+from wasm_agent.host.harness import FailurePolicy, HostedPlugin, LogLevel, start_plugin
 
 REQUEST_ID = "00000000-0000-4000-8000-000000000000"
 

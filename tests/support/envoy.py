@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from wasm_agent.agent.demo.envoy import find_envoy
+from wasm_agent.demo.envoy import find_envoy
 
 
 def envoy_binary() -> str:

@@ -21,7 +21,7 @@ from tests.xds.ecds_builders import (
 )
 from wasm_agent.fetch.errors import DownloadFailure
 from wasm_agent.xds.convert import FailureMode, MalformedResource, plan_ecds
-from wasm_agent.xds.nack import Forward, Nack, decide, plan_response
+from wasm_agent.xds.decide import Forward, Nack, decide, plan_response
 from wasm_agent.xds.types import HTTP_WASM_TYPE, NETWORK_WASM_TYPE, Flavour
 from wasm_agent.xds.wire import WireError
 

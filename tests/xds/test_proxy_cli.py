@@ -15,8 +15,8 @@ import pytest
 from tests.e2e.agentproc import ROOT, AgentProcess, free_port
 from tests.support.istiod import FakeIstiod
 from tests.xds.proxy_helpers import AdsClient
-from wasm_agent.agent.metrics import Registry
 from wasm_agent.agent.status import StatusServer
+from wasm_agent.core.metrics import Registry
 from wasm_agent.xds.types import CLUSTER_TYPE
 
 pytestmark = pytest.mark.timeout(60)

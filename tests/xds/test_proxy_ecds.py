@@ -17,9 +17,9 @@ from tests.support.modserver import ModServer
 from tests.support.plugins_wat import header_plugin
 from tests.support.wasm import sha256_hex
 from tests.xds.proxy_helpers import AdsClient, start_proxy
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache
-from wasm_agent.xds.ecds import WasmConverter
+from wasm_agent.core.settings import CacheSettings, FetchSettings
+from wasm_agent.xds.converter import WasmConverter
 from wasm_agent.xds.proxy import XdsProxy
 from wasm_agent.xds.types import CLUSTER_TYPE, ECDS_TYPE
 from wasm_agent.xds.upstream import UpstreamSettings

@@ -16,10 +16,10 @@ from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, unique_repo
 from tests.support.wasm import padded_module, sha256_hex
 from tests.xds.proxy_helpers import AdsClient, start_proxy
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import ModuleCache
+from wasm_agent.core.settings import CacheSettings, FetchSettings
 from wasm_agent.fetch.trust_policy import parse_policy
-from wasm_agent.xds.ecds import WasmConverter
+from wasm_agent.xds.converter import WasmConverter
 from wasm_agent.xds.types import ECDS_TYPE
 from wasm_agent.xds.upstream import UpstreamSettings
 

@@ -14,7 +14,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.support.istiod import FakeIstiod, sotw_response
 from tests.xds.proxy_helpers import AdsClient, start_proxy
-from wasm_agent.agent.metrics import REGISTRY
+from wasm_agent.core.metrics import REGISTRY
 from wasm_agent.xds.proxy import XdsProxy
 from wasm_agent.xds.types import CLUSTER_TYPE, ECDS_TYPE, LISTENER_TYPE
 from wasm_agent.xds.upstream import SOTW_METHOD, UpstreamSettings

@@ -1,1 +1,1 @@
-"""CLI, settings, process lifecycle, status/metrics and the embedded reference host."""
+"""The agent process: CLI, commands, status server, lifecycle, progress, WasmPlugin manifests."""

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _top_level_parser().error(f"unknown command {name!r}")
     module = importlib.import_module(COMMANDS[name][0])
     options = _command_parser(name, module).parse_args(rest)
-    from wasm_agent.agent.logs import setup_logging
+    from wasm_agent.core.logs import setup_logging
 
     setup_logging(options.log_level)
     try:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from wasm_agent.agent.metrics import REGISTRY, Registry
+from wasm_agent.core.metrics import REGISTRY, Registry
 
 log = logging.getLogger(__name__)
 

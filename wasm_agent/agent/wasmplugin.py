@@ -7,8 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.core.errors import UsageError
 
-class ManifestError(ValueError):
+
+class ManifestError(UsageError, ValueError):
     """A manifest cannot be read or used; the message names the file and line."""
 
 

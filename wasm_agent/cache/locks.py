@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from wasm_agent.cache.layout import FILE_MODE
+from wasm_agent.core.errors import WasmAgentError
 
 
-class LockTimeout(Exception):
+class LockTimeout(WasmAgentError):
     """A lock was still held by someone else when the wait ran out."""
 
 
@@ -39,7 +40,7 @@ class FileLock:
         self.waited = False
 
     async def acquire(self) -> None:
-        import asyncio
+        import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         deadline = time.monotonic() + self.timeout

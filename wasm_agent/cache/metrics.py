@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wasm_agent.agent.metrics import REGISTRY
+from wasm_agent.core.metrics import REGISTRY
 
 CACHE_ENTRIES = REGISTRY.gauge("wasm_cache_entries", "Number of Wasm modules in the cache.")
 CACHE_LOOKUPS = REGISTRY.counter(

@@ -7,10 +7,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from wasm_agent.agent.logs import redact_url
-from wasm_agent.agent.settings import CacheSettings, FetchSettings
 from wasm_agent.cache import store
 from wasm_agent.cache.index import Index, IndexData, UrlRecord
 from wasm_agent.cache.layout import CacheLayout
@@ -19,18 +16,25 @@ from wasm_agent.cache.metrics import CACHE_ENTRIES, CACHE_LOOKUPS
 from wasm_agent.cache.model import CachedModule, CacheEntry, ModuleRequest
 from wasm_agent.cache.policy import Decision, decide
 from wasm_agent.cache.purge import purge_expired
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.logs import redact_url
+from wasm_agent.core.settings import CacheSettings, FetchSettings
+from wasm_agent.fetch.checks import ValidateSettings, validate_module
+from wasm_agent.fetch.dispatch import fetch_module
+from wasm_agent.fetch.dispatch import normalize_url as _normalize
 from wasm_agent.fetch.errors import CacheWriteError, DownloadFailure, FetchError, InvalidModule
 from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress, normalize_sha256
+from wasm_agent.fetch.reference import InvalidReference, parse_reference
 
 log = logging.getLogger(__name__)
 
 Fetcher = Callable[[FetchRequest, FetchSettings, Progress | None], Awaitable[FetchedModule]]
-Validator = Callable[[Path, Any], Awaitable[None]]
+Validator = Callable[[Path, ValidateSettings | None], Awaitable[None]]
 TOUCH_INTERVAL = 60.0  # a hit rewrites the index at most this often per URL
 LOCK_WAIT_MARGIN = 120.0  # beyond the fetch deadline: the holder may still be compiling
 
 
-class ModuleGone(LookupError):
+class ModuleGone(WasmAgentError, LookupError):
     """A module to hold is no longer in the cache (purged or removed by hand)."""
 
 
@@ -44,7 +48,7 @@ class ModuleCache:
         *,
         fetcher: Fetcher | None = None,
         validator: Validator | None = None,
-        validate_settings: Any = None,
+        validate_settings: ValidateSettings | None = None,
     ) -> None:
         self.settings = settings
         self.fetch_settings = fetch_settings
@@ -238,8 +242,6 @@ class ModuleCache:
     async def _fetch(self, request: FetchRequest, progress: Progress | None) -> FetchedModule:
         fetcher = self._fetcher
         if fetcher is None:
-            from wasm_agent.fetch.dispatch import fetch_module
-
             fetcher = fetch_module
         return await fetcher(request, self.fetch_settings, progress)
 
@@ -256,8 +258,6 @@ class ModuleCache:
         validator = self._validator
         settings = self._validate_settings
         if validator is None:
-            from wasm_agent.fetch.validate import ValidateSettings, validate_module
-
             validator = validate_module
             settings = settings or ValidateSettings(compiled_cache_dir=self.layout.compiled)
         try:
@@ -300,7 +300,7 @@ class ModuleCache:
 
     async def purge_periodically(self) -> None:
         """Run :meth:`purge` every purge interval until cancelled."""
-        import asyncio
+        import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
         while True:
             await asyncio.sleep(self.settings.purge_interval)
@@ -342,7 +342,6 @@ class ModuleCache:
 
 def _oci_name(url: str) -> str | None:
     """``registry/repository`` of an ``oci://`` URL, None if it does not parse."""
-    from wasm_agent.fetch.reference import InvalidReference, parse_reference
 
     try:
         return parse_reference(url).name
@@ -352,6 +351,5 @@ def _oci_name(url: str) -> str | None:
 
 def normalize_url(url: str) -> str:
     """The canonical form of a module URL (see :func:`wasm_agent.fetch.dispatch.normalize_url`)."""
-    from wasm_agent.fetch.dispatch import normalize_url as _normalize
 
     return _normalize(url)

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     if cpu > 0:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     try:
-        import wasmtime
+        import wasmtime  # noqa: PLC0415 - loaded only after the resource limits are set
 
         with open(module_path, "rb") as handle:
             data = handle.read()

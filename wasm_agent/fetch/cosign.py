@@ -27,7 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from wasm_agent.agent.metrics import REGISTRY
+from wasm_agent.core.metrics import REGISTRY
+from wasm_agent.core.settings import VerifyPolicy
 from wasm_agent.fetch import oci_layers
 from wasm_agent.fetch.errors import ChecksumMismatch, FetchError, SignatureFailure
 from wasm_agent.fetch.reference import InvalidReference, OciReference, parse_reference
@@ -86,8 +87,10 @@ def signature_tag(digest: str) -> str:
     return digest.replace(":", "-", 1) + ".sig"
 
 
-def rule_for(policy: TrustPolicy, url: str, ref: OciReference) -> Rule:
+def rule_for(policy: VerifyPolicy, url: str, ref: OciReference) -> Rule:
     """The policy rule for ``ref``'s repository; no matching rule is a failure (fail closed)."""
+    if not isinstance(policy, TrustPolicy):  # FetchSettings names it by a core protocol
+        raise TypeError(f"verify policy: expected a TrustPolicy, got {type(policy).__name__}")
     rule = policy.rule_for(ref.name)
     if rule is None:
         SIGNATURE_VERIFICATIONS.inc(result=Reason.NO_RULE.value)

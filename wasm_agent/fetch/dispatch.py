@@ -1,30 +1,25 @@
 """``fetch_module``: one URL to verified Wasm bytes, whatever the scheme.
 
 The scheme modules are imported on first use, so code that never fetches does not pay for
-httpx. Fetchers only fetch; the deadline, the checksum check, the Wasm magic check and the
-``wasm_remote_fetch_count`` metric are handled here, once, for all of them.
+httpx. Fetchers only fetch; the deadline and the ``wasm_remote_fetch_count`` metric are handled
+here, once, for all of them, and the checksum and Wasm magic checks are run from here
+(:func:`wasm_agent.fetch.checks.verify_fetched`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import re
 from dataclasses import replace
 from pathlib import Path
 
-from wasm_agent.agent.logs import redact_url
-from wasm_agent.agent.metrics import REGISTRY
-from wasm_agent.agent.settings import FetchSettings
-from wasm_agent.fetch.errors import (
-    ChecksumMismatch,
-    DownloadFailure,
-    FetchError,
-    InvalidModule,
-    UnsupportedScheme,
-)
-from wasm_agent.fetch.model import WASM_MAGIC, FetchedModule, FetchRequest, Progress
+from wasm_agent.core.logs import redact_url
+from wasm_agent.core.metrics import REGISTRY
+from wasm_agent.core.settings import FetchSettings
+from wasm_agent.fetch.checks import verify_fetched
+from wasm_agent.fetch.errors import DownloadFailure, FetchError, UnsupportedScheme
+from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress
 from wasm_agent.fetch.model import normalize_sha256 as normalize_sha256
 
 log = logging.getLogger(__name__)
@@ -76,7 +71,7 @@ async def fetch_module(
 
     Raises :class:`FetchError` subclasses; counts ``wasm_remote_fetch_count{result}``.
     """
-    import asyncio
+    import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
     url = normalize_url(request.url)
     deadline = request.timeout or settings.default_fetch_timeout
@@ -89,7 +84,7 @@ async def fetch_module(
             raise DownloadFailure(
                 url, f"fetch did not complete within the {deadline:g}s deadline"
             ) from None
-        _verify(fetched, url, normalize_sha256(request.sha256))
+        verify_fetched(fetched, url, normalize_sha256(request.sha256))
     except FetchError as error:
         REMOTE_FETCH_COUNT.inc(result=error.result)
         log.warning(
@@ -99,14 +94,3 @@ async def fetch_module(
         raise
     REMOTE_FETCH_COUNT.inc(result="success")
     return fetched
-
-
-def _verify(fetched: FetchedModule, url: str, expected: str | None) -> None:
-    if expected is not None and fetched.checksum != expected:
-        raise ChecksumMismatch(
-            url, f"module has checksum {fetched.checksum}, which does not match {expected}"
-        )
-    if hashlib.sha256(fetched.data).hexdigest() != fetched.sha256:
-        raise FetchError(url, "fetcher reported a sha256 that does not match the bytes")
-    if len(fetched.data) < 8 or fetched.data[:4] != WASM_MAGIC:
-        raise InvalidModule(url, "not a Wasm binary (no \\0asm magic number)")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
 
-class DockerConfigError(ValueError):
+class DockerConfigError(WasmAgentError, ValueError):
     """The config is not usable; the message never includes its content."""
 
 

@@ -2,17 +2,18 @@
 
 Callers catch by meaning (``except ChecksumMismatch``) and count by ``error.result`` (the closed
 set of Istio's ``wasm_remote_fetch_count{result}`` labels). Messages name the URL and the cause
-and never a credential: URLs pass through :func:`wasm_agent.agent.logs.redact_url`.
+and never a credential: URLs pass through :func:`wasm_agent.core.logs.redact_url`.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from wasm_agent.agent.logs import redact_url
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.logs import redact_url
 
 
-class FetchError(Exception):
+class FetchError(WasmAgentError):
     """A module could not be fetched, verified or validated."""
 
     result: ClassVar[str] = "fetch_failure"

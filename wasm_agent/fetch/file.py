@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import ChecksumMismatch, DownloadFailure
 from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress, normalize_sha256
 

@@ -15,8 +15,8 @@ from contextlib import AsyncExitStack
 
 import httpx
 
-from wasm_agent.agent.logs import redact_url
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.logs import redact_url
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch import retry as _retry
 from wasm_agent.fetch.errors import (
     BlockedAddress,

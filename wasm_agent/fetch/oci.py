@@ -16,8 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from wasm_agent.agent.settings import FetchSettings
-from wasm_agent.fetch import oci_layers
+from wasm_agent.core.settings import FetchSettings
+from wasm_agent.fetch import checks, oci_layers
 from wasm_agent.fetch.dockerconfig import (
     Credentials,
     DockerConfigError,
@@ -138,11 +138,7 @@ class _RegistrySession(RegistryConnection):
             "fetching wasm image",
             extra={"registry": ref.registry, "repository": ref.repository, "ref": ref.reference},
         )
-        rule = None
-        if self.settings.verify_policy is not None:  # cosign signatures (docs/signing.md)
-            from wasm_agent.fetch import cosign
-
-            rule = cosign.rule_for(self.settings.verify_policy, self.url, ref)
+        rule = checks.signature_rule(self.settings, self.url, ref)
         digest, manifest = await self.resolve()
         hexdigest = digest.removeprefix("sha256:")
         if expected is not None and expected != hexdigest:
@@ -150,9 +146,7 @@ class _RegistrySession(RegistryConnection):
                 self.url,
                 f"image manifest digest {digest} does not match the expected sha256 {expected}",
             )
-        verified: tuple[str, ...] = ()
-        if rule is not None and rule.required:  # before any layer is downloaded
-            verified = await cosign.verify(self, digest, rule)
+        verified = await checks.verify_signature(self, digest, rule)  # before any layer
         try:
             layer = oci_layers.choose_layer(manifest)
         except oci_layers.LayoutError as exc:

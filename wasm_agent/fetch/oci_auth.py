@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from wasm_agent.agent.logs import redact_url
+from wasm_agent.core.logs import redact_url
 from wasm_agent.fetch.dockerconfig import ANONYMOUS, Credentials
 from wasm_agent.fetch.errors import AuthFailure
 

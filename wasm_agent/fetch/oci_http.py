@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import httpx
 
-from wasm_agent.agent.logs import redact_url
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.logs import redact_url
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.dockerconfig import Credentials
 from wasm_agent.fetch.errors import AuthFailure, DownloadFailure, FetchError, ManifestFailure
 from wasm_agent.fetch.oci_auth import RegistryAuth, parse_challenge, pull_scope

@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from wasm_agent.core.errors import WasmAgentError
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -37,15 +39,15 @@ PLUGIN_FILE = "plugin.wasm"
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 
 
-class LayoutError(ValueError):
+class LayoutError(WasmAgentError, ValueError):
     """The manifest or layer cannot be used; the message says what was found."""
 
 
-class ArchiveError(ValueError):
+class ArchiveError(WasmAgentError, ValueError):
     """A layer archive is malformed, a bomb, or uses path tricks or links."""
 
 
-class TooLarge(ValueError):
+class TooLarge(WasmAgentError, ValueError):
     """The Wasm binary is larger than the size cap."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from wasm_agent.core.errors import WasmAgentError
+
 DOCKER_HUB = "index.docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DEFAULT_TAG = "latest"
@@ -23,7 +25,7 @@ _HOST = re.compile(
 )
 
 
-class InvalidReference(ValueError):
+class InvalidReference(WasmAgentError, ValueError):
     """The reference is malformed; the message says which part."""
 
 

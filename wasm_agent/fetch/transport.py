@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
-from wasm_agent.agent.settings import FetchSettings
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.errors import BlockedAddress, DownloadFailure
 
 log = logging.getLogger(__name__)

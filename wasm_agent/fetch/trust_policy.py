@@ -18,11 +18,25 @@ Every error names ``file:line``; unknown keys are errors.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.settings import (
+    FetchSettings,
+    SettingsError,
+    build_fetch_settings,
+    verify_policy_path,
+)
 from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
 
 NONE = "none"
@@ -31,7 +45,7 @@ TOP_KEYS = frozenset({"rules"})
 MAX_POLICY_SIZE = 1024 * 1024
 
 
-class PolicyError(ValueError):
+class PolicyError(WasmAgentError, ValueError):
     """The policy file cannot be used; the message starts with ``file:line:``."""
 
 
@@ -46,9 +60,6 @@ class PublicKey:
 
     def verify(self, signature: bytes, payload: bytes) -> bool:
         """True if ``signature`` (DER ECDSA-SHA256 or raw Ed25519) signs ``payload``."""
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
 
         try:
             if self.algorithm == "ed25519":
@@ -141,7 +152,6 @@ def load_policy(path: str | Path) -> TrustPolicy:
 
 def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> TrustPolicy:
     """Validate policy YAML ``text``; key file paths are relative to ``base``."""
-    import yaml
 
     try:
         documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
@@ -175,8 +185,6 @@ class _Loader:
         return PolicyError(f"{_at(self.source, node)}: {message}")
 
     def mapping(self, node: Any, what: str, allowed: frozenset[str]) -> dict[str, tuple[Any, Any]]:
-        import yaml
-
         if not isinstance(node, yaml.MappingNode):
             raise self.error(node, f"{what} must be a mapping")
         found: dict[str, tuple[Any, Any]] = {}
@@ -193,15 +201,11 @@ class _Loader:
         return found
 
     def string(self, node: Any, what: str) -> str:
-        import yaml
-
         if not isinstance(node, yaml.ScalarNode) or node.tag != "tag:yaml.org,2002:str":
             raise self.error(node, f"{what} must be a string")
         return node.value
 
     def top(self, node: Any) -> tuple[Rule, ...]:
-        import yaml
-
         fields = self.mapping(node, "the policy", TOP_KEYS)
         if "rules" not in fields:
             raise self.error(node, "missing 'rules' (a list of {repository, keys})")
@@ -237,8 +241,6 @@ class _Loader:
         return normalize_name(text)
 
     def keys(self, node: Any) -> tuple[PublicKey, ...] | None:
-        import yaml
-
         if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:str":
             if node.value.strip().lower() == NONE:
                 return None
@@ -262,9 +264,6 @@ class _Loader:
         return self.parse_key(node, data, f"{origin} ({path})")
 
     def parse_key(self, node: Any, pem: bytes, origin: str) -> PublicKey:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
         try:
             key = serialization.load_pem_public_key(pem.strip() + b"\n")
         except (ValueError, TypeError) as error:
@@ -287,3 +286,24 @@ class _Loader:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return PublicKey(hashlib.sha256(spki).hexdigest(), algorithm, origin, key)
+
+
+def load_verify_policy(path: str | Path) -> TrustPolicy:
+    """Load a verify policy file (``--verify-policy``); :class:`SettingsError` names file:line."""
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise SettingsError(f"verify policy: {error}") from None
+
+
+def fetch_settings_from_env(
+    env: Mapping[str, str] | None = None, *, verify_policy: str | Path | None = None
+) -> FetchSettings:
+    """Build :class:`FetchSettings` from Istio's environment variables and the verify policy.
+
+    ``verify_policy`` (the ``--verify-policy`` flag) wins over ``$WASM_AGENT_VERIFY_POLICY``.
+    """
+    env = os.environ if env is None else env
+    path = verify_policy_path(env, verify_policy)
+    policy = load_verify_policy(path) if path else None
+    return build_fetch_settings(env, verify_policy=policy)

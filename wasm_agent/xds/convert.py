@@ -25,8 +25,9 @@ from envoy.extensions.wasm.v3 import wasm_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, EncodeError
 
-from wasm_agent.agent.logs import redact_url
 from wasm_agent.cache import CachedModule, ModuleRequest, PullPolicy
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.logs import redact_url
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
 from wasm_agent.xds import rbac
@@ -96,7 +97,7 @@ class Problem:
         return f"ECDS resource {self.resource!r}: {self.cause}"
 
 
-class MalformedResource(ValueError):
+class MalformedResource(WasmAgentError, ValueError):
     """One or more ECDS resources are malformed: the response must be NACKed."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:

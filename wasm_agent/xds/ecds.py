@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from wasm_agent.xds import metrics
 from wasm_agent.xds.types import Flavour
@@ -143,62 +143,3 @@ class EcdsSequencer:
         await asyncio.gather(*tasks, return_exceptions=True)
         if not self.failure.done():
             self.failure.cancel()
-
-
-class WasmConverter:
-    """Plan -> fetch every remote module concurrently through the cache -> decide.
-
-    The decisions are the pure functions of :mod:`wasm_agent.xds.nack`; this class only runs
-    the fetches (``cache.get``), counts the metrics and holds the modules Envoy will use.
-    """
-
-    def __init__(self, cache: Any, mode: str = "nack") -> None:
-        from wasm_agent.xds import convert
-
-        self.cache = cache
-        self.mode = convert.FailureMode(mode)
-
-    async def convert(self, raw: bytes, flavour: Flavour, acked_version: str) -> EcdsResult:
-        from wasm_agent.xds import nack
-        from wasm_agent.xds.wire import WireError, response_head
-
-        try:
-            plan = nack.plan_response(raw, flavour)
-        except WireError as error:
-            head = response_head(raw)  # the caller already scanned it: this does not raise
-            metrics.WASM_CONVERSION_COUNT.inc(result="unmarshal_failure")
-            message = f"ECDS response does not parse: {error}"
-            log.warning("NACK ECDS response", extra={"nonce": head.nonce, "reason": message})
-            request = nack.nack_request(flavour, head.type_url, head.nonce, message, acked_version)
-            return EcdsResult(nack=request)
-        remotes = plan.ecds.remotes if plan.ecds is not None else ()
-        outcomes = await asyncio.gather(
-            *(self.cache.get(remote.request) for remote in remotes), return_exceptions=True
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, asyncio.CancelledError):
-                raise outcome
-        action = nack.decide(plan, dict(enumerate(outcomes)), self.mode, acked_version)
-        for result in action.results:
-            metrics.WASM_CONVERSION_COUNT.inc(result=str(result))
-        if isinstance(action, nack.Nack):
-            log.warning(
-                "NACK ECDS response", extra={"nonce": plan.nonce, "reason": action.message[:500]}
-            )
-            return EcdsResult(nack=action.request)
-        for failure in action.failures:
-            log.warning("Wasm plugin replaced by an RBAC filter", extra={"reason": failure})
-        held = [
-            (remote.resource_name, outcome)
-            for remote, outcome in zip(remotes, outcomes, strict=True)
-            if not isinstance(outcome, BaseException)
-        ]
-
-        def hold() -> None:
-            for name, module in held:
-                try:
-                    self.cache.hold(f"ecds:{name}", [module])
-                except Exception as error:  # purged meanwhile: Envoy loaded it already
-                    log.warning("cannot hold module", extra={"error": str(error)})
-
-        return EcdsResult(forward=action.data, on_forwarded=hold)

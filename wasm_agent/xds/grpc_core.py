@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import MutableMapping
+from importlib import metadata
 
 LOW_LATENCY_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 MEASURED_GRPCIO = frozenset({"1.85"})  # major.minor versions bench/transports.py was run with
@@ -25,7 +26,6 @@ MEASURED_GRPCIO = frozenset({"1.85"})  # major.minor versions bench/transports.p
 
 def grpcio_version() -> str:
     """The installed grpcio's ``major.minor`` (without importing grpc), or ``""``."""
-    from importlib import metadata
 
     try:
         version = metadata.version("grpcio")

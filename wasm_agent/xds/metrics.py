@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wasm_agent.agent.metrics import REGISTRY
+from wasm_agent.core.metrics import REGISTRY
 
 ISTIOD_CONNECTION_FAILURES = REGISTRY.counter(
     "istiod_connection_failures", "Upstream streams to istiod that could not be opened."

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2 as xds_typed_struct_pb2
 
+from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.xds.types import UDPA_TYPED_STRUCT_TYPE, XDS_TYPED_STRUCT_TYPE, type_name
 
 T = TypeVar("T")
@@ -27,7 +28,7 @@ _TYPED_STRUCTS = {
 _SECRET_KEY_PREFIX = "ISTIO_META_"
 
 
-class StructError(ValueError):
+class StructError(WasmAgentError, ValueError):
     """A TypedStruct that does not parse or does not convert to its declared type."""
 
 

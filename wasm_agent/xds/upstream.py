@@ -7,6 +7,8 @@ The bearer token is read from its file for every new stream (tokens rotate) and 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.xds import grpc_core  # noqa: F401 - sets GRPC_EXPERIMENTS before grpc loads
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ _DROPPED_METADATA = frozenset(
 _DROPPED_PREFIXES = (":", "grpc-", "x-envoy-", "x-forwarded-", "x-request-id")
 
 
-class UpstreamError(RuntimeError):
+class UpstreamError(WasmAgentError, RuntimeError):
     """The upstream connection cannot be configured (unreadable CA, key, token file ...)."""
 
 
@@ -142,7 +145,7 @@ class Upstream:
         self._all: set[_Channel] = set()
 
     def _credentials(self) -> tuple[Any, tuple[bytes | None, ...]]:
-        import grpc
+        import grpc  # noqa: PLC0415 - after grpc_core set GRPC_EXPERIMENTS (see there)
 
         s = self.settings
         ca = _read(s.ca_file, "CA file")
@@ -154,7 +157,7 @@ class Upstream:
         return creds, (ca, cert, key)
 
     def _channel(self) -> _Channel:
-        import grpc.aio
+        import grpc.aio  # noqa: PLC0415 - after grpc_core set GRPC_EXPERIMENTS
 
         s = self.settings
         if s.plaintext:
@@ -226,8 +229,5 @@ class Upstream:
 
 
 def _close_soon(channel: Any) -> None:
-    import asyncio
-    import contextlib
-
     with contextlib.suppress(RuntimeError):  # no loop: the process is ending anyway
         asyncio.get_running_loop().create_task(channel.close(grace=None))

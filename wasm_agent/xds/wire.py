@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.xds.types import Flavour
 
 MAX_FIELD_NUMBER = (1 << 29) - 1
@@ -22,7 +23,7 @@ _MAX_VARINT_BYTES = 10
 Buffer = bytes | bytearray | memoryview
 
 
-class WireError(ValueError):
+class WireError(WasmAgentError, ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 

@@ -1,4 +1,4 @@
-"""``plan_response`` + ``decide`` (``wasm_agent.xds.nack``) on mutated ECDS responses.
+"""``plan_response`` + ``decide`` (``wasm_agent.xds.decide``) on mutated ECDS responses.
 
 Input: byte 0 picks the flavour (bit 0: SotW/Delta), the fetch outcomes (bits 1-2: all cached,
 all failed, alternating, checksum mismatch); the rest is the serialized (Delta)DiscoveryResponse.
@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wasm_agent.cache import CachedModule
 from wasm_agent.fetch.errors import ChecksumMismatch, DownloadFailure, FetchError
 from wasm_agent.xds.convert import FailureMode
-from wasm_agent.xds.nack import INTERNAL, Forward, Nack, ResponsePlan, decide, plan_response
+from wasm_agent.xds.decide import INTERNAL, Forward, Nack, ResponsePlan, decide, plan_response
 from wasm_agent.xds.types import Flavour
 from wasm_agent.xds.wire import WireError
 

@@ -1,5 +1,5 @@
 """The reference host's guest-memory paths: host functions called with fuzzer-chosen pointers
-and lengths (``wasm_agent.agent.host``: ``memory.GuestMemory`` and every ``@host`` function).
+and lengths (``wasm_agent.host``: ``memory.GuestMemory`` and every ``@host`` function).
 
 A WAT plugin reads a call spec from its own memory and calls one host function with it from
 the callback the spec names. Input layout (little-endian, zero-padded)::
@@ -23,10 +23,10 @@ import struct
 from typing import Any
 
 from tests.host.wat import SIGS, WASI_SIGS, plugin
-from wasm_agent.agent.host import abi, vm
-from wasm_agent.agent.host.abi import Status
-from wasm_agent.agent.host.harness import start_plugin
-from wasm_agent.agent.host.shared import SharedState
+from wasm_agent.host import abi, vm
+from wasm_agent.host.abi import Status
+from wasm_agent.host.harness import start_plugin
+from wasm_agent.host.shared import SharedState
 
 ALLOWED: tuple[type[BaseException], ...] = ()
 MAX_LEN = 2048

@@ -54,13 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one cache subcommand."""
-    from wasm_agent.agent.settings import (
-        SettingsError,
-        cache_settings_from_env,
-        fetch_settings_from_env,
-        parse_duration,
-    )
+    from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.cache import ModuleCache
+    from wasm_agent.core.settings import SettingsError, cache_settings_from_env, parse_duration
 
     if args.log_level != "debug":  # every outcome is printed; the cache's logs would repeat it
         logging.getLogger("wasm_agent.cache").setLevel(logging.ERROR)
@@ -138,7 +134,7 @@ def _ls(cache: Any, as_json: bool) -> int:
 
 
 def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
-    from wasm_agent.cache.verify import verify_modules
+    from wasm_agent.cache.audit import verify_modules
 
     urls = {e.sha256: e.urls for e in cache.entries()}
     results = verify_modules(cache.layout, quarantine=quarantine)

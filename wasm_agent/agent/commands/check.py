@@ -16,12 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.core.errors import UsageError as CoreUsageError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_TIMEOUT = 300.0
 ABI_VERSIONS = ("0.1.0", "0.2.0", "0.2.1")
 
 
-class UsageError(ValueError):
+class UsageError(CoreUsageError, ValueError):
     """Bad flags or input files: exit status 2."""
 
 
@@ -154,8 +156,9 @@ def _manifest_targets(path: Path) -> list[Target]:
 
 def run(args: argparse.Namespace) -> int:
     """Check every module, print the report, return the exit status."""
-    from wasm_agent.agent.check.spec import SpecError, load_spec
-    from wasm_agent.agent.settings import SettingsError, fetch_settings_from_env
+    from wasm_agent.agent.fetch_settings import fetch_settings_from_env
+    from wasm_agent.check.spec import SpecError, load_spec
+    from wasm_agent.core.settings import SettingsError
 
     try:
         targets = _targets(args)
@@ -168,15 +171,16 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, SpecError, SettingsError) as error:
         print(f"wasm-agent check: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    from wasm_agent.agent.check.model import ModuleReport
-    from wasm_agent.agent.check.runner import Options
+    from wasm_agent.check.compat import check_plugin_type
+    from wasm_agent.check.model import ModuleReport
+    from wasm_agent.check.runner import Options
 
     options = Options(envoy_abi=args.envoy_abi, spec=spec)
     reports = [
         ModuleReport(module=t.module, url=t.url, plugin=t.plugin, origin=t.origin) for t in targets
     ]
     blobs = _load_all(args, targets, reports, fetch_settings, secret)
-    from wasm_agent.agent.check.runner import check_module
+    from wasm_agent.check.runner import check_module
 
     for target, report, data in zip(targets, reports, blobs, strict=True):
         if data is not None:
@@ -184,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             root_id = target.root_id if target.root_id is not None else args.root_id
             check_module(report, data, module_config, options, root_id)
             if target.plugin is not None:
-                _type_check(report, target.plugin_type)
+                check_plugin_type(report, target.plugin_type)
     try:
         _output(reports, args.format)
     except BrokenPipeError:  # `check ... | head`: the reader left; the status still counts
@@ -194,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | None]:
     """Module bytes per target (None when reading or fetching failed: an ``input`` check)."""
-    from wasm_agent.agent.check.model import Check, Status
-    from wasm_agent.agent.check.runner import InputError, read_local
+    from wasm_agent.check.model import Check, Status
+    from wasm_agent.check.runner import InputError, read_local
 
     blobs: list[bytes | None] = [None] * len(targets)
     remote = []
@@ -220,7 +224,7 @@ def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | No
             report.add(Check("input", "sha256", Status.PASS, "matches the expected sha256"))
         blobs[i] = data
     if remote:
-        from wasm_agent.agent.check.fetching import fetch_all
+        from wasm_agent.check.fetching import fetch_all
 
         fetched = fetch_all(args, [targets[i] for i in remote], fetch_settings, secret)
         for i, (outcome, detail) in zip(remote, fetched, strict=True):
@@ -234,26 +238,8 @@ def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | No
     return blobs
 
 
-def _type_check(report, plugin_type: str) -> None:
-    """Does the WasmPlugin's ``spec.type`` match the callbacks the module exports?"""
-    from wasm_agent.agent.check.model import Check, Status
-
-    if report.kind is None:
-        return
-    wanted = "network" if plugin_type == "NETWORK" else "http"
-    if report.kind in (wanted, "both"):
-        message = f"spec.type {plugin_type}: the module has {wanted} callbacks"
-        report.add(Check("compat", "plugin_type", Status.PASS, message))
-    else:
-        message = (
-            f"spec.type {plugin_type}, but the module exports no {wanted} callbacks "
-            f"(it is {report.kind}): Envoy would never call it"
-        )
-        report.add(Check("compat", "plugin_type", Status.FAIL, message))
-
-
 def _output(reports, fmt: str) -> None:
-    from wasm_agent.agent.check import report as render
+    from wasm_agent.check import report as render
 
     if fmt == "json":
         render.write_json(reports, sys.stdout)

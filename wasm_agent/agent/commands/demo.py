@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     # Set before gRPC is imported: our children (Envoy, the compile worker) exec at once, so
     # gRPC's fork handlers are moot, and without this gRPC prints a warning when Envoy forks.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    from wasm_agent.agent.demo.envoy import EnvoyNotFound, find_envoy
+    from wasm_agent.demo.envoy import EnvoyNotFound, find_envoy
 
     if args.timeout <= 0:
         print("wasm-agent demo: error: --timeout must be positive", file=sys.stderr)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except EnvoyNotFound as error:
         print(f"wasm-agent demo: {error}", file=sys.stderr)
         return EXIT_FAILED
-    from wasm_agent.agent.demo import DemoOptions, run_demo
+    from wasm_agent.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         keep_running=args.keep_running, timeout=args.timeout, verbose=args.verbose

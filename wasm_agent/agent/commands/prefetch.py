@@ -16,22 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from wasm_agent.agent.settings import (
-    SettingsError,
-    cache_settings_from_env,
-    fetch_settings_from_env,
-)
+from wasm_agent.agent.fetch_settings import fetch_settings_from_env
 from wasm_agent.cache.layout import HEX64
 from wasm_agent.cache.model import ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache
 from wasm_agent.cache.policy import PullPolicy
+from wasm_agent.core.errors import UsageError as CoreUsageError
+from wasm_agent.core.settings import SettingsError, cache_settings_from_env
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
 
 DEFAULT_TIMEOUT = 300.0
 
 
-class UsageError(ValueError):
+class UsageError(CoreUsageError, ValueError):
     """Bad flags or manifests: exit status 2."""
 
 
@@ -191,8 +189,8 @@ def _result(request: ModuleRequest, found) -> Result:
 async def _fetch_all(cache: ModuleCache, requests: list[ModuleRequest]) -> list[Result]:
     import asyncio
 
-    from wasm_agent.agent.logs import redact_url
     from wasm_agent.agent.progress import ProgressDisplay
+    from wasm_agent.core.logs import redact_url
 
     display = ProgressDisplay()
 

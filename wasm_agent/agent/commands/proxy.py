@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 if start-up fails, 2 on usage."""
     import asyncio
 
-    from wasm_agent.agent.settings import SettingsError
+    from wasm_agent.core.settings import SettingsError
     from wasm_agent.xds.upstream import UpstreamError, UpstreamSettings, xds_headers_from_env
 
     if args.fetch_failure not in ("nack", "deny"):
@@ -201,12 +201,13 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     import asyncio
     import logging
 
+    from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.agent.lifecycle import drain, wait_for_signal
-    from wasm_agent.agent.settings import cache_settings_from_env, fetch_settings_from_env
     from wasm_agent.agent.status import StatusServer
     from wasm_agent.cache import ModuleCache
+    from wasm_agent.core.settings import cache_settings_from_env
     from wasm_agent.fetch import dispatch  # noqa: F401 - declares the fetch metrics up front
-    from wasm_agent.xds.ecds import WasmConverter
+    from wasm_agent.xds.converter import WasmConverter
     from wasm_agent.xds.proxy import ListenSettings, XdsProxy
     from wasm_agent.xds.upstream import Upstream
 

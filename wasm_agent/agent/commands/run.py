@@ -13,10 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+from wasm_agent.core.errors import UsageError as CoreUsageError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class UsageError(Exception):
+class UsageError(CoreUsageError):
     """A bad flag value (exit code 2)."""
 
 
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"wasm-agent run: cannot read {args.module}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    from wasm_agent.agent.host.harness import LoadError, LogLevel, start_plugin
+    from wasm_agent.host.harness import LoadError, LogLevel, start_plugin
 
     level = _PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO)
     try:

@@ -1,0 +1,453 @@
+"""The pytest-facing API of the reference host, shaped like the plugin's life (like proxytest).
+
+Start a plugin (load, link, start, ``proxy_on_vm_start``, ``proxy_on_configure``)::
+
+    from wasm_agent.host.harness import start_plugin, FailurePolicy, LoadError
+
+    host = start_plugin("plugin.wasm", plugin_config=b'{"x": 1}', vm_config=b"",
+                        properties={"plugin_name": "p"}, failure_policy=FailurePolicy.FAIL_OPEN,
+                        environment={"K": "v"})   # WASI environ (vm_config.environment_variables)
+    # a module that cannot load raises LoadError(str = Envoy's message)
+
+Drive an HTTP stream callback by callback, then inspect it::
+
+    s = host.http_stream()
+    s.send_request_headers({":method": "GET", ":path": "/", ":authority": "h"}, end_stream=False)
+    s.send_request_body(b"part1", end_stream=False)   # chunked bodies: call repeatedly
+    s.send_request_body(b"part2", end_stream=True)
+    s.upstream.headers.to_dict(), bytes(s.upstream.body)   # what the upstream received
+    s.send_response_headers({":status": "200"}, end_stream=True)
+    s.client.headers, s.local_response, s.actions          # what the client received
+    s.complete()                                           # on_log, on_done, on_delete
+
+Each ``send_*`` returns the action name Envoy would apply (``CONTINUE``,
+``STOP_ALL_ITERATION_AND_WATERMARK``, ``STOP_ITERATION_AND_BUFFER``..., or ``PAUSED``/``closed``/
+``failed``). One call for a whole exchange (used by ``wasm-agent run`` and the conformance suite)::
+
+    ex = host.exchange({":method": "GET", ":path": "/", ":authority": "h"}, b"",
+                       {":status": "200"}, [b"hello", b""],   # bytes, or a list of chunks
+                       callout_responder=lambda c: ({":status": "200"}, b"ok"))
+    ex.upstream   # Message | None: headers/body/trailers the upstream received
+    ex.client     # Message | None: what the client received (local replies included)
+    ex.actions, ex.local_response, ex.logs, ex.failed, ex.to_dict()
+
+TCP: ``c = host.tcp_connection(); c.send_downstream_data(b"x"); c.send_upstream_data(b"y");
+c.close_downstream()``; see ``c.upstream_received``, ``c.downstream_received``, ``c.closed``.
+
+Around the streams: ``host.tick()`` (``host.tick_period_ms``), ``host.http_callouts`` /
+``host.respond_http_call(token, headers, body, trailers)`` / ``host.fail_http_call(token)`` (a
+reset) / ``host.timeout_http_call(token)`` (Envoy's 504 "upstream request timeout"),
+``host.grpc_calls`` / ``host.respond_grpc(token, message=..., close=0, ...)``, ``host.logs``
+(``LogEntry.level/.envoy_level/.message/.raw``) / ``host.log_messages(min_level)`` /
+``host.log_bytes()``, ``host.metrics``, ``host.set_property(path, value)``, ``host.shared_data`` /
+``host.set_shared_data``, ``host.enqueue(queue, data)``, ``host.failed``, ``host.reloads``,
+``host.configure(new_config)`` and ``host.shutdown()``. Limits: ``fuel=`` (instructions per
+callback), ``deadline_ms=`` (wall clock per callback), ``memory_limit=``. Compiled modules are
+cached (see ``compile.py``; ``$WASM_AGENT_HOST_CACHE``), so a suite compiles each module once.
+Behaviour and what was checked against Envoy 1.40: ``docs/host.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wasm_agent.host.abi import LogLevel
+from wasm_agent.host.callouts import (
+    GrpcCall,
+    HttpCallout,
+    deliver_grpc,
+    deliver_http_response,
+    fail_http_call,
+)
+from wasm_agent.host.failure import DEFAULT_RELOAD_BACKOFF, FailurePolicy, Plugin
+from wasm_agent.host.http import HttpStream, LocalResponse, Message
+from wasm_agent.host.maps import HeaderMap
+from wasm_agent.host.network import TcpConnection
+from wasm_agent.host.properties import encode_value, normalize_path
+from wasm_agent.host.shared import SharedState
+from wasm_agent.host.vm import (
+    DEFAULT_FUEL,
+    DEFAULT_MEMORY_LIMIT,
+    LoadError,
+    LogEntry,
+    VmOptions,
+)
+
+__all__ = [
+    "Exchange",
+    "FailurePolicy",
+    "HostedPlugin",
+    "LoadError",
+    "LogLevel",
+    "Message",
+    "start_plugin",
+]
+
+Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
+Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
+# A body: bytes/str, or a list of chunks delivered one by one (a trailing b"" chunk mimics the
+# separate empty end-of-stream frame Envoy's HTTP/1 codec often produces).
+Body = bytes | str | list[bytes] | tuple[bytes, ...]
+
+
+def _bytes(value: bytes | str | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def start_plugin(
+    module: bytes | bytearray | str | Path,
+    *,
+    plugin_config: bytes | str = b"",
+    vm_config: bytes | str = b"",
+    properties: Mapping[str, Any] | None = None,
+    failure_policy: FailurePolicy = FailurePolicy.FAIL_CLOSED,
+    vm_id: str = "",
+    root_id: str = "",
+    plugin_name: str = "plugin",
+    log_level: LogLevel = LogLevel.INFO,
+    fuel: int | None = DEFAULT_FUEL,
+    deadline_ms: float | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    clock_ns: Callable[[], int] = time.time_ns,
+    monotonic: Callable[[], float] = time.monotonic,
+    reload_backoff: float = DEFAULT_RELOAD_BACKOFF,
+    foreign_functions: Mapping[str, Callable[[bytes], Any]] | None = None,
+    clusters: set[str] | None = None,
+    shared: SharedState | None = None,
+    cache_dir: str | Path | None = None,
+    environment: Mapping[str, str] | None = None,
+    host_env_keys: Sequence[str] = (),
+) -> HostedPlugin:
+    """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
+
+    ``environment`` and ``host_env_keys`` are Envoy's ``vm_config.environment_variables``
+    (``key_values``, and names whose values come from this process's environment when set);
+    the plugin reads them with WASI ``environ_get``. A key given twice is a ValueError with
+    Envoy's configuration error.
+    """
+    wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
+    options = VmOptions(
+        vm_config=_bytes(vm_config),
+        plugin_config=_bytes(plugin_config),
+        vm_id=vm_id,
+        root_id=root_id,
+        plugin_name=plugin_name,
+        log_level=log_level,
+        fuel=fuel,
+        deadline_ms=deadline_ms,
+        memory_limit=memory_limit,
+        properties=dict(properties or {}),
+        clock_ns=clock_ns,
+        foreign_functions=dict(foreign_functions or {}),
+        clusters=frozenset(clusters) if clusters is not None else None,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        environment=environment_variables(environment or {}, host_env_keys, plugin_name),
+    )
+    plugin = Plugin(
+        wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,
+        monotonic=monotonic,
+    )  # fmt: skip
+    return HostedPlugin(plugin)
+
+
+# Envoy's router local reply on an upstream timeout (Http::Utility::sendLocalReply: :status,
+# then content-length and content-type for a body), which the async client hands to the plugin.
+CALLOUT_TIMEOUT_BODY = b"upstream request timeout"
+CALLOUT_TIMEOUT_HEADERS = (
+    (":status", "504"),
+    ("content-length", str(len(CALLOUT_TIMEOUT_BODY))),
+    ("content-type", "text/plain"),
+)
+
+
+def environment_variables(
+    key_values: Mapping[str, str], host_env_keys: Sequence[str], plugin_name: str
+) -> dict[str, str]:
+    """The WASI environment Envoy builds from ``vm_config.environment_variables``.
+
+    Like Envoy's ``WasmConfig``: every key once (else the configuration is rejected), the
+    ``key_values`` first, then each ``host_env_keys`` name this process has in its environment.
+    """
+    seen = set(key_values)
+    for key in host_env_keys:
+        if key in seen:
+            raise ValueError(
+                f"Key {key} is duplicated in envoy.extensions.wasm.v3.VmConfig."
+                f"environment_variables for {plugin_name}. All the keys must be unique."
+            )
+        seen.add(key)
+    merged = {str(k): str(v) for k, v in key_values.items()}
+    for key in host_env_keys:
+        value = os.environ.get(key)
+        if value is not None:
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class Exchange:
+    """The outcome of one request/response through the plugin."""
+
+    upstream: Message | None
+    client: Message | None
+    actions: list[tuple[str, str]]
+    local_response: LocalResponse | None
+    logs: list[LogEntry]
+    failed: str | None
+    reset: bool = False
+    stream: HttpStream | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (used by ``wasm-agent run --json``)."""
+        return {
+            "upstream": self.upstream.to_dict() if self.upstream else None,
+            "client": self.client.to_dict() if self.client else None,
+            "actions": [list(a) for a in self.actions],
+            "local_response": (
+                {"status": self.local_response.status, "details": self.local_response.details}
+                if self.local_response
+                else None
+            ),
+            "logs": [{"level": e.level.name, "message": e.message} for e in self.logs],
+            "failed": self.failed,
+            "reset": self.reset,
+        }
+
+
+class HostedPlugin:
+    """A running plugin (see the module docstring for the life cycle)."""
+
+    def __init__(self, plugin: Plugin) -> None:
+        self.plugin = plugin
+
+    # -- the VM ------------------------------------------------------------------------------
+
+    @property
+    def vm(self) -> Any:
+        return self.plugin.vm
+
+    @property
+    def abi_version(self) -> str:
+        return self.vm.abi_version.value
+
+    @property
+    def root_context_id(self) -> int:
+        return self.vm.root.id
+
+    @property
+    def failed(self) -> str | None:
+        """The trap message that failed the current VM, or None."""
+        return self.vm.failed
+
+    @property
+    def reloads(self) -> int:
+        return self.plugin.reloads
+
+    def configure(self, plugin_config: bytes | str) -> None:
+        """Re-run ``proxy_on_configure`` with a new configuration (LoadError on false)."""
+        self.vm.options.plugin_config = _bytes(plugin_config)
+        self.vm.configure(_bytes(plugin_config))
+
+    def shutdown(self) -> None:
+        self.vm.shutdown()
+
+    def set_property(self, path: str, value: Any) -> None:
+        """Set or override a property for every later call (dots or NULs separate names)."""
+        self.vm.property_overrides[normalize_path(path)] = encode_value(value)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def http_stream(self, properties: Mapping[str, Any] | None = None) -> HttpStream:
+        """A new HTTP stream (its context is created at the request headers)."""
+        overrides = {normalize_path(k): encode_value(v) for k, v in (properties or {}).items()}
+        return HttpStream(self.plugin, overrides)
+
+    def tcp_connection(self) -> TcpConnection:
+        """A new downstream connection (``proxy_on_new_connection`` runs now)."""
+        return TcpConnection(self.plugin)
+
+    def exchange(
+        self,
+        request_headers: Headers,
+        request_body: Body = b"",
+        response_headers: Headers | None = None,
+        response_body: Body = b"",
+        *,
+        request_trailers: Headers | None = None,
+        response_trailers: Headers | None = None,
+        chunk_size: int | None = None,
+        complete: bool = True,
+        callout_responder: Responder | None = None,
+    ) -> Exchange:
+        """Request -> plugin -> upstream; response -> plugin -> client; then end the stream.
+
+        Bodies are bytes (split by ``chunk_size`` if given) or lists of chunks.
+
+        ``callout_responder(callout)`` answers HTTP callouts as they are made (return
+        ``(headers, body)`` or ``(headers, body, trailers)``, or None to leave one pending),
+        like a deterministic callout cluster would.
+        """
+        logs_before = len(self.vm.logs)
+        vm_before = self.vm
+        s = self.http_stream()
+        _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
+              request_headers, request_body, request_trailers, chunk_size)  # fmt: skip
+        self._answer_callouts(callout_responder)
+        if s.upstream.complete and not s.closed:
+            _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
+                  response_headers or {":status": "200"}, response_body,
+                  response_trailers, chunk_size)  # fmt: skip
+            self._answer_callouts(callout_responder)
+        if complete:
+            s.complete()
+        vm = s.vm or self.vm
+        logs = vm.logs[logs_before:] if vm is vm_before else list(vm.logs)
+        return Exchange(
+            upstream=s.upstream if s.upstream.headers is not None else None,
+            client=s.client if s.client.headers is not None else None,
+            actions=list(s.actions),
+            local_response=s.local_response,
+            logs=logs,
+            failed=vm.failed if vm is not None else self.vm.failed,
+            reset=s.reset,
+            stream=s,
+        )
+
+    def _answer_callouts(self, responder: Responder | None) -> None:
+        """Answer pending HTTP callouts (including ones made while answering) in order."""
+        if responder is None:
+            return
+        asked: set[int] = set()
+        for _ in range(1000):
+            pending = [c for c in self.vm.callouts.http.values() if not c.answered]
+            pending = [c for c in pending if c.token not in asked]
+            if not pending:
+                return
+            callout = pending[0]
+            asked.add(callout.token)
+            answer = responder(callout)
+            if answer is not None:
+                headers, body, *rest = answer
+                self.respond_http_call(callout.token, headers, body, rest[0] if rest else None)
+
+    # -- timers, callouts, queues --------------------------------------------------------------
+
+    @property
+    def tick_period_ms(self) -> int:
+        return self.vm.root.tick_period_ms
+
+    def tick(self) -> None:
+        """Fire ``proxy_on_tick`` once on the root context."""
+        root = self.vm.root
+        self.vm.call_cb("proxy_on_tick", root, root.id)
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        return list(self.vm.callouts.http.values())
+
+    def respond_http_call(
+        self, token: int, headers: Headers | None = None, body: bytes | str = b"",
+        trailers: Headers | None = None,
+    ) -> None:  # fmt: skip
+        deliver_http_response(
+            self.vm, token, HeaderMap.coerce(headers or {":status": "200"}), _bytes(body),
+            HeaderMap.coerce(trailers),
+        )  # fmt: skip
+
+    def fail_http_call(self, token: int) -> None:
+        fail_http_call(self.vm, token)
+
+    def timeout_http_call(self, token: int) -> None:
+        """The callout timed out: what Envoy's async client then delivers, its router's local
+        reply (504, body ``upstream request timeout``) as a normal response."""
+        deliver_http_response(
+            self.vm, token, HeaderMap.coerce(list(CALLOUT_TIMEOUT_HEADERS)), CALLOUT_TIMEOUT_BODY,
+            HeaderMap(),
+        )  # fmt: skip
+
+    @property
+    def grpc_calls(self) -> list[GrpcCall]:
+        return list(self.vm.callouts.grpc.values())
+
+    def respond_grpc(
+        self, token: int, *, initial_metadata: Headers | None = None, message: bytes | None = None,
+        trailing_metadata: Headers | None = None, close: int | None = None,
+        close_message: bytes | str = b"",
+    ) -> None:  # fmt: skip
+        deliver_grpc(
+            self.vm, token,
+            initial=HeaderMap.coerce(initial_metadata) if initial_metadata is not None else None,
+            message=message,
+            trailing=HeaderMap.coerce(trailing_metadata) if trailing_metadata is not None else None,
+            close=close, close_message=_bytes(close_message),
+        )  # fmt: skip
+
+    def enqueue(self, queue: str, data: bytes | str, vm_id: str | None = None) -> bool:
+        """Enqueue onto a queue the plugin registered; False if it does not exist."""
+        shared = self.plugin.shared
+        token = shared.resolve_queue(self.vm.options.vm_id if vm_id is None else vm_id, queue)
+        if token is None:
+            return False
+        shared.queues[token].items.append(_bytes(data))
+        root = self.vm.root
+        self.vm.call_cb("proxy_on_queue_ready", root, root.id, token)
+        return True
+
+    def dequeue(self, queue: str) -> bytes | None:
+        shared = self.plugin.shared
+        token = shared.resolve_queue(self.vm.options.vm_id, queue)
+        if token is None or not shared.queues[token].items:
+            return None
+        return shared.queues[token].items.popleft()
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    @property
+    def logs(self) -> list[LogEntry]:
+        return self.vm.logs
+
+    def log_messages(self, min_level: LogLevel = LogLevel.TRACE) -> list[str]:
+        """Messages the plugin logged (host notes excluded) at ``min_level`` or above."""
+        return [e.message for e in self.vm.logs if e.context_id >= 0 and e.level >= min_level]
+
+    def log_bytes(self, min_level: LogLevel = LogLevel.TRACE) -> list[bytes]:
+        """Like ``log_messages`` but the raw bytes the plugin logged."""
+        return [e.raw for e in self.vm.logs if e.context_id >= 0 and e.level >= min_level]
+
+    @property
+    def metrics(self) -> dict[str, int | list[int]]:
+        return self.vm.metrics.snapshot()
+
+    @property
+    def shared_data(self) -> dict[bytes, bytes]:
+        table = self.plugin.shared.data.get(self.vm.options.vm_id, {})
+        return {k: v for k, (v, _cas) in table.items()}
+
+    def set_shared_data(self, key: bytes | str, value: bytes | str) -> None:
+        self.plugin.shared.set(self.vm.options.vm_id, _bytes(key), _bytes(value), 0)
+
+
+def _chunks(body: Body, chunk_size: int | None) -> list[bytes]:
+    """The body as the chunks to deliver (a list is taken as is, b"" included)."""
+    if isinstance(body, list | tuple):
+        return [_bytes(chunk) for chunk in body]
+    data = _bytes(body)
+    step = chunk_size or len(data) or 1
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _send(headers_fn, body_fn, trailers_fn, headers, body, trailers, chunk_size) -> None:
+    has_trailers = trailers is not None
+    chunks = _chunks(body, chunk_size)
+    headers_fn(headers, end_stream=not chunks and not has_trailers)
+    for index, chunk in enumerate(chunks):
+        body_fn(chunk, end_stream=index == len(chunks) - 1 and not has_trailers)
+    if has_trailers:
+        trailers_fn(trailers)

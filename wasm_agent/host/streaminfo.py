@@ -1,0 +1,134 @@
+"""Stream properties derived like Envoy's CEL attributes (``request.*``, ``response.*``,
+``source.*``, ``destination.*``, ``upstream.*``, ``connection.*``, ``xds.*``).
+
+Which ones answer when matches Envoy 1.40 (checked property by property in the request headers,
+response headers and log phases): attributes read from the request headers (``request.path``,
+``request.headers.<name>``, ...) exist only while the plugin can see those headers (their
+callback, a pause, and ``proxy_on_log``); stream-info ones (``request.time``, ``request.size``,
+``response.flags``, ...) always; ``upstream.*`` once the request headers went upstream
+(the router picked a host: the request body phase on);
+``request.duration`` only in ``proxy_on_log``. Integers are 8-byte little-endian.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from wasm_agent.host.abi import MapType
+from wasm_agent.host.maps import HeaderMap
+
+_I64 = struct.Struct("<q")
+EMPTY_MAP = b"\0\0\0\0"
+# gRPC's HTTP-status mapping (Envoy's Grpc::Utility::httpToGrpcStatus); others: UNKNOWN (2).
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def _int(value: int) -> bytes:
+    return _I64.pack(value)
+
+
+def connection_property(stream: Any, path: bytes) -> bytes | None:
+    """Attributes shared by HTTP streams and TCP connections."""
+    props = stream.plugin.connection
+    parts = path.split(b"\0")
+    head, tail = parts[0], parts[1] if len(parts) > 1 else b""
+    if head in (b"source", b"destination") or (head == b"upstream" and stream.upstream_known):
+        addr, port = props[head.decode()]
+        if tail == b"address":
+            return f"{addr}:{port}".encode()
+        return _int(port) if tail == b"port" else None
+    if head == b"connection_id" or (head == b"connection" and tail == b"id"):
+        return _int(stream.connection_id)
+    if head == b"connection":
+        return {b"mtls": b"\x00", b"requested_server_name": b""}.get(tail)
+    if head == b"xds":
+        return {b"cluster_name": stream.plugin.cluster_name.encode(), b"route_name": b""}.get(
+            tail, b"" if tail == b"cluster_metadata" else None
+        )
+    return None
+
+
+def http_property(stream: Any, path: bytes) -> bytes | None:
+    """HTTP ``request.*`` and ``response.*`` attributes, then the connection's."""
+    parts = path.split(b"\0")
+    head = parts[0]
+    if head == b"request":
+        return _request(stream, parts[1:]) if len(parts) > 1 else None
+    if head == b"response":
+        return _response(stream, parts[1:]) if len(parts) > 1 else None
+    return connection_property(stream, path)
+
+
+def _visible(stream: Any, map_type: int) -> HeaderMap | None:
+    ctx = stream.ctx
+    return ctx.maps.get(map_type) if ctx is not None else None
+
+
+def _request(stream: Any, rest: list[bytes]) -> bytes | None:
+    name = rest[0]
+    stream_info = {
+        b"time": stream.start_ns,
+        b"size": len(stream.request.out.body),
+        b"total_size": len(stream.request.out.body),
+    }
+    if name in stream_info:
+        return _int(stream_info[name])
+    if name == b"protocol":
+        return b"HTTP/1.1"
+    if name == b"duration":
+        in_log = stream.ctx is not None and stream.ctx.log_phase
+        return _int(stream.plugin.options.clock_ns() - stream.start_ns) if in_log else None
+    headers = _visible(stream, MapType.HTTP_REQUEST_HEADERS)
+    if name == b"headers":
+        if len(rest) == 1:
+            return headers.serialize() if headers else EMPTY_MAP
+        return headers.get(rest[1]) if headers is not None else None
+    if headers is None:
+        return None
+    path = headers.get(b":path")
+    values = {
+        b"path": path,
+        b"url_path": path.split(b"?", 1)[0] if path is not None else None,
+        b"host": headers.get(b":authority"),
+        b"method": headers.get(b":method"),
+        b"scheme": headers.get(b":scheme"),
+        b"referer": headers.get(b"referer"),
+        b"useragent": headers.get(b"user-agent"),
+        b"id": headers.get(b"x-request-id"),
+        b"query": (path.split(b"?", 1)[1] if b"?" in path else b"") if path is not None else None,
+    }
+    return values.get(name)
+
+
+def _response(stream: Any, rest: list[bytes]) -> bytes | None:
+    name = rest[0]
+    if name == b"flags":
+        return _int(0)
+    if name in (b"size", b"total_size"):
+        return _int(len(stream.response.out.body))
+    status = stream.response_code()
+    if status is None:
+        return None
+    if name == b"code":
+        return _int(status)
+    if name == b"code_details":
+        return b"via_upstream" if stream.local_response is None else stream.local_response.details
+    if name == b"grpc_status":
+        return _int(stream.grpc_status())
+    if name in (b"headers", b"trailers") and len(rest) > 1:
+        kind = (
+            MapType.HTTP_RESPONSE_HEADERS if name == b"headers" else MapType.HTTP_RESPONSE_TRAILERS
+        )
+        fields = _visible(stream, kind)
+        return fields.get(rest[1]) if fields is not None else None
+    return None
+
+
+def grpc_status_of(headers: HeaderMap | None, trailers: HeaderMap | None, status: int) -> int:
+    """grpc-status from trailers or headers, else gRPC's mapping of the HTTP status."""
+    for fields in (trailers, headers):
+        value = fields.get(b"grpc-status") if fields is not None else None
+        if value is not None and value.isdigit():
+            return int(value)
+    return _HTTP_TO_GRPC.get(status, 2)
