@@ -1,6 +1,8 @@
-"""deploy/Dockerfile, checked statically (no Docker engine runs in CI): slim Python base,
-runtime dependencies only, non-root user, ``wasm-agent`` entrypoint, a build context that holds
-the whole package and nothing else, and a clean hadolint run."""
+"""deploy/Dockerfile, checked statically: slim Python base, runtime dependencies only, non-root
+user, ``wasm-agent`` entrypoint, a PATH directory for credential helpers, a build context that
+holds the whole package and nothing else, and a clean hadolint run. The image itself is built
+and run by deploy/image/check.sh (rootful podman, as root), which ``.ci/run`` calls after the
+test suite; here only its wiring and its usage errors are checked."""
 
 from __future__ import annotations
 
@@ -96,8 +98,24 @@ def test_entrypoint_is_wasm_agent_and_the_default_command_is_the_proxy() -> None
     stage = final_stage()
     assert json.loads(last(stage, "ENTRYPOINT").arg) == ["wasm-agent"]
     assert json.loads(last(stage, "CMD").arg) == ["proxy"]
-    env = " ".join(i.arg for i in stage if i.op == "ENV")
-    assert "PATH=/opt/wasm-agent/bin:$PATH" in env
+
+
+def test_path_puts_the_venv_first_then_the_credential_helper_directory() -> None:
+    env = " ".join(i.arg for i in final_stage() if i.op == "ENV")
+    match = re.search(r"(?:^| )PATH=(\S+)", env)
+    assert match, env
+    # wasm-agent from the venv; nothing dropped into the helpers' directory can shadow it.
+    assert match.group(1) == "/opt/wasm-agent/venv/bin:/opt/wasm-agent/bin:$PATH"
+    # The helpers' directory exists (created in the build stage, copied with the venv), so a
+    # derived image can COPY into it and a volume can be mounted on it.
+    build = " ".join(i.arg for i in stages()[0] if i.op == "RUN")
+    assert "python -m venv /opt/wasm-agent/venv" in build
+    assert "install -d -m 0755 /opt/wasm-agent/bin" in build
+
+
+def test_writable_paths_are_tmp_and_the_cache_volume() -> None:
+    env = " ".join(i.arg for i in final_stage() if i.op == "ENV").split()
+    assert {"HOME=/tmp", "TMPDIR=/tmp", "PYTHONDONTWRITEBYTECODE=1"} <= set(env), env
 
 
 def test_installs_the_package_with_runtime_dependencies_only() -> None:
@@ -106,6 +124,7 @@ def test_installs_the_package_with_runtime_dependencies_only() -> None:
     ]
     assert len(installs) == 1, installs
     command = installs[0].split("&&")[0].split()
+    assert command[0] == "/opt/wasm-agent/venv/bin/pip", command
     assert command[-1] == ".", "install the project itself, without extras"
     assert "--no-cache-dir" in command
     for option in ("-e", "--editable", "-r", "--requirement"):
@@ -243,3 +262,46 @@ def test_build_context_holds_the_package_and_nothing_else() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module = scripts["wasm-agent"].split(":")[0]
     assert module.replace(".", "/") + ".py" in context
+
+
+# --- deploy/image/check.sh and .ci/run --------------------------------------------------------
+
+CHECK = ROOT / "deploy" / "image" / "check.sh"
+
+
+def test_ci_runs_the_image_check_after_the_test_suite() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "set -euo pipefail" in lines  # either failing fails CI
+    tests = lines.index("bash scripts/test </dev/null")
+    image = [n for n, line in enumerate(lines) if "deploy/image/check.sh" in line]
+    assert image and min(image) > tests, lines
+
+
+def test_image_check_refuses_a_missing_repository_with_exit_2(tmp_path: Path) -> None:
+    for repo in (tmp_path / "missing", tmp_path):  # no directory; no deploy/Dockerfile in it
+        result = subprocess.run(
+            ["bash", str(CHECK), str(repo)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 2, result
+        assert str(repo) in result.stderr and "usage:" in result.stderr, result.stderr
+
+
+def test_image_check_runs_the_image_as_the_manifests_do() -> None:
+    """The properties the script checks are the ones the manifests rely on (the script's
+    own run is in .ci/run)."""
+    text = CHECK.read_text()
+    subprocess.run(["bash", "-n", str(CHECK)], check=True, timeout=30)
+    assert "--read-only" in text and "uid=65532" in text and '--user "$uid"' in text
+    for step in ("packages", "build", "inspect", "help", "prefetch", "proxy"):
+        assert re.search(rf"^step {step}\b", text, re.M), step
+    # Loopback only: the module server, the published status port.
+    assert '("127.0.0.1", 0)' in text and "-p 127.0.0.1::15020" in text
+    assert "0.0.0.0" not in text.replace("--status-address 0.0.0.0:15020", "")
