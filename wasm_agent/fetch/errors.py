@@ -34,6 +34,26 @@ class DownloadFailure(FetchError):
     result = "download_failure"
 
 
+class RetriesExhausted(DownloadFailure):
+    """Every attempt of a retried download failed (or the next backoff would pass the deadline).
+
+    ``last`` is the last attempt's error, ``attempts`` how many were made; ``deadline`` is True
+    when the retries stopped early because the next backoff would pass the fetch deadline.
+    """
+
+    def __init__(
+        self, url: str, last: Exception, attempts: int, *, deadline: float | None = None
+    ) -> None:
+        self.last = last
+        self.attempts = attempts
+        self.deadline = deadline is not None
+        cause = last.cause if isinstance(last, FetchError) else str(last)
+        if deadline is not None:
+            cause = f"fetch deadline of {deadline:g}s would pass before the next retry; {cause}"
+        plural = "s" if attempts != 1 else ""
+        super().__init__(url, f"{cause} (after {attempts} attempt{plural})")
+
+
 class BlockedAddress(DownloadFailure):
     """The URL (or a redirect, or a token realm) resolves to an address the SSRF guard refuses."""
 

@@ -19,14 +19,13 @@ import httpx
 from wasm_agent.core.logs import redact_url
 from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.dockerconfig import Credentials
-from wasm_agent.fetch.errors import AuthFailure, DownloadFailure, FetchError, ManifestFailure
+from wasm_agent.fetch.errors import AuthFailure, DownloadFailure, ManifestFailure
 from wasm_agent.fetch.oci_auth import RegistryAuth, parse_challenge, pull_scope
 from wasm_agent.fetch.reference import OciReference
 from wasm_agent.fetch.retry import (
     DEFAULT_BACKOFF,
     Backoff,
     Deadline,
-    RetriesExhausted,
     Retryable,
     retryable_status,
     with_retries,
@@ -48,13 +47,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # Insecure registries found to speak plain HTTP (tried over TLS first, like Docker does).
 _PLAIN_HTTP_HOSTS: set[str] = set()
-
-
-class Retry(Exception):
-    """A retryable failure inside the retry loop; ``error`` is what to report."""
-
-    def __init__(self, error: FetchError) -> None:
-        self.error = error
 
 
 def _tls_failure(exc: BaseException) -> bool:
@@ -114,7 +106,7 @@ class RegistryConnection:
         return bytes(buf)
 
     async def fail(self, resp: httpx.Response, what: str, reference: str) -> None:
-        """Raise the error for a non-200 answer (retryable 5xx -> :class:`Retry`)."""
+        """Raise the error for a non-200 answer (retryable 5xx -> :class:`Retryable`)."""
         status = resp.status_code
         detail = ""
         try:
@@ -126,7 +118,7 @@ class RegistryConnection:
         if status >= 500:
             error = DownloadFailure(self.url, f"registry answered HTTP {status} for {what}")
             if retryable_status(status):
-                raise Retry(error)
+                raise Retryable(error)
             raise error
         if status == 401:
             challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
@@ -158,8 +150,8 @@ class RegistryConnection:
         async def one(number: int) -> T:
             try:
                 return await attempt()
-            except Retry as retry:
-                raise Retryable(retry.error) from None
+            except Retryable:
+                raise
             except AddressBlockedError as exc:
                 raise to_fetch_error(self.url, exc) from None
             except TRANSPORT_ERRORS as exc:
@@ -178,22 +170,14 @@ class RegistryConnection:
                 },
             )
 
-        try:
-            return await with_retries(
-                one,
-                max_attempts=self.settings.http_max_retries,
-                deadline=self.deadline,
-                backoff=self.backoff,
-                on_retry=on_retry,
-            )
-        except RetriesExhausted as exc:
-            last = exc.last
-            cause = last.cause if isinstance(last, FetchError) else str(last)
-            if exc.deadline:
-                cause = f"fetch deadline would pass before the next retry; {cause}"
-            plural = "s" if exc.attempts != 1 else ""
-            error_type = type(last) if isinstance(last, FetchError) else DownloadFailure
-            raise error_type(self.url, f"{cause} (after {exc.attempts} attempt{plural})") from None
+        return await with_retries(
+            one,
+            max_attempts=self.settings.http_max_retries,
+            deadline=self.deadline,
+            backoff=self.backoff,
+            on_retry=on_retry,
+            url=self.url,
+        )
 
     def _tls_error(self, exc: BaseException) -> DownloadFailure:
         hint = (

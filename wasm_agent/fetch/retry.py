@@ -1,7 +1,9 @@
 """Retry rules for module downloads (Istio's ``HTTPFetcher``), with an injectable backoff.
 
 Up to ``max_attempts`` attempts in total; an attempt signals a retryable failure by raising
-:class:`Retryable`; anything else propagates at once. Between attempts the delay grows
+:class:`Retryable`; anything else propagates at once. When no attempt succeeds, the one error
+is :class:`~wasm_agent.fetch.errors.RetriesExhausted` (a ``DownloadFailure``), for HTTP and
+OCI alike. Between attempts the delay grows
 exponentially (500 ms, x1.5, +-50 % jitter, capped at 60 s) and never sleeps past the deadline.
 """
 
@@ -13,6 +15,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+from wasm_agent.fetch.errors import RetriesExhausted
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "Backoff",
+    "Deadline",
+    "RetriesExhausted",
+    "Retryable",
+    "retryable_status",
+    "with_retries",
+]
 
 T = TypeVar("T")
 
@@ -64,21 +78,14 @@ class Deadline:
 
 
 class Retryable(Exception):
-    """Raised by an attempt whose failure may be retried; ``error`` is what to report."""
+    """Raised by an attempt whose failure may be retried; ``error`` is what to report.
+
+    Control flow inside :func:`with_retries` only: it never leaves that function.
+    """
 
     def __init__(self, error: Exception) -> None:
         self.error = error
         super().__init__(str(error))
-
-
-class RetriesExhausted(Exception):
-    """Every attempt failed; ``last`` is the last attempt's error."""
-
-    def __init__(self, last: Exception, attempts: int, *, deadline: bool = False) -> None:
-        self.last = last
-        self.attempts = attempts
-        self.deadline = deadline  # stopped early: the next backoff would pass the deadline
-        super().__init__(f"{attempts} attempts, last error: {last}")
 
 
 async def with_retries(
@@ -88,12 +95,14 @@ async def with_retries(
     deadline: Deadline,
     backoff: Backoff = DEFAULT_BACKOFF,
     on_retry: Callable[[int, Exception, float], None] | None = None,
+    url: str = "",
 ) -> T:
     """Run ``attempt(n)`` (n = 1, 2, ...) until it returns, raises a non-:class:`Retryable`
     error, or ``max_attempts`` attempts failed (:class:`RetriesExhausted`).
 
     Sleeps the backoff delay between attempts, except when the delay would reach past
-    ``deadline``: then it stops at once with ``RetriesExhausted(deadline=True)``.
+    ``deadline``: then it stops at once (``RetriesExhausted.deadline`` is True). ``url`` is the
+    download the error names.
     """
     delays = backoff.delays()
     attempts = max(1, max_attempts)
@@ -106,8 +115,8 @@ async def with_retries(
             break
         delay = next(delays)
         if delay >= deadline.remaining():
-            raise RetriesExhausted(last, number, deadline=True)
+            raise RetriesExhausted(url, last, number, deadline=deadline.seconds)
         if on_retry is not None:
             on_retry(number, last, delay)
         await asyncio.sleep(delay)
-    raise RetriesExhausted(last, attempts)
+    raise RetriesExhausted(url, last, attempts)
