@@ -27,7 +27,7 @@ from tests.support.sigstore import (
     tree_hash,
     trusted_root_json,
 )
-from wasm_agent.fetch import keyless
+from wasm_agent.fetch import keyless, trust_root
 from wasm_agent.fetch import sigstore_bundle as sb
 from wasm_agent.fetch.keyless import KeylessIdentity, Problem, Refused
 from wasm_agent.fetch.trust_root import TrustRootError, parse_time, parse_trust_root
@@ -221,15 +221,15 @@ def test_merkle_inclusion_proofs_match_rfc6962() -> None:
     for size in range(1, 20):
         leaves = [bytes([i]) * 32 for i in range(size)]
         for index in range(size):
-            body = b"leaf %d" % index  # keyless.merkle_root hashes the leaf body itself
+            body = b"leaf %d" % index  # trust_root.merkle_root hashes the leaf body itself
             hashed = list(leaves)
             hashed[index] = hashlib.sha256(b"\x00" + body).digest()
             proof = tuple(audit_path(index, hashed))
-            assert keyless.merkle_root(index, size, body, proof) == tree_hash(hashed)
+            assert trust_root.merkle_root(index, size, body, proof) == tree_hash(hashed)
     with pytest.raises(ValueError, match="outside"):
-        keyless.merkle_root(5, 5, b"x", ())
+        trust_root.merkle_root(5, 5, b"x", ())
     with pytest.raises(ValueError, match="needs"):
-        keyless.merkle_root(0, 4, b"x", ())
+        trust_root.merkle_root(0, 4, b"x", ())
 
 
 def test_trusted_root_parsing_errors_name_the_field() -> None:

@@ -1,4 +1,4 @@
-"""Verify cosign key-based signatures of OCI modules (``cosign sign --key``).
+"""Verify cosign signatures of OCI modules (``cosign sign --key``, and keyless).
 
 cosign stores the signatures of image ``repo@sha256:<hex>`` as an OCI image manifest tagged
 ``sha256-<hex>.sig`` in the same repository. Each layer of media type
@@ -14,6 +14,11 @@ The manifest and every payload are fetched through the module's own registry ses
 auth, same deadline) and checked against their digests; a module passes when one payload is
 signed by one of the policy rule's keys, names the module's manifest digest and its
 repository. Anything else is a :class:`SignatureFailure` naming the repository and the reason.
+
+Rules with ``keyless`` entries also accept keyless signatures (Fulcio certificate, Rekor
+entry), found in the same ``.sig`` manifest or as Sigstore bundle referrers
+(:mod:`referrers`) and verified offline (:mod:`keyless`); any one valid signature of either
+kind passes.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from wasm_agent.core.metrics import REGISTRY
 from wasm_agent.core.settings import VerifyPolicy
 from wasm_agent.fetch import oci_layers
 from wasm_agent.fetch.errors import ChecksumMismatch, FetchError, SignatureFailure
-from wasm_agent.fetch.reference import InvalidReference, OciReference, parse_reference
+from wasm_agent.fetch.keyless import KeylessIdentity, judge
+from wasm_agent.fetch.reference import OciReference
+from wasm_agent.fetch.referrers import keyless_evidence
+from wasm_agent.fetch.sigstore_bundle import simple_signing_problem
 from wasm_agent.fetch.trust_policy import PublicKey, Rule, TrustPolicy
 
 log = logging.getLogger(__name__)
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
-COSIGN_TYPE = "cosign container image signature"
 MAX_SIGNATURE_MANIFEST = 1024 * 1024
 MAX_PAYLOAD = 256 * 1024
 MAX_SIGNATURES = 64
@@ -60,6 +67,12 @@ class Reason(enum.StrEnum):
     IDENTITY_MISMATCH = "identity_mismatch"
     MALFORMED = "malformed"
     TAMPERED = "tampered"
+    # keyless (Fulcio certificate + Rekor entry, docs/signing.md)
+    UNTRUSTED_CHAIN = "untrusted_chain"
+    ISSUER_MISMATCH = "issuer_mismatch"
+    EXPIRED_CERTIFICATE = "expired_certificate"
+    MISSING_LOG_PROOF = "missing_log_proof"
+    INVALID_LOG_PROOF = "invalid_log_proof"
 
 
 _WORDS = {
@@ -70,6 +83,11 @@ _WORDS = {
     Reason.IDENTITY_MISMATCH: "identity mismatch",
     Reason.MALFORMED: "malformed signature",
     Reason.TAMPERED: "tampered signature payload",
+    Reason.UNTRUSTED_CHAIN: "untrusted chain",
+    Reason.ISSUER_MISMATCH: "issuer mismatch",
+    Reason.EXPIRED_CERTIFICATE: "expired certificate at integrated time",
+    Reason.MISSING_LOG_PROOF: "missing log proof",
+    Reason.INVALID_LOG_PROOF: "invalid log proof",
 }
 
 
@@ -139,45 +157,10 @@ def parse_signature_manifest(body: bytes) -> list[SignatureLayer]:
     return found
 
 
-def _field(doc: Any, name: str) -> Any:
-    """``doc[name]``, matched case-insensitively when not exact (as Go's json.Unmarshal)."""
-    if not isinstance(doc, dict):
-        return None
-    if name in doc:
-        return doc[name]
-    for key, value in doc.items():
-        if isinstance(key, str) and key.lower() == name:
-            return value
-    return None
-
-
 def check_payload(payload: bytes, digest: str, name: str) -> tuple[Reason, str] | None:
     """None if the simple-signing ``payload`` names image ``digest`` in repository ``name``."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return Reason.MALFORMED, "the signed payload is not JSON"
-    critical = _field(doc, "critical")
-    kind = _field(critical, "type")
-    if kind != COSIGN_TYPE:
-        return Reason.MALFORMED, f"the signed payload has type {kind!r}, not {COSIGN_TYPE!r}"
-    signed_digest = _field(_field(critical, "image"), "docker-manifest-digest")
-    if signed_digest != digest:
-        return (
-            Reason.DIGEST_MISMATCH,
-            f"the signed payload names image {signed_digest!r}, the module's manifest is {digest}",
-        )
-    reference = _field(_field(critical, "identity"), "docker-reference")
-    try:
-        signed_name = parse_reference(reference).name if isinstance(reference, str) else None
-    except InvalidReference:
-        signed_name = None
-    if signed_name != name:
-        return (
-            Reason.IDENTITY_MISMATCH,
-            f"the signed payload names repository {reference!r}, the module is in {name}",
-        )
-    return None
+    found = simple_signing_problem(payload, digest, name)
+    return None if found is None else (Reason(found[0]), found[1])
 
 
 def decode_signature(text: str) -> bytes | None:
@@ -191,11 +174,20 @@ def decode_signature(text: str) -> bytes | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome over every signature: the key that verified one, or why none passed."""
+    """The outcome over every signature: the key (or keyless identity) that verified one, or
+    why none passed."""
 
     key: PublicKey | None
     reason: Reason | None = None
     detail: str = ""
+    identity: KeylessIdentity | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """What the cache records: the key's fingerprint or the identity's ``keyless:...``."""
+        if self.key is not None:
+            return self.key.fingerprint
+        return self.identity.fingerprint if self.identity is not None else None
 
 
 def evaluate(
@@ -245,26 +237,45 @@ async def verify(session: Any, digest: str, rule: Rule) -> tuple[str, ...]:
     except FetchError:
         SIGNATURE_VERIFICATIONS.inc(result="error")
         raise
-    if verdict.key is None:
+    if verdict.fingerprint is None:
         assert verdict.reason is not None
         SIGNATURE_VERIFICATIONS.inc(result=verdict.reason.value)
         raise signature_failure(session.url, ref.name, verdict.reason, verdict.detail)
     SIGNATURE_VERIFICATIONS.inc(result="success")
-    log.info(
-        "verified a module signature",
-        extra={
-            "repository": ref.name,
-            "digest": digest,
-            "key": verdict.key.fingerprint,
-            "rule": rule.origin,
-        },
-    )
-    return (verdict.key.fingerprint,)
+    extra = {"repository": ref.name, "digest": digest, "rule": rule.origin}
+    if verdict.identity is not None:
+        extra["identity"] = verdict.identity.describe()
+    log.info("verified a module signature", extra={**extra, "key": verdict.fingerprint})
+    return (verdict.fingerprint,)
 
 
 async def _verdict(session: Any, digest: str, ref: OciReference, rule: Rule) -> Verdict:
     tag = signature_tag(digest)
     body = await _signature_manifest(session, tag, ref)
+    by_key = None
+    if rule.keys:
+        by_key = await _key_verdict(session, digest, ref, rule.keys, tag, body)
+        if by_key.key is not None or not rule.keyless:
+            return by_key
+    outcome = judge(
+        await keyless_evidence(session, digest, body, tag), digest, ref.name, rule.keyless
+    )
+    if isinstance(outcome, KeylessIdentity):
+        return Verdict(None, identity=outcome)
+    keyless = Verdict(None, Reason(outcome.problem.value), outcome.detail)
+    if by_key is not None and keyless.reason is Reason.NO_SIGNATURE:
+        return by_key  # only key-based signatures were there: say what was wrong with them
+    return keyless
+
+
+async def _key_verdict(
+    session: Any,
+    digest: str,
+    ref: OciReference,
+    keys: tuple[PublicKey, ...],
+    tag: str,
+    body: bytes | None,
+) -> Verdict:
     if body is None:
         return Verdict(None, Reason.NO_SIGNATURE, f"no cosign signature at {ref.name}:{tag}")
     try:
@@ -292,8 +303,7 @@ async def _verdict(session: Any, digest: str, ref: OciReference, rule: Rule) -> 
         except ChecksumMismatch as exc:
             raise signature_failure(session.url, ref.name, Reason.TAMPERED, exc.cause) from None
         signatures.append((payload, layer.signature))
-    assert rule.keys is not None
-    return evaluate(signatures, digest, ref.name, rule.keys)
+    return evaluate(signatures, digest, ref.name, keys)
 
 
 async def _signature_manifest(session: Any, tag: str, ref: OciReference) -> bytes | None:

@@ -37,11 +37,14 @@ from wasm_agent.core.settings import (
     build_fetch_settings,
     verify_policy_path,
 )
+from wasm_agent.fetch.keyless import KeylessIdentity
 from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
+from wasm_agent.fetch.trust_root import TrustRoot, TrustRootError, load_trust_root
 
 NONE = "none"
-RULE_KEYS = frozenset({"repository", "keys"})
-TOP_KEYS = frozenset({"rules"})
+RULE_KEYS = frozenset({"repository", "keys", "keyless"})
+TOP_KEYS = frozenset({"rules", "trustedRoot"})
+KEYLESS_KEYS = frozenset({"identity", "identityRegExp", "issuer", "issuerRegExp", "trustedRoot"})
 MAX_POLICY_SIZE = 1024 * 1024
 
 
@@ -73,19 +76,24 @@ class PublicKey:
 
 @dataclass(frozen=True)
 class Rule:
-    """One policy entry: a glob and the keys of which one must have signed (None: no need)."""
+    """One policy entry: a glob, the keys of which one must have signed (None: no need), and
+    the keyless identities (any one of a key or an identity passes)."""
 
     pattern: str
     keys: tuple[PublicKey, ...] | None
     origin: str  # file:line
+    keyless: tuple[KeylessIdentity, ...] = ()
 
     @property
     def required(self) -> bool:
-        return self.keys is not None
+        return self.keys is not None or bool(self.keyless)
 
     @property
     def fingerprints(self) -> frozenset[str]:
-        return frozenset(k.fingerprint for k in self.keys or ())
+        """What may have verified a cached module: key fingerprints, ``keyless:`` entries."""
+        return frozenset(k.fingerprint for k in self.keys or ()) | frozenset(
+            e.fingerprint for e in self.keyless
+        )
 
     def matches(self, name: str) -> bool:
         return _glob_regex(self.pattern).fullmatch(name) is not None
@@ -180,6 +188,8 @@ class _Loader:
     def __init__(self, source: str, base: Path) -> None:
         self.source = source
         self.base = base
+        self.roots: dict[Path, TrustRoot] = {}
+        self.default_root: TrustRoot | None = None
 
     def error(self, node: Any, message: str) -> PolicyError:
         return PolicyError(f"{_at(self.source, node)}: {message}")
@@ -209,6 +219,8 @@ class _Loader:
         fields = self.mapping(node, "the policy", TOP_KEYS)
         if "rules" not in fields:
             raise self.error(node, "missing 'rules' (a list of {repository, keys})")
+        if "trustedRoot" in fields:
+            self.default_root = self.trust_root(fields["trustedRoot"][1])
         key, rules = fields["rules"]
         if not isinstance(rules, yaml.SequenceNode) or not rules.value:
             raise self.error(rules if rules.value else key, "'rules' must be a non-empty list")
@@ -216,12 +228,72 @@ class _Loader:
 
     def rule(self, node: Any) -> Rule:
         fields = self.mapping(node, "a rule", RULE_KEYS)
-        for name in ("repository", "keys"):
-            if name not in fields:
-                raise self.error(node, f"rule has no '{name}'")
+        if "repository" not in fields:
+            raise self.error(node, "rule has no 'repository'")
+        if "keys" not in fields and "keyless" not in fields:
+            raise self.error(node, "rule has no 'keys' (or 'keyless')")
         pattern = self.pattern(fields["repository"][1])
-        keys = self.keys(fields["keys"][1])
-        return Rule(pattern=pattern, keys=keys, origin=_at(self.source, node))
+        keys = self.keys(fields["keys"][1]) if "keys" in fields else ()
+        keyless = self.keyless(fields["keyless"][1]) if "keyless" in fields else ()
+        if keys is None and keyless:
+            raise self.error(fields["keys"][1], "'keys: none' next to 'keyless': drop 'keys'")
+        return Rule(pattern=pattern, keys=keys, origin=_at(self.source, node), keyless=keyless)
+
+    # -- keyless ---------------------------------------------------------------------------
+
+    def keyless(self, node: Any) -> tuple[KeylessIdentity, ...]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.error(node, "'keyless' must be a non-empty list of {identity, issuer}")
+        return tuple(self.identity(item) for item in node.value)
+
+    def identity(self, node: Any) -> KeylessIdentity:
+        fields = self.mapping(node, "a keyless entry", KEYLESS_KEYS)
+        values: dict[str, str | None] = {}
+        for exact, regexp in (("identity", "identityRegExp"), ("issuer", "issuerRegExp")):
+            if exact in fields and regexp in fields:
+                raise self.error(node, f"keyless entry has both '{exact}' and '{regexp}'")
+            if exact not in fields and regexp not in fields:
+                raise self.error(node, f"keyless entry has no '{exact}' or '{regexp}'")
+            values[exact] = values[regexp] = None
+            name = exact if exact in fields else regexp
+            value_node = fields[name][1]
+            text = self.string(value_node, f"'{name}'").strip()
+            if not text:
+                raise self.error(value_node, f"'{name}' is empty")
+            if name == regexp:
+                try:
+                    re.compile(text)
+                except re.error as error:
+                    raise self.error(
+                        value_node, f"'{name}' is not a regular expression: {error}"
+                    ) from None
+            values[name] = text
+        if "trustedRoot" in fields:
+            root = self.trust_root(fields["trustedRoot"][1])
+        elif self.default_root is not None:
+            root = self.default_root
+        else:
+            raise self.error(node, "keyless entry needs a trustedRoot (here or at the top level)")
+        return KeylessIdentity(
+            identity=values["identity"],
+            identity_regexp=values["identityRegExp"],
+            issuer=values["issuer"],
+            issuer_regexp=values["issuerRegExp"],
+            root=root,
+            origin=_at(self.source, node),
+        )
+
+    def trust_root(self, node: Any) -> TrustRoot:
+        text = self.string(node, "'trustedRoot' (a trusted_root.json path)")
+        path = (self.base / Path(text.strip()).expanduser()).resolve()
+        if path not in self.roots:
+            if not path.is_file():
+                raise self.error(node, f"cannot read trusted root {path}")
+            try:
+                self.roots[path] = load_trust_root(path)
+            except TrustRootError as error:
+                raise self.error(node, str(error)) from None
+        return self.roots[path]
 
     def pattern(self, node: Any) -> str:
         text = self.string(node, "'repository'").strip()

@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from wasm_agent.fetch.sigstore_bundle import LogEntry
 
 MEDIA_TYPES = frozenset(
     {
@@ -216,3 +221,74 @@ def _log(source: str, index: int, raw: Any) -> TransparencyLog:
     base_url = raw.get("baseUrl") if isinstance(raw.get("baseUrl"), str) else ""
     valid = _window(source, f"{where}.publicKey", key_doc.get("validFor"))
     return TransparencyLog(str(base_url), log_id, key, valid)
+
+
+# -- signatures by the trusted keys ------------------------------------------------------------
+
+
+def verify_signature(key: Any, signature: bytes, data: bytes) -> bool:
+    """True if ``signature`` over ``data`` verifies with ``key`` (ECDSA/SHA-2 or Ed25519)."""
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            algorithm = hashes.SHA384() if key.curve.key_size >= 384 else hashes.SHA256()
+            key.verify(signature, data, ec.ECDSA(algorithm))
+        else:
+            return False
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def set_payload(entry: LogEntry) -> bytes:
+    """The canonical JSON that a Rekor v1 signed entry timestamp signs."""
+    doc = {
+        "body": base64.b64encode(entry.body).decode(),
+        "integratedTime": entry.integrated_time,
+        "logID": entry.log_id.hex(),
+        "logIndex": entry.log_index,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def merkle_root(index: int, size: int, leaf: bytes, proof: tuple[bytes, ...]) -> bytes:
+    """The RFC 6962 / RFC 9162 root an inclusion proof yields; ValueError if it is malformed."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} is outside a tree of size {size}")
+    inner = (index ^ (size - 1)).bit_length()
+    border = bin(index >> inner).count("1")
+    if len(proof) != inner + border:
+        raise ValueError(
+            f"the proof has {len(proof)} hashes, a tree of size {size} needs {inner + border}"
+        )
+    node = hashlib.sha256(b"\x00" + leaf).digest()
+    for i, sibling in enumerate(proof[:inner]):
+        pair = (node, sibling) if (index >> i) & 1 == 0 else (sibling, node)
+        node = hashlib.sha256(b"\x01" + pair[0] + pair[1]).digest()
+    for sibling in proof[inner:]:
+        node = hashlib.sha256(b"\x01" + sibling + node).digest()
+    return node
+
+
+def verify_checkpoint(note: str, key: Any, size: int, root_hash: bytes) -> str | None:
+    """None if the signed note ``note`` is signed by ``key`` and commits to ``size`` and
+    ``root_hash``; else what is wrong."""
+    text, sep, signatures = note.partition("\n\n")
+    if not sep:
+        return "the checkpoint is not a signed note"
+    lines = text.split("\n")
+    if len(lines) < 3:
+        return "the checkpoint has no origin, size and root lines"
+    if lines[1] != str(size) or lines[2] != base64.b64encode(root_hash).decode():
+        return "the checkpoint names another tree size or root than the inclusion proof"
+    for line in signatures.splitlines():
+        if not line.startswith("\u2014 "):
+            continue
+        try:
+            raw = base64.b64decode(line.rsplit(" ", 1)[-1], validate=True)
+        except ValueError:
+            continue
+        if len(raw) > 4 and verify_signature(key, raw[4:], (text + "\n").encode()):
+            return None
+    return "no checkpoint signature verifies with the log key"
