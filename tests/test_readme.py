@@ -95,7 +95,7 @@ def test_readme_commands_work_as_written_in_a_fresh_virtualenv(tmp_path: Path) -
     python_home = subprocess.run(
         [str(venv_bin / "python"), "-c", "import sys, wasm_agent; print(sys.prefix); "
          "print(wasm_agent.__file__)"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout.split()  # fmt: skip
     assert Path(python_home[0]) == checkout / ".venv"
     assert Path(python_home[1]).is_relative_to(checkout), python_home[1]

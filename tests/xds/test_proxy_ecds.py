@@ -103,6 +103,8 @@ async def test_failed_fetch_nacks_with_the_last_acked_version(
     assert module_path(forwarded).endswith(f"{sha256_hex(V1)}.wasm")
     ack = {"response_nonce": "A"} | ({} if delta else {"version_info": "v1"})
     await ads.request(ECDS_TYPE, **ack)
+    # the proxy learns the ACKed version from the ACK it passes upstream: wait for it there
+    await istiod.until(lambda: [r for r in stream.requests if r.response_nonce == "A"])
     bad = wasm_extension(mods.url(f"/nack-{delta}/missing.wasm"), "00" * 32)
     istiod.send_response(ecds_response(bad, "v2", "B", delta))
     nack = (await istiod.until(lambda: [r for r in stream.requests if r.response_nonce == "B"]))[0]
