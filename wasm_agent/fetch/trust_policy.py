@@ -1,10 +1,14 @@
-"""The verify policy: which OCI repositories need a cosign signature, and by which keys.
+"""The verify policy: which OCI repositories need a cosign signature, by which keys or identities.
 
 Pure (no network). A policy file is YAML (details and an example in ``docs/signing.md``)::
 
+    trustedRoot: sigstore/trusted_root.json  # for keyless entries (relative to this file)
     rules:
       - repository: ghcr.io/acme/**        # registry/repository glob
         keys: [keys/acme.pub]              # PEM files (relative to this file) or inline PEM
+        keyless:                           # and/or Fulcio identities (cosign keyless)
+          - identity: https://github.com/acme/f/.github/workflows/release.yml@refs/heads/main
+            issuer: https://token.actions.githubusercontent.com
       - repository: "**"
         keys: none                         # no signature required
 
