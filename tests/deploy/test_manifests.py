@@ -70,7 +70,10 @@ MiB = 1024 * 1024
 
 
 def manifest_files() -> list[Path]:
-    files = sorted(p for p in KUBE.rglob("*.y*ml") if p.name != "kustomization.yaml")
+    # Helm values (istio/injector-values.yaml) are no Kubernetes objects: see test_istio.py
+    files = sorted(
+        p for p in KUBE.rglob("*.y*ml") if p.name != "kustomization.yaml" and "values" not in p.name
+    )
     assert files, KUBE
     return files
 
@@ -270,7 +273,13 @@ def test_kustomization_lists_every_manifest() -> None:
     assert len(listed) == len(set(listed))
     for resource in listed:
         assert (KUBE / resource).is_file(), f"kustomization lists missing {resource}"
-    assert sorted(listed) == sorted(str(p.relative_to(KUBE)) for p in manifest_files())
+    # istio/ needs an Istio control plane; it is applied on its own (docs/istio.md)
+    standalone = ("istio/",)
+    assert sorted(listed) == sorted(
+        str(p.relative_to(KUBE))
+        for p in manifest_files()
+        if not str(p.relative_to(KUBE)).startswith(standalone)
+    )
 
 
 def test_rendered_kustomization_is_valid_and_consistent() -> None:
