@@ -11,18 +11,37 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.credhelper import HelperDir
+from tests.support.oci_push import RawPusher
+from tests.support.registry import (
+    PUSH_PASSWORD,
+    PUSH_USER,
+    REGISTRY_PASSWORD,
+    REGISTRY_USER,
+    Registry,
+    unique_repo,
+)
+from tests.support.tokenserver import TokenServer
+from tests.support.wasm import padded_module
+from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.credential_helpers import (
+    HELPERS,
     CredentialHelperError,
     CredentialHelpers,
     parse_helpers,
     resolve_credentials,
 )
 from wasm_agent.fetch.dockerconfig import ANONYMOUS, Credentials, DockerConfigError
+from wasm_agent.fetch.errors import AuthFailure
+from wasm_agent.fetch.model import FetchRequest
+from wasm_agent.fetch.oci import fetch_oci
 
 SECRET = "planted-S3cret-do-not-log"
 
@@ -211,3 +230,176 @@ def test_helper_names_cannot_be_paths(doc: dict[str, object]) -> None:
     with pytest.raises(DockerConfigError) as info:
         parse_helpers(json.dumps(doc).encode())
     assert "/usr/bin/env" not in str(info.value)
+
+
+# -- fetches from real registries with helper credentials ------------------------------------
+
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """The process-wide helper cache, empty before and after the test."""
+    HELPERS.clear()
+    yield
+    HELPERS.clear()
+
+
+def settings_for(registry: Registry, config_dir: Path, **kw: Any) -> FetchSettings:
+    base: dict[str, Any] = {
+        "insecure_registries": frozenset({registry.host}),
+        "default_fetch_timeout": 20.0,
+        "http_max_retries": 2,
+        "docker_config_dir": config_dir,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+@dataclass(frozen=True)
+class Settings(FetchSettings):
+    """FetchSettings with the helper timeout the CLI sets."""
+
+    credential_helper_timeout: float = 10.0
+
+
+@pytest.fixture(scope="module")
+def basic_repo(oci_registry_basic: Registry) -> tuple[str, bytes]:
+    repo, module = unique_repo(), padded_module(1200, seed=51)
+    with RawPusher(oci_registry_basic.url, PUSH_USER, PUSH_PASSWORD) as pusher:
+        pusher.push_wasm_artifact(repo, "v1", module)
+    return repo, module
+
+
+def write_config(directory: Path, doc: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(doc))
+    return directory
+
+
+@pytest.mark.registry
+async def test_htpasswd_registry_with_cred_helper(
+    oci_registry_basic: Registry,
+    basic_repo: tuple[str, bytes],
+    helpers: HelperDir,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fresh_cache: None,
+) -> None:
+    repo, module = basic_repo
+    host = oci_registry_basic.host
+    helpers.add("htpasswd", username=REGISTRY_USER, secret=REGISTRY_PASSWORD)
+    config_dir = write_config(tmp_path / "docker", {"credHelpers": {host: "htpasswd"}})
+    settings = settings_for(oci_registry_basic, config_dir)
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        got = await fetch_oci(FetchRequest(oci_registry_basic.oci_url(repo, "v1")), settings)
+        assert got.data == module
+    assert helpers.runs("htpasswd") == 1  # cached per registry
+    assert helpers.stdin("htpasswd") == host
+    assert REGISTRY_PASSWORD not in logged(caplog)
+
+
+@pytest.mark.registry
+async def test_pull_secret_with_creds_store(
+    oci_registry_basic: Registry,
+    basic_repo: tuple[str, bytes],
+    helpers: HelperDir,
+    tmp_path: Path,
+    fresh_cache: None,
+) -> None:
+    repo, module = basic_repo
+    helpers.add("store", username=REGISTRY_USER, secret=REGISTRY_PASSWORD)
+    secret = json.dumps({"auths": {}, "credsStore": "store"}).encode()
+    got = await fetch_oci(
+        FetchRequest(oci_registry_basic.oci_url(repo, "v1"), pull_secret=secret),
+        settings_for(oci_registry_basic, tmp_path / "none"),
+    )
+    assert got.data == module
+
+
+@pytest.mark.registry
+async def test_refused_cached_answer_asks_the_helper_again(
+    oci_registry_basic: Registry,
+    basic_repo: tuple[str, bytes],
+    helpers: HelperDir,
+    tmp_path: Path,
+    fresh_cache: None,
+) -> None:
+    """An expired token in the cache (ECR's 12 h) costs one refused request, not the fetch."""
+    repo, module = basic_repo
+    host = oci_registry_basic.host
+    helpers.add("rotating", username=REGISTRY_USER, secret="expired-token")
+    config_dir = write_config(tmp_path / "docker", {"credHelpers": {host: "rotating"}})
+    settings = settings_for(oci_registry_basic, config_dir)
+    url = oci_registry_basic.oci_url(repo, "v1")
+    with pytest.raises(AuthFailure):  # a fresh answer that is refused is an error
+        await fetch_oci(FetchRequest(url), settings)
+    assert helpers.runs("rotating") == 1
+    await HELPERS.get("rotating", host)  # cache the stale answer
+    helpers.add("rotating", username=REGISTRY_USER, secret=REGISTRY_PASSWORD)
+    got = await fetch_oci(FetchRequest(url), settings)
+    assert got.data == module
+    assert helpers.runs("rotating") == 3
+
+
+@pytest.mark.registry
+async def test_identity_token_from_helper_at_the_token_server(
+    oci_registry_token: Registry,
+    oci_token_server: TokenServer,
+    helpers: HelperDir,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fresh_cache: None,
+) -> None:
+    repo, module = f"alice/{unique_repo()}", padded_module(1300, seed=52)
+    with RawPusher(oci_registry_token.url, PUSH_USER, PUSH_PASSWORD) as pusher:
+        pusher.push_wasm_artifact(repo, "v1", module)
+    refresh = "refresh-" + SECRET
+    oci_token_server.policy.identity_tokens[refresh] = REGISTRY_USER
+    helpers.add("ident", username="<token>", secret=refresh)
+    config_dir = write_config(tmp_path / "docker", {"credsStore": "ident"})
+    caplog.set_level(logging.DEBUG)
+    before = len(oci_token_server.requests)
+    got = await fetch_oci(
+        FetchRequest(oci_registry_token.oci_url(repo, "v1")),
+        settings_for(oci_registry_token, config_dir),
+    )
+    assert got.data == module
+    asked = oci_token_server.requests[before:]
+    assert [r.user for r in asked] == [REGISTRY_USER]  # only a refresh_token grant names alice
+    assert SECRET not in logged(caplog)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [
+        ("hang", "did not answer within 1s and was killed"),
+        ("fail", "exited with status 1"),
+        ("garbage", "not a JSON object"),
+        ("missing", "was not found on PATH"),
+    ],
+)
+async def test_failing_helper_fails_the_fetch_clearly(
+    oci_registry_basic: Registry,
+    basic_repo: tuple[str, bytes],
+    helpers: HelperDir,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fresh_cache: None,
+    behaviour: str,
+    expected: str,
+) -> None:
+    repo, _ = basic_repo
+    host = oci_registry_basic.host
+    if behaviour != "missing":
+        helpers.add("broken", behaviour=behaviour, secret=SECRET)
+    config_dir = write_config(tmp_path / "docker", {"credHelpers": {host: "broken"}})
+    settings = settings_for(oci_registry_basic, config_dir, credential_helper_timeout=1.0)
+    caplog.set_level(logging.DEBUG)
+    started = time.monotonic()
+    with pytest.raises(AuthFailure) as info:
+        await fetch_oci(FetchRequest(oci_registry_basic.oci_url(repo, "v1")), settings)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert expected in message and "docker-credential-broken" in message and host in message
+    assert SECRET not in message and SECRET not in logged(caplog)

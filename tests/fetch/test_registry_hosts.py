@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from tests.support.mirror import PullThroughRegistry, TlsRegistry
+from tests.support.oci_push import RawPusher
+from tests.support.registry import Registry, free_port, unique_repo
+from tests.support.tls import TlsFiles, generate
+from tests.support.wasm import padded_module, sha256_hex
+from wasm_agent.core.settings import FetchSettings
+from wasm_agent.fetch.errors import DownloadFailure
+from wasm_agent.fetch.model import FetchRequest
+from wasm_agent.fetch.oci import fetch_oci
 from wasm_agent.fetch.registry_hosts import (
     HostsConfigError,
     host_dirs,
@@ -119,3 +134,194 @@ def test_unloadable_ca_names_the_file(tmp_path: Path) -> None:
     (endpoint,) = load_hosts(tmp_path, "reg.example").endpoints
     with pytest.raises(HostsConfigError, match=r"missing\.pem"):
         endpoint.ssl_context()
+
+
+# -- against real registries --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings(FetchSettings):
+    """FetchSettings with ``registry_config_dir`` (the field the CLI fills)."""
+
+    registry_config_dir: Path | None = None
+
+
+def settings_for(config_dir: Path | None, *insecure: str, **kw: Any) -> FetchSettings:
+    base: dict[str, Any] = {
+        "registry_config_dir": config_dir,
+        "insecure_registries": frozenset(insecure),
+        "default_fetch_timeout": 20.0,
+        "http_max_retries": 2,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with Registry(tmp_path_factory.mktemp("upstream")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory, upstream: Registry) -> Iterator[Registry]:
+    with PullThroughRegistry(tmp_path_factory.mktemp("mirror"), upstream.url) as reg:
+        yield reg
+
+
+def push(registry: Registry, seed: int, *, verify: Any = False) -> tuple[str, bytes, str]:
+    """(repo, module, manifest digest) of a fresh Wasm artifact tagged v1."""
+    repo, module = unique_repo(), padded_module(1500, seed=seed)
+    with RawPusher(registry.url, verify=verify) as pusher:
+        if isinstance(verify, ssl.SSLContext):
+            pusher.client = httpx.Client(timeout=30.0, verify=verify)
+        pushed = pusher.push_wasm_artifact(repo, "v1", module)
+    return repo, module, pushed.digest
+
+
+def mirror_hosts(
+    config_dir: Path, upstream: Registry, *mirrors: str, caps: str = '["pull", "resolve"]'
+) -> None:
+    tables = "".join(f'[host."{m}"]\n  capabilities = {caps}\n' for m in mirrors)
+    write_hosts(config_dir, upstream.host, f'server = "{upstream.url}"\n{tables}')
+
+
+@pytest.mark.registry
+async def test_pull_through_mirror_serves_and_caches(
+    upstream: Registry, mirror: Registry, tmp_path: Path
+) -> None:
+    repo, module, digest = push(upstream, 41)
+    mirror_hosts(tmp_path, upstream, mirror.url)
+    settings = settings_for(tmp_path)
+    url = upstream.oci_url(repo, "v1")
+    got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
+    assert got.data == module
+    upstream_blob_gets = upstream.count_blob_gets(repo)
+    assert upstream_blob_gets >= 1  # the mirror filled its cache from the upstream
+    got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
+    assert got.data == module
+    assert upstream.count_blob_gets(repo) == upstream_blob_gets  # served from the mirror's cache
+    gets = [p for m, p in mirror.requests() if m == "GET" and f"/v2/{repo}/" in p]
+    assert len(gets) == 4  # manifest and blob, twice, all from the mirror
+    assert all(f"ns={upstream.host}" in p for p in gets)
+
+
+@pytest.mark.registry
+async def test_mirror_down_falls_back_to_the_upstream(
+    upstream: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo, module, _ = push(upstream, 42)
+    dead = f"http://127.0.0.1:{free_port()}"
+    mirror_hosts(tmp_path, upstream, dead)
+    started = time.monotonic()
+    got = await fetch_oci(FetchRequest(upstream.oci_url(repo, "v1")), settings_for(tmp_path))
+    assert got.data == module
+    assert time.monotonic() - started < 5.0  # a refused mirror costs one attempt, no backoff
+    assert upstream.count_requests("GET", rf"^/v2/{repo}/manifests/v1") == 1
+    failed = [r for r in caplog.records if r.getMessage().startswith("registry host failed")]
+    assert failed and getattr(failed[0], "host", "").startswith(dead)
+
+
+@pytest.mark.registry
+async def test_pull_only_mirror_never_resolves_tags(
+    upstream: Registry, mirror: Registry, tmp_path: Path
+) -> None:
+    repo, module, _ = push(upstream, 43)
+    mirror_hosts(tmp_path, upstream, mirror.url, caps='["pull"]')
+    got = await fetch_oci(FetchRequest(upstream.oci_url(repo, "v1")), settings_for(tmp_path))
+    assert got.data == module
+    assert mirror.count_requests("GET", rf"^/v2/{repo}/manifests/") == 0
+    assert mirror.count_blob_gets(repo) == 1
+
+
+@pytest.mark.registry
+async def test_tampered_mirror_is_caught_and_the_upstream_used(
+    upstream: Registry, mirror: Registry, tmp_path: Path
+) -> None:
+    repo, module, digest = push(upstream, 44)
+    mirror_hosts(tmp_path, upstream, mirror.url)
+    settings = settings_for(tmp_path)
+    url = upstream.oci_url(repo, "v1")
+    await fetch_oci(FetchRequest(url), settings)  # the mirror now caches the blob
+    upstream_blob_gets = upstream.count_blob_gets(repo)
+    layer = "sha256:" + sha256_hex(module)
+    evil = bytearray(module)
+    evil[-1] ^= 0xFF
+    mirror.tamper_blob(layer, bytes(evil))
+    got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
+    assert got.data == module
+    assert upstream.count_blob_gets(repo) == upstream_blob_gets + 1  # ours, after the mirror's
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return generate(tmp_path_factory.mktemp("pki"), server_name="registry.test")
+
+
+@pytest.fixture(scope="module")
+def tls_registry(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
+) -> Iterator[TlsRegistry]:
+    with TlsRegistry(tmp_path_factory.mktemp("tls-registry"), tls_files) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def mtls_registry(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
+) -> Iterator[TlsRegistry]:
+    with TlsRegistry(tmp_path_factory.mktemp("mtls-registry"), tls_files, client_ca=True) as reg:
+        yield reg
+
+
+@pytest.mark.registry
+async def test_registry_ca_from_hosts_toml(
+    tls_registry: TlsRegistry, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    repo, module, _ = push(tls_registry, 45)
+    url = tls_registry.oci_url(repo, "v1")
+    with pytest.raises(DownloadFailure, match="certificate verif") as info:
+        await fetch_oci(FetchRequest(url), settings_for(tmp_path))
+    assert tls_registry.host in str(info.value)
+    write_hosts(tmp_path, tls_registry.host, f'ca = "{tls_files.ca}"\n')
+    got = await fetch_oci(FetchRequest(url), settings_for(tmp_path))
+    assert got.data == module
+
+
+@pytest.mark.registry
+async def test_client_certificate_from_hosts_toml(
+    mtls_registry: TlsRegistry, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    context = ssl.create_default_context(cafile=str(tls_files.ca))
+    context.load_cert_chain(str(tls_files.client_cert), str(tls_files.client_key))
+    repo, module, _ = push(mtls_registry, 46, verify=context)
+    url = mtls_registry.oci_url(repo, "v1")
+    write_hosts(tmp_path, mtls_registry.host, f'ca = "{tls_files.ca}"\n')
+    with pytest.raises(DownloadFailure) as info:
+        await fetch_oci(FetchRequest(url), settings_for(tmp_path))
+    assert mtls_registry.host in str(info.value)
+    client = f'client = [["{tls_files.client_cert}", "{tls_files.client_key}"]]\n'
+    write_hosts(tmp_path, mtls_registry.host, f'ca = "{tls_files.ca}"\n{client}')
+    got = await fetch_oci(FetchRequest(url), settings_for(tmp_path))
+    assert got.data == module
+
+
+@pytest.mark.registry
+async def test_insecure_registries_still_work_beside_hosts_toml(
+    upstream: Registry, tmp_path: Path
+) -> None:
+    repo, module, _ = push(upstream, 47)
+    write_hosts(tmp_path, "unrelated.example", 'server = "https://unrelated.example"\n')
+    settings = settings_for(tmp_path, upstream.host)
+    got = await fetch_oci(FetchRequest(upstream.oci_url(repo, "v1")), settings)
+    assert got.data == module
+
+
+@pytest.mark.registry
+async def test_bad_hosts_toml_fails_the_fetch_naming_the_registry(
+    upstream: Registry, tmp_path: Path
+) -> None:
+    write_hosts(tmp_path, upstream.host, "server = [")
+    with pytest.raises(DownloadFailure) as info:
+        await fetch_oci(FetchRequest(upstream.oci_url("x/y", "v1")), settings_for(tmp_path))
+    assert upstream.host in str(info.value) and "not valid TOML" in str(info.value)

@@ -26,15 +26,17 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.fetch.dockerconfig import (
     ANONYMOUS,
     DOCKER_HUB_KEY,
     Credentials,
     DockerConfigError,
+    normalize_registry_key,
     parse_docker_config,
 )
-from wasm_agent.fetch.dockerconfig import _normalize_key as normalize_registry_key
 from wasm_agent.fetch.reference import DOCKER_HUB
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _NOT_FOUND = b"credentials not found"  # docker-credential-helpers' ErrCredentialsNotFound
 
 
-class CredentialHelperError(Exception):
+class CredentialHelperError(WasmAgentError):
     """A helper is missing, hung, failed or printed something unusable.
 
     The message names the executable and the registry, never the helper's output.
@@ -314,3 +316,75 @@ async def resolve_credentials(
     if config.store is not None:
         return await runner.get(config.store, host, ttl=ttl, timeout=timeout)
     return Resolved(ANONYMOUS)
+
+
+class CredentialSource:
+    """One fetch's credentials: a pull secret's JSON, else ``<docker_config_dir>/config.json``.
+
+    :meth:`for_registry` resolves per registry host (a mirror is looked up under its own host,
+    so the upstream's credentials never reach a mirror). :meth:`forget_cached` drops the helper
+    answers this fetch used, after the registry refused them.
+    """
+
+    def __init__(
+        self,
+        pull_secret: bytes | None,
+        docker_config_dir: Path | None,
+        *,
+        ttl: float = DEFAULT_TTL,
+        timeout: float = DEFAULT_TIMEOUT,
+        helpers: CredentialHelpers | None = None,
+    ) -> None:
+        self.pull_secret = pull_secret
+        self.docker_config_dir = docker_config_dir
+        self.ttl, self.timeout = ttl, timeout
+        self.helpers = helpers or HELPERS
+        self.used: list[Resolved] = []
+
+    @property
+    def where(self) -> str:
+        """What the credentials come from, for messages."""
+        return "pull secret" if self.pull_secret is not None else "docker config"
+
+    def _data(self) -> bytes | None:
+        if self.pull_secret is not None:
+            if not self.pull_secret.strip():
+                raise DockerConfigError("pull secret is empty")
+            return self.pull_secret
+        if self.docker_config_dir is None:
+            return None
+        path = self.docker_config_dir / "config.json"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DockerConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+    async def for_registry(self, registry: str) -> Credentials:
+        """Credentials for ``registry``; raises DockerConfigError / CredentialHelperError."""
+        data = self._data()
+        if data is None:
+            return ANONYMOUS
+        try:
+            resolved = await resolve_credentials(
+                data, registry, helpers=self.helpers, ttl=self.ttl, timeout=self.timeout
+            )
+        except DockerConfigError as exc:
+            if self.pull_secret is None and self.docker_config_dir is not None:
+                raise DockerConfigError(
+                    f"{self.docker_config_dir / 'config.json'}: {exc}"
+                ) from None
+            raise
+        self.used.append(resolved)
+        return resolved.credentials
+
+    def forget_cached(self) -> bool:
+        """Forget the helper answers this fetch used (the registry refused them); True if one
+        came from the cache, so asking the helper again may help."""
+        from_helpers = [r for r in self.used if r.helper is not None]
+        for resolved in from_helpers:
+            assert resolved.helper is not None
+            self.helpers.forget(resolved.helper, resolved.server)
+        self.used.clear()
+        return any(r.cached for r in from_helpers)

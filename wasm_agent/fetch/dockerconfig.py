@@ -5,7 +5,8 @@ level): ``auth`` (base64 ``user:password``), ``username``/``password``, ``identi
 OAuth2 refresh token) and ``registrytoken`` (a bearer token used as is). Entry keys may be a
 bare host, a URL (``https://host/v1/``), and Docker Hub is ``https://index.docker.io/v1/``.
 
-Errors never quote the secret's content.
+``credsStore`` / ``credHelpers`` (credential helpers) are read by :mod:`credential_helpers`,
+which uses :func:`parse_docker_config` for ``auths``. Errors never quote the secret's content.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
-
-log = logging.getLogger(__name__)
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
@@ -47,7 +45,7 @@ class Credentials:
 ANONYMOUS = Credentials()
 
 
-def _normalize_key(key: str) -> str:
+def normalize_registry_key(key: str) -> str:
     """``https://host:5000/v1/`` -> ``host:5000``; Docker Hub aliases -> ``index.docker.io``."""
     key = key.strip()
     try:
@@ -105,19 +103,17 @@ def parse_docker_config(data: bytes) -> dict[str, Credentials]:
         raise DockerConfigError("'auths' is not an object")
     out: dict[str, Credentials] = {}
     for key, raw in auths.items():
-        host = _normalize_key(str(key))
+        host = normalize_registry_key(str(key))
         creds = _entry(raw)
         # An exact host key wins over URL forms of the same host; otherwise first wins.
         if host not in out or str(key).strip().lower() == host:
             out[host] = creds
-    if doc.get("credsStore") or doc.get("credHelpers"):
-        log.info("docker config credential helpers are not supported; using 'auths' only")
     return out
 
 
 def lookup(config: dict[str, Credentials], registry: str) -> Credentials:
     """Credentials for ``registry`` (``host[:port]``) or :data:`ANONYMOUS`."""
-    return config.get(_normalize_key(registry), ANONYMOUS)
+    return config.get(normalize_registry_key(registry), ANONYMOUS)
 
 
 def credentials_from_pull_secret(secret: bytes, registry: str) -> Credentials:

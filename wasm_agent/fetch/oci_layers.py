@@ -114,7 +114,8 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise LayoutError("manifest has no 'layers' list")
-        config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+        raw_config = doc.get("config")
+        config = raw_config if isinstance(raw_config, dict) else {}
         parsed = tuple(Descriptor.parse(e, f"layer {i}") for i, e in enumerate(layers))
         return Manifest(media_type, layers=parsed, config_media_type=config.get("mediaType", ""))
     raise LayoutError(f"unsupported manifest media type {media_type!r}")

@@ -26,14 +26,26 @@ import logging
 import os
 import ssl
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
-from wasm_agent.fetch.reference import DOCKER_HUB
+import httpx
+
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.settings import FetchSettings
+from wasm_agent.fetch.dockerconfig import Credentials
+from wasm_agent.fetch.errors import DownloadFailure
+from wasm_agent.fetch.oci_http import RegistryConnection
+from wasm_agent.fetch.reference import DOCKER_HUB, OciReference
+from wasm_agent.fetch.retry import Backoff
+from wasm_agent.fetch.transport import describe_transport_error, make_client
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HOSTS_FILE = "hosts.toml"
 DEFAULT_DIR = "_default"
@@ -41,7 +53,7 @@ ALL_CAPABILITIES = frozenset({"pull", "resolve", "push"})
 MAX_HOSTS_FILE = 1 << 20
 
 
-class HostsConfigError(ValueError):
+class HostsConfigError(WasmAgentError, ValueError):
     """A ``hosts.toml`` (or a file it names) is unusable; the message names the file."""
 
 
@@ -72,18 +84,27 @@ class Endpoint:
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def query(self, registry: str) -> str:
+        """``?ns=<registry>`` for a mirror (as containerd sends it), else ""."""
+        if not self.mirror:
+            return ""
+        return "?ns=" + quote("docker.io" if registry == DOCKER_HUB else registry, safe=":[]")
+
     @property
     def custom_tls(self) -> bool:
         """True when this host needs its own TLS context (CAs, client cert, skip_verify)."""
         return bool(self.ca or self.client or self.skip_verify)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context: system trust plus ``ca``, the first ``client`` pair, ``skip_verify``.
+    def ssl_context(self, *, verify: bool = True) -> ssl.SSLContext:
+        """The TLS context: system trust plus ``ca``, the first ``client`` pair; no verification
+        with ``skip_verify`` or ``verify=False`` (an insecure registry).
 
-        Built once; raises :class:`HostsConfigError` naming a file that cannot be loaded.
+        Built once per ``verify``; raises :class:`HostsConfigError` naming an unloadable file.
         """
-        if self._context:
-            return self._context[0]
+        verify = verify and not self.skip_verify
+        for ctx in self._context:
+            if (ctx.verify_mode == ssl.CERT_REQUIRED) == verify:
+                return ctx
         ctx = ssl.create_default_context()
         for path in self.ca:
             try:
@@ -101,7 +122,7 @@ class Endpoint:
                 raise HostsConfigError(
                     f"{self.host}: client certificate {cert} cannot be loaded: {_reason(exc)}"
                 ) from None
-        if self.skip_verify:
+        if not verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         self._context.append(ctx)
@@ -323,3 +344,79 @@ def _docker_certs_dir(directory: Path, registry: str) -> RegistryHosts:
         "registry certificates directory", extra={"registry": registry, "dir": str(directory)}
     )
     return RegistryHosts(registry, (endpoint,), directory)
+
+
+class HostConnection(RegistryConnection):
+    """A :class:`RegistryConnection` to one :class:`Endpoint` (a mirror or the server).
+
+    Requests go to the endpoint's host and API root (``?ns=`` for a mirror), over its scheme,
+    with its TLS context. ``ref`` stays the image's own reference (signature identities,
+    scopes and messages use it). ``WASM_INSECURE_REGISTRIES`` applies to the endpoint's host.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        ref: OciReference,
+        settings: FetchSettings,
+        credentials: Credentials,
+        timeout: float,
+        backoff: Backoff | None = None,
+        *,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        super().__init__(url, ref, settings, credentials, timeout, backoff)
+        self.endpoint = endpoint or Endpoint("https", ref.registry)
+        self._spare: httpx.AsyncClient | None = None
+        ep = self.endpoint
+        if ep.host == ref.registry and ep.scheme == "https" and not ep.custom_tls:
+            return  # the registry itself, as without configuration
+        self.insecure = settings.is_insecure(ep.host)
+        self.scheme = ep.scheme
+        self.auth.allow_http_realm = self.insecure or ep.scheme == "http"
+        if ep.custom_tls:
+            self._spare, self.client = (
+                self.client,
+                make_client(settings, verify=ep.ssl_context(verify=not self.insecure)),
+            )
+        elif self.insecure != settings.is_insecure(ref.registry):
+            self._spare, self.client = self.client, make_client(settings, insecure=self.insecure)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._spare is not None:
+            await self._spare.aclose()
+        await super().__aexit__(*exc)
+
+    def _api_url(self, path: str) -> str:
+        ep = self.endpoint
+        base = f"{self.scheme}://{ep.host}{ep.root}/{self.ref.repository}/{path}"
+        return base + ep.query(self.ref.registry)
+
+    async def retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """As :meth:`RegistryConnection.retrying`; a TLS alert the server sends after the
+        handshake (a refused client certificate) surfaces as ``ssl.SSLError``: a clear error."""
+
+        async def guarded() -> T:
+            try:
+                return await attempt()
+            except ssl.SSLError as exc:
+                raise self._tls_error(exc) from None
+
+        return await super().retrying(guarded)
+
+    def _tls_error(self, exc: BaseException) -> DownloadFailure:
+        host = self.endpoint.host
+        cause = describe_transport_error(exc)
+        text = str(exc).upper()
+        where = f"<registry config dir>/{self.ref.registry}/hosts.toml"
+        if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
+            hint = (
+                f"; the registry refused the client certificate (or wants one): 'client' in {where}"
+            )
+        elif not self.insecure:
+            hint = (
+                f"; trust its CA with 'ca' in {where}, or list {host} in WASM_INSECURE_REGISTRIES"
+            )
+        else:
+            hint = ""
+        return DownloadFailure(self.url, f"TLS connection to {host}: {cause}{hint}")
