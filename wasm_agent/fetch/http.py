@@ -2,16 +2,22 @@
 
 One fetch is bounded by its deadline (``request.timeout`` or ``settings.default_fetch_timeout``),
 which covers every attempt, redirect, backoff sleep and slow body. Each attempt (redirects
-included) is also bounded by ``settings.http_request_timeout``. The SSRF guard lives in the
+included) is also bounded by ``settings.http_request_timeout``. A 429 or 503 answer is retried
+after the server's ``Retry-After`` (seconds or an HTTP date) instead of the backoff delay, unless
+that would pass the deadline (then the fetch fails at once, saying so). The SSRF guard lives in the
 transport (:mod:`wasm_agent.fetch.transport`), so every hop is checked when it connects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import logging
+import time
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -47,6 +53,7 @@ from wasm_agent.fetch.unbox import unbox
 log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "wasm-agent"}
 
 
@@ -63,6 +70,36 @@ class _Clients:
             client = make_client(self._settings, insecure=insecure)
             self._clients[insecure] = await self._stack.enter_async_context(client)
         return self._clients[insecure]
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date); None if bad."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC per RFC 5322
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class _ServerBackoff(Backoff):
+    """``base``'s delays, except where the server said ``Retry-After`` (``hints``)."""
+
+    base: Backoff = field(default_factory=lambda: _retry.DEFAULT_BACKOFF)
+    hints: list[float] = field(default_factory=list, compare=False)
+
+    def delays(self) -> Iterator[float]:
+        base = self.base.delays()
+        while True:
+            delay = next(base)
+            yield self.hints.pop() if self.hints else delay
 
 
 def _host_port(url: httpx.URL) -> str:
@@ -91,13 +128,17 @@ async def _read_body(
 
 
 async def _attempt(
-    url: str, settings: FetchSettings, clients: _Clients, progress: Progress | None
+    url: str,
+    settings: FetchSettings,
+    clients: _Clients,
+    progress: Progress | None,
+    hints: list[float],
 ) -> bytes:
     """One GET of ``url`` with its redirects, within ``settings.http_request_timeout``."""
     where = [""]  # which redirect hop is in flight, for messages
     try:
         async with asyncio.timeout(settings.http_request_timeout):
-            return await _walk(url, settings, clients, progress, where)
+            return await _walk(url, settings, clients, progress, where, hints)
     except TimeoutError:
         cause = f"request timed out after {settings.http_request_timeout:g}s{where[0]}"
         raise Retryable(DownloadFailure(url, cause)) from None
@@ -109,9 +150,10 @@ async def _walk(
     clients: _Clients,
     progress: Progress | None,
     where: list[str],
+    hints: list[float],
 ) -> bytes:
-    """Follow redirects (bounded, loop-checked, http(s) only); transport errors and retryable
-    5xx statuses become :class:`Retryable`."""
+    """Follow redirects (bounded, loop-checked, http(s) only); transport errors, 429 and
+    retryable 5xx statuses become :class:`Retryable` (``Retry-After`` goes to ``hints``)."""
     current = httpx.URL(url)
     seen = {str(current)}
     for hop in range(settings.max_redirects + 1):
@@ -138,8 +180,15 @@ async def _walk(
                     current = target
                     continue
                 if status != 200:
-                    failure = DownloadFailure(url, f"HTTP status {status}{where[0]}")
-                    if retryable_status(status):
+                    cause = f"HTTP status {status}{where[0]}"
+                    wait = None
+                    if status in RETRY_AFTER_STATUSES:
+                        wait = retry_after(response.headers.get("retry-after"))
+                    if wait is not None:
+                        hints.append(wait)
+                        cause = f"{cause} (Retry-After: {wait:g}s)"
+                    failure = DownloadFailure(url, cause)
+                    if status == 429 or retryable_status(status):
                         raise Retryable(failure)
                     raise failure
                 return await _read_body(response, url, settings.max_binary_size, progress)
@@ -161,6 +210,7 @@ async def download(
 ) -> bytes:
     """The raw body at ``url`` with Istio's retry rules, all within ``deadline`` seconds."""
     last: list[FetchError] = []
+    hints: list[float] = []  # Retry-After answers, consumed by the backoff
 
     def on_retry(attempt: int, error: Exception, delay: float) -> None:
         log.info(
@@ -175,7 +225,7 @@ async def download(
 
     async def attempt(number: int) -> bytes:
         try:
-            return await _attempt(url, settings, clients, progress)
+            return await _attempt(url, settings, clients, progress, hints)
         except Retryable as failure:
             last.append(failure.error)  # type: ignore[arg-type]
             raise
@@ -188,7 +238,7 @@ async def download(
                 attempt,
                 max_attempts=settings.http_max_retries,
                 deadline=timer,
-                backoff=backoff or _retry.DEFAULT_BACKOFF,
+                backoff=_ServerBackoff(base=backoff or _retry.DEFAULT_BACKOFF, hints=hints),
                 on_retry=on_retry,
             )
     except RetriesExhausted as exc:
