@@ -123,3 +123,78 @@ def test_help_lists_the_flag() -> None:
     for command in ("prefetch", "check", "proxy"):
         result = run(command, "--help")
         assert "--verify-policy" in result.stdout and "WASM_AGENT_VERIFY_POLICY" in result.stdout
+
+
+# -- keyless (Fulcio certificate + Rekor entry, verified offline) ------------------------------
+
+
+def keyless_setup(
+    tmp_path: Path, registry: Registry, pusher: RawPusher, data: bytes
+) -> tuple[Path, str, str]:
+    """A keyless policy, a module signed by its identity (tag layout), one by another."""
+    from tests.support.cosign import simple_signing_payload
+    from tests.support.sigstore import (
+        FulcioCA,
+        KeylessSigner,
+        RekorLog,
+        keyless_policy_yaml,
+        push_tag_signatures,
+        tag_signature,
+        trusted_root_json,
+    )
+
+    ca, log = FulcioCA(), RekorLog()
+    (tmp_path / "trusted_root.json").write_bytes(trusted_root_json([ca], [log]))
+    path = tmp_path / "keyless.yaml"
+    entry = {"identity": "release@acme.test", "issuer": "https://accounts.google.com"}
+    path.write_text(keyless_policy_yaml([("**", [entry])], "trusted_root.json"))
+    urls = []
+    for who in ("release@acme.test", "mallory@evil.test"):
+        repo = unique_repo("cli-keyless")
+        pushed = pusher.push_wasm_artifact(repo, "v1", data)
+        signer = KeylessSigner(ca, log, who, "https://accounts.google.com")
+        payload = simple_signing_payload(f"{registry.host}/{repo}", pushed.digest)
+        push_tag_signatures(pusher, repo, pushed.digest, [tag_signature(signer, payload)])
+        urls.append(registry.oci_url(repo, "v1"))
+    return path, urls[0], urls[1]
+
+
+def test_prefetch_enforces_a_keyless_policy(
+    tmp_path: Path, oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    data = padded_module(3000, seed=72)
+    policy, signed, wrong = keyless_setup(tmp_path, oci_registry, oci_pusher, data)
+    common = ("--cache-dir", str(tmp_path / "c"), "--insecure-registry", oci_registry.host)
+    result = run("prefetch", signed, wrong, *common, "--verify-policy", str(policy))
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{signed} ")
+    repository = wrong.removeprefix("oci://").rsplit(":", 1)[0]
+    assert (
+        f"wasm-agent prefetch: {wrong}: signature check failed for repository {repository}: "
+        "identity mismatch: " in result.stderr
+    )
+    assert "signed by mallory@evil.test" in result.stderr
+
+
+def test_check_enforces_a_keyless_policy(
+    tmp_path: Path, oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    data = plugin(C_HEADERS).read_bytes()
+    policy, signed, wrong = keyless_setup(tmp_path, oci_registry, oci_pusher, data)
+    args = ("--cache-dir", str(tmp_path / "c"), "--insecure-registry", oci_registry.host,
+            "--verify-policy", str(policy), "--format", "json")  # fmt: skip
+    result = run_cli(signed, wrong, *args)
+    assert result.returncode == 1, result.stderr
+    first, second = json.loads(result.stdout)["modules"]
+    assert first["passed"] is True
+    fetch = next(c for c in second["checks"] if c["name"] == "fetch")
+    assert fetch["status"] == "fail" and "identity mismatch" in fetch["message"]
+
+
+def test_keyless_policy_errors_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('rules:\n  - repository: "**"\n    keyless:\n      - {identity: a, issuer: b}\n')
+    for command in ("prefetch", "check"):
+        result = run(command, "oci://r.example/a/b:v1", "--verify-policy", str(bad))
+        assert result.returncode == 2, result.stderr
+        assert f"{bad}:4: keyless entry needs a trustedRoot" in result.stderr
