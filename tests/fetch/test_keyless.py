@@ -117,10 +117,12 @@ async def test_valid_keyless_signature_passes_before_the_layer_is_read(
     paths = [p for m, p in oci_registry.requests() if m == "GET" and f"/v2/{repo}/" in p]
     layer = json.loads(pushed.manifest)["layers"][0]["digest"]
     assert paths[-1] == f"/v2/{repo}/blobs/{layer}"  # the module layer comes last
+    api = f"/v2/{repo}/referrers/{pushed.digest}?artifactType="
     if sign is sign_bundle:  # the referrers API is missing: the tag schema index is read
-        api = f"/v2/{repo}/referrers/{pushed.digest}?artifactType="
         assert any(p.startswith(api) for p in paths)
         assert f"/v2/{repo}/manifests/sha256-{pushed.hex}" in paths
+    else:  # a valid signature in the .sig tag: the referrers are not looked up
+        assert not any(p.startswith(api) for p in paths)
 
 
 async def test_key_or_keyless_in_one_rule(

@@ -133,6 +133,18 @@ def test_ca_outside_its_validity_window_is_untrusted() -> None:
     assert error.problem is Problem.UNTRUSTED_CHAIN and "no Fulcio CA" in error.detail
 
 
+def test_certificate_without_code_signing_is_untrusted() -> None:
+    signer = KeylessSigner(CA, LOG, WORKFLOW, cert_options={"code_signing": False})
+    error = refused(signed_tag(signer))
+    assert error.problem is Problem.UNTRUSTED_CHAIN and "code-signing" in error.detail
+
+
+def test_v2_issuer_extension_wins_over_the_legacy_one() -> None:
+    only_v2 = KeylessSigner(CA, LOG, WORKFLOW, cert_options={"issuer_oid": "v2"})
+    assert keyless.oidc_issuer(only_v2.cert) == GITHUB
+    assert keyless.check(signed_bundle(only_v2), DIGEST, NAME, (entry(),)) == entry()
+
+
 def test_expired_certificate_at_integrated_time() -> None:
     signer = KeylessSigner(
         CA, LOG, WORKFLOW, cert_options={"not_before": datetime.now(UTC) - timedelta(hours=2)}

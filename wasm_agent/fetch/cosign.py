@@ -38,7 +38,7 @@ from wasm_agent.fetch import oci_layers
 from wasm_agent.fetch.errors import ChecksumMismatch, FetchError, SignatureFailure
 from wasm_agent.fetch.keyless import KeylessIdentity, judge
 from wasm_agent.fetch.reference import OciReference
-from wasm_agent.fetch.referrers import keyless_evidence
+from wasm_agent.fetch.referrers import referrer_evidence, tag_evidence
 from wasm_agent.fetch.sigstore_bundle import simple_signing_problem
 from wasm_agent.fetch.trust_policy import PublicKey, Rule, TrustPolicy
 
@@ -257,9 +257,12 @@ async def _verdict(session: Any, digest: str, ref: OciReference, rule: Rule) -> 
         by_key = await _key_verdict(session, digest, ref, rule.keys, tag, body)
         if by_key.key is not None or not rule.keyless:
             return by_key
-    outcome = judge(
-        await keyless_evidence(session, digest, body, tag), digest, ref.name, rule.keyless
-    )
+    # cosign v2's tag layout first; the referrers (cosign v3 bundles) only if that fails
+    found = await tag_evidence(session, body, tag) if body is not None else []
+    outcome = judge(found, digest, ref.name, rule.keyless)
+    if not isinstance(outcome, KeylessIdentity):
+        found += await referrer_evidence(session, digest)
+        outcome = judge(found, digest, ref.name, rule.keyless)
     if isinstance(outcome, KeylessIdentity):
         return Verdict(None, identity=outcome)
     keyless = Verdict(None, Reason(outcome.problem.value), outcome.detail)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -158,27 +159,45 @@ def san_names(cert: Any) -> list[str]:
 
 
 def oidc_issuer(cert: Any) -> str | None:
-    """The Fulcio OIDC issuer extension: v2 (DER UTF8String) or legacy (raw bytes)."""
-    for ext in cert.extensions:
-        oid = ext.oid.dotted_string
-        if oid not in (ISSUER_V1, ISSUER_V2) or not isinstance(
-            ext.value, x509.UnrecognizedExtension
-        ):
-            continue
-        raw = ext.value.value
-        if oid == ISSUER_V2:
-            if len(raw) < 2 or raw[0] != 0x0C:  # UTF8String, short or long length
-                continue
-            length, start = raw[1], 2
-            if length & 0x80:
-                count = length & 0x7F
-                length, start = int.from_bytes(raw[2 : 2 + count], "big"), 2 + count
-            raw = raw[start : start + length]
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
+    """The Fulcio OIDC issuer extension: v2 (DER UTF8String), else legacy (raw bytes)."""
+    found = {
+        ext.oid.dotted_string: ext.value.value
+        for ext in cert.extensions
+        if isinstance(ext.value, x509.UnrecognizedExtension)
+    }
+    raw = found.get(ISSUER_V2)
+    if raw is not None:
+        if len(raw) < 2 or raw[0] != 0x0C:  # UTF8String, short or long length
             return None
-    return None
+        length, start = raw[1], 2
+        if length & 0x80:
+            count = length & 0x7F
+            length, start = int.from_bytes(raw[2 : 2 + count], "big"), 2 + count
+        raw = raw[start : start + length]
+    else:
+        raw = found.get(ISSUER_V1)
+    try:
+        return raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _code_signing(cert: Any) -> None:
+    """Fulcio's profile: key usage digitalSignature, extended key usage codeSigning."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        extended = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound as missing:
+        raise Refused(
+            Problem.UNTRUSTED_CHAIN,
+            f"the certificate is not a code-signing certificate ({missing})",
+        ) from None
+    if not usage.digital_signature or ExtendedKeyUsageOID.CODE_SIGNING not in extended:
+        raise Refused(
+            Problem.UNTRUSTED_CHAIN,
+            "the certificate is not a code-signing certificate (key usage digitalSignature, "
+            "extended key usage codeSigning)",
+        )
 
 
 def _verify_chain(cert: Any, chain: tuple[bytes, ...], root: TrustRoot, when: datetime) -> None:
@@ -327,6 +346,7 @@ def _check_against(evidence: Evidence, cert: Any, root: TrustRoot) -> None:
             f"{when:%FT%TZ}",
         )
     _verify_chain(cert, evidence.chain, root, when)
+    _code_signing(cert)
     if not verify_signature(cert.public_key(), evidence.signature, evidence.signed):
         raise Refused(Problem.WRONG_KEY, "the signature does not verify with its certificate")
 

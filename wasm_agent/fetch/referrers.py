@@ -195,12 +195,3 @@ async def _bundle(session: Any, referrer: str, where: str) -> Evidence:
                 raise EvidenceError(f"the bundle is over {MAX_BUNDLE} bytes")
             return from_bundle(await session.blob(desc, None), where)
     raise EvidenceError("the referrer has no Sigstore bundle layer")
-
-
-async def keyless_evidence(
-    session: Any, digest: str, sig_manifest: bytes | None, tag: str
-) -> Found:
-    """All keyless evidence for ``digest``: the ``.sig`` manifest's (``sig_manifest``, None
-    when the tag is absent) and the referrers'."""
-    found = await tag_evidence(session, sig_manifest, tag) if sig_manifest is not None else []
-    return found + await referrer_evidence(session, digest)
