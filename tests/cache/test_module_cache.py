@@ -49,7 +49,7 @@ async def test_layout_and_permissions(cache: ModuleCache, modserver: ModServer) 
     root = cache.layout.root
     for directory in (root, root / "modules", root / "locks", root / "compiled"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
-    assert stat.S_IMODE(module.path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(module.path.stat().st_mode) == 0o444
     assert module.path.parent == root / "modules"
     assert [p.name for p in (root / "modules").iterdir()] == [module.path.name]
     index = json.loads((root / "index.json").read_text())

@@ -3,18 +3,24 @@
 Module files are named by their sha256 (``modules/<sha256>.wasm``), so checking one needs no
 index. A corrupt file is moved to ``<dir>/quarantine/`` (unless asked not to): it is never
 served again, the next request for its URL downloads the module afresh, and the bad bytes stay
-available for inspection. A process already using the file keeps its open handle.
+available for inspection. A process already using the file keeps its open handle. A module
+"file" that is a symlink is reported as bad (never followed) and moved aside likewise.
+
+:func:`audit_index` lists the index entries that do not hold: a MAC that does not verify (an
+entry this cache's writer never wrote: a hand edit, or a file copied from elsewhere), and an
+HTTP/file URL record whose checksum is not its module's sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.cache.index import Index
+from wasm_agent.cache.integrity import hash_fd
 from wasm_agent.cache.layout import DIR_MODE, CacheLayout
 
 log = logging.getLogger(__name__)
@@ -42,9 +48,28 @@ def quarantine_dir(layout: CacheLayout) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 hex of a file's content, read in chunks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    """The sha256 hex of a file's content, read in chunks (never through a symlink: ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def audit_index(index: Index) -> list[str]:
+    """Every index entry that does not hold, as a sentence naming it."""
+    data = index.load()
+    problems = [
+        f"index entry {entry}: its MAC does not verify (not written by this cache's writer); "
+        "it is ignored"
+        for entry in data.problems
+    ]
+    for url, rec in sorted(data.urls.items()):
+        if not url.startswith("oci://") and rec.checksum != rec.sha256:
+            problems.append(
+                f"index entry urls[{url}]: checksum {rec.checksum} names module {rec.sha256}"
+            )
+    return problems
 
 
 def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verified]:
@@ -53,12 +78,14 @@ def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verifie
     for path in layout.module_files():
         name = path.stem
         try:
-            size = path.stat().st_size
+            size = path.lstat().st_size
             actual = file_sha256(path)
         except FileNotFoundError:
             continue  # purged meanwhile
         except OSError as error:
-            results.append(Verified(path, name, "", 0, error=error.strerror or str(error)))
+            why = "is a symlink" if path.is_symlink() else error.strerror or str(error)
+            moved = _quarantine(layout, path) if quarantine and path.is_symlink() else None
+            results.append(Verified(path, name, "", 0, quarantined=moved, error=why))
             continue
         moved = None
         if actual != name:

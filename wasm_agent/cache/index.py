@@ -7,6 +7,12 @@ is readable with ``cat``, and the warm ``prefetch`` path pays only for ``json`` 
 several ms more to import and needs WAL/busy-timeout tuning to share across processes).
 An unreadable index is treated as empty: it only saves network round trips, the modules
 themselves are content-addressed and need no index to be found.
+
+Every entry carries an HMAC made with the cache's key (:mod:`wasm_agent.cache.integrity`); an
+entry whose MAC does not verify is dropped on load (and listed in ``IndexData.problems``), so a
+hand-edited index can only lose entries, never redirect a URL or a digest. URLs with
+credentials (user-info, a query string) are stored as ``redacted URL#<MAC of the URL>``: the
+index never holds a password or token. A parsed index is kept per (inode, size, mtime, ctime).
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wasm_agent.cache.layout import FILE_MODE, CacheLayout
+from wasm_agent.cache.integrity import IndexKey, load_key
+from wasm_agent.cache.layout import FILE_MODE, INDEX_MODE, CacheLayout
+from wasm_agent.core.logs import redact_url
 from wasm_agent.fetch.errors import CacheWriteError
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2
 
 
 @dataclass
@@ -39,15 +47,25 @@ class UrlRecord:
 @dataclass
 class IndexData:
     """The whole index: URL records, checksum -> file sha256 for OCI digests, and
-    ``registry/repo@sha256:<hex>`` -> fingerprints of the keys that verified its signature."""
+    ``registry/repo@sha256:<hex>`` -> fingerprints of the keys that verified its signature.
+    ``problems`` lists the entries dropped on load because their MAC did not verify."""
 
     urls: dict[str, UrlRecord] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)
     signatures: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
     def file_sha256(self, checksum: str) -> str:
         """The module file sha256 a checksum names (identity for HTTP/file checksums)."""
         return self.digests.get(checksum, checksum)
+
+
+def _url_fields(url: str, rec: UrlRecord) -> tuple[str, ...]:
+    return ("url", url, rec.checksum, rec.sha256)
+
+
+def _sig_fields(name: str, fingerprints: list[str]) -> tuple[str, ...]:
+    return ("signature", name, ",".join(sorted(fingerprints)))
 
 
 class Index:
@@ -55,25 +73,43 @@ class Index:
 
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
+        self._key: IndexKey | None = None
+        self._cached: tuple[tuple[int, ...], IndexData] | None = None
+
+    def key(self, create: bool = False) -> IndexKey:
+        """The MAC key (read once; created by the first writer)."""
+        if self._key is None or (create and self._key.key is None):
+            self._key = load_key(self.layout, create=create)
+        return self._key
+
+    def url_key(self, url: str) -> str:
+        """How ``url`` is named in the index: as is, or redacted plus a MAC if it carries
+        credentials (user-info, query) or anything else :func:`redact_url` drops."""
+        shown = redact_url(url)
+        if shown == url:
+            return url
+        return f"{shown}#{self.key(create=True).mac('url-name', url)[:32] or 'unkeyed'}"
 
     def load(self) -> IndexData:
-        """Read the index without locking (every write is an atomic rename)."""
+        """The authenticated index, without locking (every write is an atomic rename). The
+        result is shared with later calls: do not modify it (use :meth:`update`)."""
         try:
-            with open(self.layout.index, "rb") as handle:
+            st = os.stat(self.layout.index)
+        except OSError:
+            return IndexData()
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._cached is not None and self._cached[0] == stamp:
+            return self._cached[1]
+        data = self._parse()
+        self._cached = (stamp, data)
+        return data
+
+    def _parse(self) -> IndexData:
+        try:
+            fd = os.open(self.layout.index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
                 doc = json.load(handle)
-            urls = {
-                url: UrlRecord(
-                    checksum=rec["checksum"],
-                    sha256=rec["sha256"],
-                    resource_versions=dict(rec.get("resource_versions", {})),
-                    last_used=float(rec.get("last_used", 0.0)),
-                )
-                for url, rec in doc.get("urls", {}).items()
-            }
-            signatures = {
-                name: [str(fp) for fp in fps] for name, fps in doc.get("signatures", {}).items()
-            }
-            return IndexData(urls=urls, digests=dict(doc.get("digests", {})), signatures=signatures)
+            return self._authentic(doc)
         except FileNotFoundError:
             return IndexData()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -83,11 +119,48 @@ class Index:
             )
             return IndexData()
 
+    def _authentic(self, doc: dict) -> IndexData:
+        """Keep the entries whose MAC verifies; list the others as problems."""
+        key = self.key()
+        data = IndexData()
+        for url, raw in doc.get("urls", {}).items():
+            rec = UrlRecord(
+                checksum=str(raw["checksum"]),
+                sha256=str(raw["sha256"]),
+                resource_versions={
+                    str(k): str(v) for k, v in raw.get("resource_versions", {}).items()
+                },
+                last_used=float(raw.get("last_used", 0.0)),
+            )
+            if key.verify(raw.get("mac"), *_url_fields(url, rec)):
+                data.urls[url] = rec
+            else:
+                data.problems.append(f"urls[{redact_url(url)}] -> {rec.sha256}")
+        macs = doc.get("macs", {})
+        for checksum, sha in doc.get("digests", {}).items():
+            if key.verify(macs.get(f"digest:{checksum}"), "digest", checksum, str(sha)):
+                data.digests[checksum] = str(sha)
+            else:
+                data.problems.append(f"digests[{checksum}] -> {sha}")
+        for name, fps in doc.get("signatures", {}).items():
+            prints = [str(fp) for fp in fps]
+            if key.verify(macs.get(f"signature:{name}"), *_sig_fields(name, prints)):
+                data.signatures[name] = prints
+            else:
+                data.problems.append(f"signatures[{name}]")
+        if data.problems:
+            log.warning(
+                "ignoring cache index entries that were not written by this cache's writer",
+                extra={"path": str(self.layout.index), "entries": "; ".join(data.problems)},
+            )
+        return data
+
     def update(self, change: Callable[[IndexData], None]) -> IndexData:
         """Apply ``change`` to the current index under the index lock and write it back.
 
         The lock is held only for a read-modify-write of a small file (milliseconds).
         """
+        key = self.key(create=True)
         try:
             lock_fd = os.open(
                 self.layout.index_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
@@ -98,14 +171,19 @@ class Index:
             ) from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            data = self.load()
+            data = self._parse()
             change(data)
-            self._write(data)
+            data.problems = []
+            self._write(data, key)
             return data
         finally:
             os.close(lock_fd)
 
-    def _write(self, data: IndexData) -> None:
+    def _write(self, data: IndexData, key: IndexKey) -> None:
+        macs = {f"digest:{c}": key.mac("digest", c, s) for c, s in data.digests.items()}
+        macs.update(
+            {f"signature:{n}": key.mac(*_sig_fields(n, fps)) for n, fps in data.signatures.items()}
+        )
         doc = {
             "version": VERSION,
             "urls": {
@@ -114,20 +192,21 @@ class Index:
                     "sha256": rec.sha256,
                     "resource_versions": rec.resource_versions,
                     "last_used": rec.last_used,
+                    "mac": key.mac(*_url_fields(url, rec)),
                 }
                 for url, rec in sorted(data.urls.items())
             },
             "digests": dict(sorted(data.digests.items())),
+            "signatures": dict(sorted(data.signatures.items())),
+            "macs": dict(sorted(macs.items())),
         }
-        if data.signatures:
-            doc["signatures"] = dict(sorted(data.signatures.items()))
         tmp = self.layout.root / f".index-{os.urandom(6).hex()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as handle:
                 json.dump(doc, handle, indent=1)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, FILE_MODE)
+            os.chmod(tmp, INDEX_MODE)
             os.replace(tmp, self.layout.index)
         except OSError as error:
             with contextlib.suppress(OSError):

@@ -2,12 +2,16 @@
 
 ```
 <dir>/                      0700
-  modules/<sha256>.wasm     0644  content-addressed module files (what Envoy loads)
+  modules/<sha256>.wasm     0444  content-addressed module files (what Envoy loads)
   modules/.tmp-*.part             downloads in progress; never read as modules
-  locks/<sha256(key)>.lock        per-module download locks (fcntl.flock)
+  locks/<sha256(key)>.lock  0644  per-module download locks (fcntl.flock)
   compiled/                       wasmtime's compiled-artifact cache
-  index.json, index.lock          URL -> checksum records (see index.py)
+  index.json                0444  URL -> checksum records, each with a MAC (see index.py)
+  index.key                 0600  the MAC key (see integrity.py)
+  index.lock                0644  serializes index writers
 ```
+
+Nothing inside the directory may be a symlink or writable by other users (integrity.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 MODULE_SUFFIX = ".wasm"
 TEMP_PREFIX = ".tmp-"
 DIR_MODE = 0o700
-FILE_MODE = 0o644
+FILE_MODE = 0o644  # lock files
+MODULE_MODE = 0o444
+INDEX_MODE = 0o444
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from wasm_agent.cache import store
 from wasm_agent.cache.index import Index, IndexData, UrlRecord
+from wasm_agent.cache.integrity import Prover, check_tree
 from wasm_agent.cache.layout import CacheLayout
 from wasm_agent.cache.locks import FileLock, LockTimeout, hold_file, in_use
 from wasm_agent.cache.metrics import CACHE_ENTRIES, CACHE_LOOKUPS
@@ -59,18 +62,26 @@ class ModuleCache:
         self._validate_settings = validate_settings
         self._holds: dict[str, list[int]] = {}
         self._ready = False
+        self._prover = Prover()
+        self._pending: list[Callable[[IndexData], None]] = []
 
     # -- lookups ---------------------------------------------------------------------------
 
     def _ensure(self) -> None:
         if not self._ready:
+            check_tree(self.layout)  # InsecureCache: others may write it
             self.layout.ensure()
             store.clean_stale_temps(self.layout)
             self._ready = True
 
-    def _cached_file(self, data: IndexData) -> Callable[[str], str | None]:
+    def _cached_file(self, url: str, data: IndexData) -> Callable[[str], str | None]:
+        oci = url.startswith("oci://")
+
         def cached(checksum: str) -> str | None:
-            sha = data.file_sha256(checksum)
+            # an OCI digest names a module file only through an authenticated index entry
+            sha = data.digests.get(checksum) if oci else data.file_sha256(checksum)
+            if sha is None:
+                return None
             try:
                 return sha if self.layout.module_path(sha).is_file() else None
             except ValueError:
@@ -85,8 +96,8 @@ class ModuleCache:
             request.pull_policy,
             request.resource_name,
             request.resource_version,
-            data.urls.get(url),
-            self._cached_file(data),
+            data.urls.get(self.index.url_key(url)),
+            self._cached_file(url, data),
         )
 
     def lookup(self, request: ModuleRequest) -> CachedModule | None:
@@ -111,15 +122,18 @@ class ModuleCache:
         if not self._trusted(url, checksum, data):  # fetch again: the fetch verifies
             return None
         path = self.layout.module_path(decision.cached)
-        if not store.touch(path):
+        st = self._prover.prove(path, decision.cached)  # the hand-over proof
+        if st is None:
             return None
-        try:
-            self._remember(request, url, data, checksum, decision.cached)
-        except CacheWriteError as error:  # e.g. a read-only cache baked into an image
-            log.warning("cannot record a cache hit", extra={"error": error.cause})
-        return CachedModule(
-            path=path, sha256=decision.cached, url=url, size=path.stat().st_size, hit=True
-        )
+        if time.time() - st.st_mtime > TOUCH_INTERVAL:  # mtime is the last use (purge)
+            if not store.touch(path):
+                return None
+            st = self._prover.prove(path, decision.cached)  # touching moved the ctime
+            if st is None:
+                return None
+        self._remember(request, url, data, checksum, decision.cached, defer=True)
+        key = self.index.url_key(url)
+        return CachedModule(path=path, sha256=decision.cached, url=key, size=st.st_size, hit=True)
 
     def _trusted(self, url: str, checksum: str, data: IndexData) -> bool:
         """May a cached module be served under the verify policy without verifying again?
@@ -147,12 +161,16 @@ class ModuleCache:
         checksum: str,
         sha256: str,
         verified_keys: tuple[str, ...] = (),
+        *,
+        defer: bool = False,
     ) -> None:
         """Record URL -> checksum (and this resource's version) unless nothing changed, and
-        the keys that verified the module's signature."""
+        the keys that verified the module's signature. ``defer``: inside an event loop, batch
+        the write with the other hits of this loop iteration (one index write, not one each)."""
         now = time.time()
-        old = data.urls.get(url)
         name = _oci_name(url) if verified_keys else None
+        url = self.index.url_key(url)
+        old = data.urls.get(url)
         if (
             name is None
             and old is not None
@@ -178,7 +196,34 @@ class ModuleCache:
                 known = current.signatures.get(key, [])
                 current.signatures[key] = sorted(set(known) | set(verified_keys))
 
-        self.index.update(change)
+        loop = _running_loop() if defer else None
+        if loop is None:
+            self._write_index([change], quiet=defer)
+            return
+        self._pending.append(change)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the index changes deferred by cache hits."""
+        changes, self._pending = self._pending, []
+        if changes:
+            self._write_index(changes, quiet=True)
+
+    def _write_index(self, changes: list[Callable[[IndexData], None]], quiet: bool) -> None:
+        """Apply ``changes`` in one index write; ``quiet``: a failure is only logged (a hit
+        in a read-only cache baked into an image is still a hit)."""
+
+        def apply(current: IndexData) -> None:
+            for change in changes:
+                change(current)
+
+        try:
+            self.index.update(apply)
+        except CacheWriteError as error:
+            if not quiet:
+                raise
+            log.warning("cannot record a cache hit", extra={"error": error.cause})
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -225,7 +270,7 @@ class ModuleCache:
         )
         data = self.index.load()
         path = self.layout.module_path(fetched.sha256)
-        if not path.is_file():
+        if self._prover.prove(path, fetched.sha256) is None:  # missing, or not these bytes
             await self._store(fetched, url, path)
         else:
             store.touch(path)
@@ -236,7 +281,11 @@ class ModuleCache:
             extra={"url": redact_url(url), "sha256": fetched.sha256, "size": len(fetched.data)},
         )
         return CachedModule(
-            path=path, sha256=fetched.sha256, url=url, size=len(fetched.data), hit=False
+            path=path,
+            sha256=fetched.sha256,
+            url=self.index.url_key(url),
+            size=len(fetched.data),
+            hit=False,
         )
 
     async def _fetch(self, request: FetchRequest, progress: Progress | None) -> FetchedModule:
@@ -335,9 +384,21 @@ class ModuleCache:
         return result
 
     def close(self) -> None:
-        """Release every hold of this process."""
+        """Write deferred index changes and release every hold of this process."""
+        self.flush()
         for owner in list(self._holds):
             self.release(owner)
+
+
+def _running_loop() -> Any:
+    """The running asyncio loop, if any (without importing asyncio: warm ``prefetch``)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        return aio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _oci_name(url: str) -> str | None:

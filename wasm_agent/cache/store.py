@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasm_agent.cache.layout import FILE_MODE, TEMP_PREFIX, CacheLayout
+from wasm_agent.cache.layout import MODULE_MODE, TEMP_PREFIX, CacheLayout
 from wasm_agent.fetch.errors import CacheWriteError
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,12 @@ def write_temp(layout: CacheLayout, data: bytes, url: str) -> TempModule:
     """Write ``data`` to a new temp file in ``modules/`` and fsync it."""
     path = layout.modules / f"{TEMP_PREFIX}{os.urandom(8).hex()}.part"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, MODULE_MODE)
     except OSError as error:
         raise CacheWriteError(url, f"cannot write to {layout.modules}: {error.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: never contended
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, MODULE_MODE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

@@ -3,6 +3,8 @@
 ``ls`` lists every module (sha256, size, last use, whether some process uses it, URLs).
 ``verify`` re-hashes every module file against its name (its sha256); a corrupt file is moved
 to ``<cache dir>/quarantine/`` so it is never served again (``--no-quarantine`` only reports).
+It also checks the index against the files (every entry's MAC, every URL's checksum) and the
+directory's permissions, and reports every mismatch.
 ``prune`` removes modules unused for ``WASM_MODULE_EXPIRY`` (24h; ``--older-than`` overrides,
 ``--all-unused`` means any age) that no process holds: in-use modules are always kept.
 Exit status: 0 ok, 1 corrupt files found or the cache could not be changed, 2 usage error.
@@ -15,9 +17,10 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
-from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,25 +59,18 @@ def run(args: argparse.Namespace) -> int:
     """Run one cache subcommand."""
     from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.cache import ModuleCache
-    from wasm_agent.core.settings import SettingsError, cache_settings_from_env, parse_duration
+    from wasm_agent.core.settings import cache_settings_from_env, parse_duration
 
     if args.log_level != "debug":  # every outcome is printed; the cache's logs would repeat it
         logging.getLogger("wasm_agent.cache").setLevel(logging.ERROR)
-    try:
-        settings = cache_settings_from_env(args.cache_dir or args.cache_dir_before)
-        if getattr(args, "older_than", None) is not None:
-            from dataclasses import replace
-
-            expiry = parse_duration(args.older_than, "--older-than")
-            settings = replace(settings, module_expiry=expiry)
-        elif getattr(args, "all_unused", False):
-            from dataclasses import replace
-
-            settings = replace(settings, module_expiry=0.0)
-        cache = ModuleCache(settings, fetch_settings_from_env())
-    except SettingsError as error:
-        print(f"wasm-agent cache: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    # settings errors are usage errors: cli.main exits 2
+    settings = cache_settings_from_env(args.cache_dir or args.cache_dir_before)
+    if getattr(args, "older_than", None) is not None:
+        expiry = parse_duration(args.older_than, "--older-than")
+        settings = replace(settings, module_expiry=expiry)
+    elif getattr(args, "all_unused", False):
+        settings = replace(settings, module_expiry=0.0)
+    cache = ModuleCache(settings, fetch_settings_from_env())
     try:
         if args.action == "ls":
             return _ls(cache, args.json)
@@ -134,8 +130,14 @@ def _ls(cache: Any, as_json: bool) -> int:
 
 
 def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
-    from wasm_agent.cache.audit import verify_modules
+    from wasm_agent.cache.audit import audit_index, verify_modules
+    from wasm_agent.cache.integrity import InsecureCache, check_tree
 
+    try:
+        check_tree(cache.layout)
+        problems = audit_index(cache.index)
+    except InsecureCache as error:
+        problems = [error.cause]
     urls = {e.sha256: e.urls for e in cache.entries()}
     results = verify_modules(cache.layout, quarantine=quarantine)
     bad = [r for r in results if not r.ok]
@@ -143,6 +145,7 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
         _dump(
             [
                 {
+                    "kind": "module",
                     "sha256": r.sha256,
                     "path": str(r.path),
                     "ok": r.ok,
@@ -154,6 +157,7 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
                 }
                 for r in results
             ]
+            + [{"kind": "index", "sha256": None, "ok": False, "error": p} for p in problems]
         )
     else:
         for r in results:
@@ -161,6 +165,10 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
             if r.ok:
                 print(f"ok       {r.sha256[:12]}  {_size(r.size):>9}  {url}")
         print(f"{_count(len(results))} checked, {len(bad)} bad, in {cache.layout.modules}")
+        if problems:
+            print(f"{len(problems)} index or permission problem(s), in {cache.layout.root}")
+    for problem in problems:
+        print(f"wasm-agent cache verify: {problem}", file=sys.stderr)
     for r in bad:
         url = ", ".join(urls.get(r.sha256, ())) or "no known URL"
         what = f"cannot read it: {r.error}" if r.error else f"content hashes to {r.actual}"
@@ -170,7 +178,7 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
                 f"wasm-agent cache verify: moved to {r.quarantined}; it will be downloaded again",
                 file=sys.stderr,
             )
-    return EXIT_FAILED if bad else EXIT_OK
+    return EXIT_FAILED if bad or problems else EXIT_OK
 
 
 # -- prune ----------------------------------------------------------------------------------
