@@ -100,6 +100,7 @@ def test_sotw_conversion_keeps_the_envelope_and_untouched_resources() -> None:
     assert filename_of(out.resources[1]) == str(module().path)
     assert action.results == (Result.NO_REMOTE_LOAD, Result.SUCCESS)
     assert action.modules == (module(),)
+    assert action.holds == (("wasm", module()),)  # what the converter holds once forwarded
 
 
 def test_sotw_fetch_failure_nacks_with_last_acked_version() -> None:
@@ -127,6 +128,7 @@ def test_deny_mode_forwards_a_deny_filter_instead_of_nacking() -> None:
     out = discovery_pb2.DiscoveryResponse.FromString(action.data)
     assert unpack_extension(out.resources[0]).typed_config.type_url == HTTP_RBAC_TYPE
     assert len(action.failures) == 1
+    assert action.holds == ()  # nothing of the cache is in use
 
 
 def test_mixed_good_and_bad_resources_nack_the_whole_response() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeAlias
 
 from wasm_agent.core.logs import redact_url
 from wasm_agent.core.metrics import REGISTRY
@@ -30,7 +32,11 @@ REMOTE_FETCH_COUNT = REGISTRY.counter(
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PATH_PREFIXES = ("/", "./", "../", "~")
-# scheme -> (module, function); each function is ``async (request, settings, progress)``
+# what every scheme's fetch function is: ``async (request, settings, progress) -> module``
+Fetcher: TypeAlias = Callable[
+    [FetchRequest, FetchSettings, Progress | None], Awaitable[FetchedModule]
+]
+# scheme -> (module, function), each function a :data:`Fetcher`
 FETCHERS: dict[str, tuple[str, str]] = {
     "http": ("wasm_agent.fetch.http", "fetch_http"),
     "https": ("wasm_agent.fetch.http", "fetch_http"),
@@ -56,7 +62,7 @@ def url_scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-def _fetcher(url: str):
+def _fetcher(url: str) -> Fetcher:
     scheme = url_scheme(url)
     if scheme not in FETCHERS:
         raise UnsupportedScheme(url, f"unsupported Wasm module downloading URL scheme: {scheme}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 from urllib.parse import urlsplit
 
 from envoy.config.core.v3 import extension_pb2
@@ -62,8 +63,9 @@ _WASM_TYPES = {
     type_name(NETWORK_WASM_TYPE): (True, network_wasm_pb2.Wasm),
 }
 
-WasmFilter = http_wasm_pb2.Wasm | network_wasm_pb2.Wasm
-Outcome = CachedModule | FetchError | BaseException
+WasmFilter: TypeAlias = http_wasm_pb2.Wasm | network_wasm_pb2.Wasm
+# what one fetch gave: the module, or the exception it raised (``asyncio.gather`` style)
+Outcome: TypeAlias = CachedModule | BaseException
 
 
 class FailureMode(enum.Enum):
@@ -146,6 +148,7 @@ class Converted:
     results: tuple[Result, ...]
     modules: tuple[CachedModule, ...] = ()  # modules the forwarded config uses (hold them)
     failures: tuple[str, ...] = ()  # fetch failures replaced by RBAC filters (for the log)
+    holds: tuple[tuple[str, CachedModule], ...] = ()  # (resource name, module) to hold
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ def apply_ecds(
     results = list(plan.results())
     replacements: dict[int, any_pb2.Any] = {}
     modules: list[CachedModule] = []
+    holds: list[tuple[str, CachedModule]] = []
     failures: list[str] = []
     rejections: list[str] = []
     for number, (remote, rewrite) in enumerate(zip(plan.remotes, plan._rewrites, strict=True)):
@@ -327,6 +331,7 @@ def apply_ecds(
                 results[remote.index] = Result.MARSHAL_FAILURE
             else:
                 modules.append(outcome)
+                holds.append((remote.resource_name, outcome))
                 results[remote.index] = Result.SUCCESS
                 continue
         if not remote.fail_open and mode is FailureMode.NACK:
@@ -339,7 +344,7 @@ def apply_ecds(
         failures.append(f"ECDS resource {remote.resource_name!r}: {cause}; {policy}-all RBAC")
     if rejections:
         return Reject("; ".join(rejections), tuple(results))
-    return Converted(replacements, tuple(results), tuple(modules), tuple(failures))
+    return Converted(replacements, tuple(results), tuple(modules), tuple(failures), tuple(holds))
 
 
 def _failure_text(remote: RemoteCode, error: BaseException) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
@@ -38,7 +39,7 @@ from wasm_agent.xds.wire import WireError, response_head
 
 INTERNAL = 13  # google.rpc.Code.INTERNAL, the code of an agent NACK
 
-Response = discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
+Response: TypeAlias = discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Forward:
     modules: tuple[CachedModule, ...] = ()  # modules the forwarded config uses
     failures: tuple[str, ...] = ()  # fetch failures replaced by RBAC filters
     changed: bool = False
+    holds: tuple[tuple[str, CachedModule], ...] = ()  # (ECDS resource name, module) to hold
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,9 @@ def decide(
     if not isinstance(applied, Converted):
         return _nack(plan, applied.message, last_acked_version, applied.results)
     data = converted_response(plan, applied)
-    return Forward(data, applied.results, applied.modules, applied.failures, changed=True)
+    return Forward(
+        data, applied.results, applied.modules, applied.failures, changed=True, holds=applied.holds
+    )
 
 
 def _rejection_results(plan: ResponsePlan) -> tuple[Result, ...]:

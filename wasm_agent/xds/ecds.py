@@ -15,10 +15,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from wasm_agent.xds import metrics
+from wasm_agent.xds.decide import Forward, Nack
 from wasm_agent.xds.types import Flavour
 
 log = logging.getLogger(__name__)
@@ -26,25 +26,22 @@ log = logging.getLogger(__name__)
 DELTA_QUEUE = 2
 
 
-@dataclass
-class EcdsResult:
-    """What to do with one ECDS response: forward bytes to Envoy or send a NACK upstream."""
-
-    forward: bytes | None = None
-    nack: bytes | None = None
-    on_forwarded: Callable[[], None] = field(default=lambda: None)
-
-
 class Converter(Protocol):
-    """Turns one raw ECDS response into an :class:`EcdsResult` (fetching modules as needed)."""
+    """Decides what one raw ECDS response becomes (fetching modules as needed)."""
 
-    async def convert(self, raw: bytes, flavour: Flavour, acked_version: str) -> EcdsResult: ...
+    async def convert(self, raw: bytes, flavour: Flavour, acked_version: str) -> Forward | Nack:
+        """:class:`Forward` (bytes for Envoy) or :class:`Nack` (a request for istiod)."""
+        ...
+
+    def forwarded(self, action: Forward) -> None:
+        """Called once ``action.data`` has been written to Envoy."""
+        ...
 
 
 class _Job:
     def __init__(self) -> None:
         self.converting = True
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
 
 class EcdsSequencer:
@@ -68,10 +65,10 @@ class EcdsSequencer:
         self.stream_id = stream_id
         self._last: _Job | None = None
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=DELTA_QUEUE)
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task] = set()
-        self.failure: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.superseded = 0
 
     async def submit(self, raw: bytes) -> None:
@@ -125,11 +122,11 @@ class EcdsSequencer:
             metrics.WASM_CONVERSION_DURATION.observe((time.perf_counter() - started) * 1000)
         job.converting = False  # from here on, never cancelled by a newer response
         async with self._send_lock:  # FIFO: finished conversions go out in arrival order
-            if result.nack is not None:
-                await self._nack(result.nack)
-            elif result.forward is not None:
-                await self._forward(result.forward)
-                result.on_forwarded()
+            if isinstance(result, Nack):
+                await self._nack(result.request)
+            else:
+                await self._forward(result.data)
+                self.converter.forwarded(result)
 
     def _fail(self, error: BaseException) -> None:
         if not self.failure.done():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import grpc
 import grpc.aio
@@ -15,9 +16,11 @@ import grpc.aio
 from wasm_agent.xds.ecds import Converter
 from wasm_agent.xds.streams import ProxyStream
 from wasm_agent.xds.types import Flavour
-from wasm_agent.xds.upstream import ADS_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, Upstream
+from wasm_agent.xds.upstream import ADS_SERVICE, DEFAULT_MAX_MESSAGE_SIZE, ChannelOptions, Upstream
 
 log = logging.getLogger(__name__)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[bytes, bytes]"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class XdsProxy:
     def stream_down(self, stream: ProxyStream) -> None:
         self.up_streams.discard(stream)
 
-    def _server_options(self) -> list[tuple[str, Any]]:
+    def _server_options(self) -> ChannelOptions:
         s = self.listen
         return [
             ("grpc.max_receive_message_length", s.max_message_size),
@@ -95,7 +98,7 @@ class XdsProxy:
                 path.unlink()  # a stale socket from an earlier run
             self._socket_path = path
         self.server = grpc.aio.server(options=self._server_options())
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(self._sotw),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(self._delta),
         }
@@ -110,13 +113,15 @@ class XdsProxy:
             os.chmod(path, 0o660)
         log.info("xDS proxy listening", extra={"address": self.listen.address})
 
-    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _sotw(self, requests: AsyncIterator[bytes], context: Context) -> None:
         await self._serve(Flavour.SOTW, requests, context)
 
-    async def _delta(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _delta(self, requests: AsyncIterator[bytes], context: Context) -> None:
         await self._serve(Flavour.DELTA, requests, context)
 
-    async def _serve(self, flavour: Flavour, requests: Any, context: Any) -> None:
+    async def _serve(
+        self, flavour: Flavour, requests: AsyncIterator[bytes], context: Context
+    ) -> None:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "agent shutting down")
         if len(self.streams) >= self.listen.max_streams:

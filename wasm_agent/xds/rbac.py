@@ -11,6 +11,7 @@ from envoy.config.core.v3 import extension_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from wasm_agent.xds.types import ECDS_TYPE, HTTP_RBAC_TYPE, NETWORK_RBAC_TYPE
 
@@ -18,8 +19,8 @@ ALLOW_STAT_PREFIX = "wasm-default-allow"
 DENY_STAT_PREFIX = "wasm-default-deny"
 
 
-def _packed(type_url: str, message: object) -> bytes:
-    return any_pb2.Any(type_url=type_url, value=message.SerializeToString()).SerializeToString()  # type: ignore[attr-defined]
+def _packed(type_url: str, message: Message) -> bytes:
+    return any_pb2.Any(type_url=type_url, value=message.SerializeToString()).SerializeToString()
 
 
 def _http(allow: bool) -> bytes:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
@@ -51,7 +53,11 @@ class ProxyStream:
     """Pumps one Envoy stream and its upstream stream until either ends."""
 
     def __init__(
-        self, proxy: XdsProxy, flavour: Flavour, requests: Any, context: grpc.aio.ServicerContext
+        self,
+        proxy: XdsProxy,
+        flavour: Flavour,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext[bytes, bytes],
     ) -> None:
         self.id = next(_ids)
         self.proxy = proxy
@@ -64,7 +70,7 @@ class ProxyStream:
             if flavour is Flavour.SOTW
             else discovery_pb2.DeltaDiscoveryRequest
         )
-        self.node: Any = None  # Envoy sends it on the first request only
+        self.node: base_pb2.Node | None = None  # Envoy sends it on the first request only
         self.ecds_acked_version = ""  # last ECDS version_info Envoy ACKed (SotW NACKs)
         self.replay: list[bytes] | None = []  # requests so far, while no response arrived
         self.responses = 0
@@ -74,8 +80,8 @@ class ProxyStream:
         self._stop = asyncio.Event()
         # reading the next response overlaps sending the previous one; bounded (backpressure)
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=OUTBOX)
-        self._call: Any = None
-        self._release = lambda: None
+        self._call: grpc.aio.StreamStreamCall[bytes, bytes] | None = None
+        self._release: Callable[[], None] = lambda: None
         self.ecds: EcdsSequencer | None = None
         if proxy.converter is not None:
             self.ecds = EcdsSequencer(
@@ -86,6 +92,13 @@ class ProxyStream:
                 acked_version=lambda: self.ecds_acked_version,
                 stream_id=self.id,
             )
+
+    @property
+    def call(self) -> grpc.aio.StreamStreamCall[bytes, bytes]:
+        """The open upstream stream (opened by :meth:`run` before the pumps start)."""
+        if self._call is None:
+            raise StreamEnd(grpc.StatusCode.UNAVAILABLE, "upstream stream not open", "agent")
+        return self._call
 
     # -- writing ---------------------------------------------------------------------------
     async def write_down(self, raw: bytes) -> None:
@@ -101,7 +114,7 @@ class ProxyStream:
         async with self._up_lock:
             metrics.XDS_PROXY_REQUESTS.inc()
             try:
-                await self._call.write(raw)
+                await self.call.write(raw)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -133,7 +146,7 @@ class ProxyStream:
         attempt = 0
         while True:
             try:
-                raw = await self._call.read()
+                raw = await self.call.read()
             except grpc.aio.AioRpcError as error:
                 if self._may_reopen(error, attempt):
                     await self._reopen(REOPEN_DELAYS[attempt])
@@ -145,7 +158,7 @@ class ProxyStream:
                     f"upstream: {error.code().name}: {error.details()}",
                     "istiod",
                 ) from None
-            if raw is grpc.aio.EOF:
+            if not isinstance(raw, bytes):  # grpc.aio.EOF
                 self._count_upstream_end(grpc.StatusCode.OK)
                 raise StreamEnd(grpc.StatusCode.UNAVAILABLE, "upstream closed the stream", "istiod")
             await self._on_response(raw)
@@ -198,7 +211,7 @@ class ProxyStream:
                         request.node.CopyFrom(self.node)
                         raw = request.SerializeToString()
                 try:
-                    await self._call.write(raw)
+                    await self.call.write(raw)
                 except Exception:
                     break
 
@@ -209,8 +222,8 @@ class ProxyStream:
 
     async def _watch_headers(self) -> None:
         """Mark the upstream up as soon as istiod sends its response headers."""
-        call = self._call
         try:
+            call = self.call
             await call.initial_metadata()
         except Exception:
             return
@@ -248,7 +261,7 @@ class ProxyStream:
         log.info("envoy stream opened", extra={"stream": self.id, "flavour": self.flavour.value})
         metrics.XDS_STREAMS_ACTIVE.inc()
         end: StreamEnd | None = None
-        tasks: list[asyncio.Task] = []
+        tasks: list[asyncio.Future[Any]] = []  # pumps (None), stop event (True), failure
         try:
             self._open_call()
             tasks = [
@@ -289,7 +302,7 @@ class ProxyStream:
         if end.code is not None:
             await self.context.abort(end.code, end.details)
 
-    def _outcome(self, done: set[asyncio.Task]) -> StreamEnd:
+    def _outcome(self, done: set[asyncio.Future[Any]]) -> StreamEnd:
         for task in done:
             error = task.exception() if not task.cancelled() else None
             if isinstance(error, StreamEnd):

@@ -11,15 +11,22 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.xds import grpc_core  # noqa: F401 - sets GRPC_EXPERIMENTS before grpc loads
 
+if TYPE_CHECKING:  # grpc itself is imported once grpc_core has set GRPC_EXPERIMENTS
+    import grpc
+    import grpc.aio
+
 log = logging.getLogger(__name__)
+
+Metadata: TypeAlias = list[tuple[str, str | bytes]]
+ChannelOptions: TypeAlias = list[tuple[str, int | str]]
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 SOTW_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
@@ -89,9 +96,9 @@ def xds_headers_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]
     return headers
 
 
-def filter_downstream_metadata(metadata: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+def filter_downstream_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
     """Envoy's invocation metadata minus what must not leak upstream."""
-    kept = []
+    kept: Metadata = []
     for key, value in metadata or ():
         name = key.lower()
         if name in _DROPPED_METADATA or name.startswith(_DROPPED_PREFIXES):
@@ -100,9 +107,9 @@ def filter_downstream_metadata(metadata: Sequence[tuple[str, Any]] | None) -> li
     return kept
 
 
-def channel_options(settings: UpstreamSettings) -> list[tuple[str, Any]]:
+def channel_options(settings: UpstreamSettings) -> ChannelOptions:
     """grpc channel arguments for the istiod hop."""
-    options: list[tuple[str, Any]] = [
+    options: ChannelOptions = [
         ("grpc.max_receive_message_length", settings.max_message_size),
         ("grpc.max_send_message_length", settings.max_message_size),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
@@ -129,7 +136,7 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 
 class _Channel:
-    def __init__(self, channel: Any, fingerprint: tuple[bytes | None, ...]) -> None:
+    def __init__(self, channel: grpc.aio.Channel, fingerprint: tuple[bytes | None, ...]) -> None:
         self.channel = channel
         self.fingerprint = fingerprint
         self.users = 0
@@ -144,7 +151,7 @@ class Upstream:
         self._current: _Channel | None = None
         self._all: set[_Channel] = set()
 
-    def _credentials(self) -> tuple[Any, tuple[bytes | None, ...]]:
+    def _credentials(self) -> tuple[grpc.ChannelCredentials, tuple[bytes | None, ...]]:
         import grpc  # noqa: PLC0415 - after grpc_core set GRPC_EXPERIMENTS (see there)
 
         s = self.settings
@@ -183,7 +190,9 @@ class Upstream:
             self._all.discard(holder)
             _close_soon(holder.channel)
 
-    def stream_metadata(self, downstream: Sequence[tuple[str, Any]] | None = ()) -> list:
+    def stream_metadata(
+        self, downstream: Iterable[tuple[str, str | bytes]] | None = ()
+    ) -> Metadata:
         """Metadata for a new upstream stream: Envoy's (filtered), ``XDS_HEADER_*``, token."""
         configured = self.settings.headers
         metadata = [
@@ -197,10 +206,13 @@ class Upstream:
                 metadata.append(("authorization", f"Bearer {token_text}"))
         return metadata
 
-    def open(self, method: str, downstream_metadata: Sequence[tuple[str, Any]] | None = ()):
+    def open(
+        self, method: str, downstream_metadata: Iterable[tuple[str, str | bytes]] | None = ()
+    ) -> tuple[grpc.aio.StreamStreamCall[bytes, bytes], Callable[[], None]]:
         """Start one bidirectional stream; returns ``(call, done)``: call ``done()`` when over."""
         metadata = self.stream_metadata(downstream_metadata)
         holder = self._channel()
+        multicallable: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
         multicallable = holder.channel.stream_stream(
             method, request_serializer=None, response_deserializer=None
         )
@@ -228,6 +240,6 @@ class Upstream:
         self._current = None
 
 
-def _close_soon(channel: Any) -> None:
+def _close_soon(channel: grpc.aio.Channel) -> None:
     with contextlib.suppress(RuntimeError):  # no loop: the process is ending anyway
         asyncio.get_running_loop().create_task(channel.close(grace=None))
