@@ -3,12 +3,19 @@
 Call sites pass fields with ``extra={...}``; the formatter appends them as ``key=value`` (text)
 or as JSON members. Never pass secrets (pull secrets, tokens, passwords) as fields or in
 messages; URLs go through :func:`redact_url` first.
+
+Belt and braces for what other code logs: both formatters pass the message, every field and
+any traceback through :func:`scrub` (URL user-info, query strings, ``Authorization`` values,
+``token=``/``password=`` pairs), and :func:`setup_logging` keeps the libraries' loggers
+(httpx, httpcore, hpack, grpc, urllib3) at ``warning`` or above whatever ``--log-level`` says;
+their lines are written as ``library log msg="..."`` so every line stays ``key=value``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -30,8 +37,38 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+LIBRARY_LOGGERS = ("httpx", "httpcore", "hpack", "grpc", "urllib3")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@\"'<>]*@")
+_QUERY = re.compile(r"(?P<base>://[^\s\"'<>?#]*)\?(?!<redacted>)[^\s\"'<>#]*")
+_AUTH_HEADER = re.compile(
+    r"(?i)(?P<name>\b(?:proxy-)?authorization\b[\"']?\s*[:=,]\s*[\"']?)(?:(?:bearer|basic)\s+)?"
+    r"[^\s\"',)]+"
+)
+_SECRET_PAIR = re.compile(
+    r"(?i)(?P<name>\b(?:access_token|refresh_token|token|password|passwd|secret|auth)=)"
+    r"(?!<redacted>)[^\s&\"',)]+"
+)
+
+
+def scrub(text: str) -> str:
+    """``text`` with URL user-info, query strings, Authorization values and
+    ``token=``/``password=``-style values replaced."""
+    if "://" in text:
+        text = _USERINFO.sub(r"\g<scheme>", text)
+        text = _QUERY.sub(r"\g<base>?<redacted>", text)
+    text = _AUTH_HEADER.sub(r"\g<name><redacted>", text)
+    return _SECRET_PAIR.sub(r"\g<name><redacted>", text)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+    if not record.name.startswith("wasm_agent"):  # a library: its message as a field
+        fields = {"msg": record.getMessage(), **fields}
+    return fields
+
+
+def _message(record: logging.LogRecord) -> str:
+    return scrub(record.getMessage()) if record.name.startswith("wasm_agent") else "library log"
 
 
 class TextFormatter(logging.Formatter):
@@ -39,12 +76,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields = " ".join(f"{k}={_quote(v)}" for k, v in _fields(record).items())
-        line = f"{stamp}Z {record.levelname.lower()} {record.name}: {record.getMessage()}"
+        fields = " ".join(f"{k}={_quote(scrub(str(v)))}" for k, v in _fields(record).items())
+        line = f"{stamp}Z {record.levelname.lower()} {record.name}: {_message(record)}"
         if fields:
             line = f"{line} {fields}"
         if record.exc_info:
-            line = f"{line}\n{self.formatException(record.exc_info)}"
+            line = f"{line}\n{scrub(self.formatException(record.exc_info))}"
         return line
 
 
@@ -56,22 +93,22 @@ class JsonFormatter(logging.Formatter):
             "time": record.created,
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _message(record),
         }
         doc.update(
             {
-                k: v if isinstance(v, int | float | bool) else str(v)
+                k: v if isinstance(v, int | float | bool) else scrub(str(v))
                 for k, v in _fields(record).items()
             }
         )
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+            doc["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(doc, separators=(",", ":"))
 
 
 def _quote(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text) if (" " in text or "\n" in text or not text) else text
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
@@ -81,3 +118,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    floor = max(logging.WARNING, root.level)
+    for name in LIBRARY_LOGGERS:  # never their request lines (URLs) or debug traces
+        logging.getLogger(name).setLevel(floor)
