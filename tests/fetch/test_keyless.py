@@ -255,3 +255,29 @@ def test_policy_errors_name_the_line(root_dir: Path) -> None:
     assert "p.yaml:5: unknown key 'subject' in a keyless entry" in error(
         top + "      - {subject: a, issuer: i}\n"
     )
+
+
+async def test_a_registry_with_the_referrers_api_is_not_read_through_the_tag(
+    root_dir: Path, oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    from tests.support.registry_proxy import Fault, RegistryProxy
+
+    repo, pushed = push(oci_pusher)
+    sign_bundle(oci_registry, oci_pusher, repo, pushed)
+    # a front whose referrers API answers with the index the registry holds (a 307 to it)
+    index = f"{oci_registry.url}/v2/{repo}/manifests/sha256-{pushed.hex}"
+    with RegistryProxy(oci_registry.url) as front:
+        front.faults.append(Fault("GET", r"/referrers/", "redirect", times=5, location=index))
+        settings_host = front.host
+        url = f"oci://{settings_host}/{repo}:v1"
+        fetched = await fetch_oci(
+            FetchRequest(url=url),
+            FetchSettings(
+                insecure_registries=frozenset({settings_host, oci_registry.host}),
+                default_fetch_timeout=30.0,
+                verify_policy=policy(root_dir),
+            ),
+        )
+        assert fetched.verified_keys
+        assert front.count("GET", rf"/v2/{repo}/referrers/{pushed.digest}\?artifactType=") == 1
+        assert front.count("GET", rf"/v2/{repo}/manifests/sha256-{pushed.hex}$") == 0
