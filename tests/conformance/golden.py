@@ -43,7 +43,6 @@ BASE_HEADERS = (("x-b", "2"), ("x-a", "1"), ("accept", "*/*"))
 DROPPED = frozenset({"date", "server"})
 MASKED = frozenset({"x-envoy-upstream-service-time"})
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-RESULTS: dict[str, bool] = {}  # case -> host identical to Envoy (the suite prints the ratio)
 _LINE = re.compile(
     r"^\[(?P<ts>[^\]]*)\]\[(?P<tid>\d+)\]\[(?P<level>\w+)\]\[(?P<comp>[^\]]*)\] "
     r"\[(?P<src>[^\]]*)\] (?P<msg>.*)$"
@@ -296,7 +295,7 @@ def observe_host(case: Case) -> Observed:
         responses.append(response_view(status, headers, bytes(client.body)))
     if not any(r["status"] == NO_RESPONSE for r in responses):
         host.shutdown()
-    lines = [(str(t), lvl, text) for t, lvl, text in host.envoy_log_lines()]
+    lines = [(line.thread, line.level, line.text) for line in host.envoy_log_lines()]
     main, workers = group_threads(lines, "main")
     return Observed(responses, main, workers)
 

@@ -66,7 +66,7 @@ def test_partial_replace_from_the_plugin() -> None:
     """
     )
     host = start_plugin(plugin(body, data={1024: "X"}))
-    ex = host.exchange(REQ, b"middle")
+    ex = host.exchange(REQ, b"middle", frontend=False)
     assert _codes(host) == [0]
     assert bytes(ex.upstream.body) == b"Xiddle"
 
@@ -91,7 +91,7 @@ def test_upstream_address_known_in_the_request_body_phase() -> None:
     )
     data = {1024: "upstream\0address", 1040: "upstream\0port", 1060: "request\0path"}
     host = start_plugin(plugin(body, data=data))
-    host.exchange(REQ, b"twelve bytes")
+    host.exchange(REQ, b"twelve bytes", frontend=False)
     headers, request_body, response = [1, 1, 0], [0, 0, 1], [0, 0, 1]
     assert _codes(host) == [*headers, *request_body, *response]
 

@@ -409,7 +409,7 @@ def test_exchange_with_chunked_bodies() -> None:
     """
     )
     host = start_plugin(plugin(body))
-    ex = host.exchange(REQ, b"abcdefgh", {":status": "200"}, b"xyz", chunk_size=3)
+    ex = host.exchange(REQ, b"abcdefgh", {":status": "200"}, b"xyz", chunk_size=3, frontend=False)
     assert host.log_messages() == ["3", "3", "2"]
     assert bytes(ex.upstream.body) == b"abcdefgh" and bytes(ex.client.body) == b"xyz"
 

@@ -80,6 +80,10 @@ def _compare(
     case: Case, ex: Any, logs: list[Any], metrics: dict[str, Any], diffs: list[str]
 ) -> None:
     expect = case.expect
+    if ex.hung:
+        diffs.append(f"{ex.outcome} (the plugin never returned from a callback; the host "
+                     "stopped it with its fuel/deadline bound)")  # fmt: skip
+        return
     if ex.failed:
         if expect.trap is None:
             diffs.append(f"plugin failed: {ex.failed}")

@@ -8,11 +8,14 @@ tables of proxy-wasm-cpp-host (``FOR_ALL_HOST_FUNCTIONS`` plus the per-version e
 from __future__ import annotations
 
 import enum
-import threading
-from collections.abc import Callable
-from typing import Any
 
 import wasmtime
+
+from wasm_agent.host.hostfn import (  # noqa: F401 - re-exported for older callers
+    HOST_FUNCTIONS,
+    WASI_MODULES,
+    HostFn,
+)
 
 
 class AbiVersion(enum.Enum):
@@ -157,15 +160,11 @@ def network_status(result: int) -> NetworkStatus:
     return NetworkStatus.CONTINUE if result == 0 else NetworkStatus.STOP_ITERATION
 
 
-# -- host function registry ------------------------------------------------------------------
+# -- host function tables ---------------------------------------------------------------------
 
 _I32 = wasmtime.ValType.i32()
 _I64 = wasmtime.ValType.i64()
 _TYPES = {"i": _I32, "I": _I64}
-
-HostFn = Callable[..., Any]
-# (import module, name) -> (params, results, function)
-HOST_FUNCTIONS: dict[tuple[str, str], tuple[str, str, HostFn]] = {}
 
 # Proxy-Wasm functions every ABI version links (cpp-host FOR_ALL_HOST_FUNCTIONS + helpers).
 COMMON_PROXY = frozenset(
@@ -225,7 +224,6 @@ VERSION_PROXY = {
     ),
 }
 
-WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 WASI_FUNCTIONS = frozenset(
     [
         "fd_write",
@@ -265,51 +263,11 @@ START_ALLOWED = frozenset(
 )
 
 
-class _Current(threading.local):
-    """The VM whose code is running, per thread (set around every call into a guest).
-
-    Per thread because wasm runs without the GIL: VMs driven from different threads must not
-    see each other's state.
-    """
-
-    vm: Any = None
-
-
-Current = _Current()
-
-
-def host(name: str, params: str, results: str = "i", module: str = "env") -> Callable:
-    """Register a host function under ``module.name`` (``params``/``results``: 'i' i32, 'I' i64)."""
-
-    def register(fn: HostFn) -> HostFn:
-        modules = WASI_MODULES if module == "wasi" else (module,)
-        for mod in modules:
-            HOST_FUNCTIONS[(mod, name)] = (params, results, fn)
-        return fn
-
-    return register
-
-
 def host_function_table() -> dict[tuple[str, str], tuple[str, str, HostFn]]:
-    """Every host function: ``(module, name) -> (params, results, function)``.
+    """Every host function (``registry.host_function_table``; kept here for older callers)."""
+    from wasm_agent.host import registry  # noqa: PLC0415 - registry imports this module
 
-    Importing the host modules registers their ``@host`` functions; this does it (once).
-    """
-
-    # these modules import this one (for @host): a top-level import would be a cycle
-    from wasm_agent.host import (  # noqa: F401, PLC0415
-        buffers,
-        callouts,
-        control,
-        general,
-        maps,
-        metrics,
-        properties,
-        shared,
-        wasi,
-    )
-
-    return HOST_FUNCTIONS
+    return registry.host_function_table()
 
 
 def func_type(params: str, results: str) -> wasmtime.FuncType:

@@ -10,21 +10,22 @@ AssemblyScript SDK bug that trusts stale return slots traps in Envoy exactly bec
 
 from __future__ import annotations
 
-from wasm_agent.host.abi import BufferType, Current, Status, host
+from wasm_agent.host.abi import BufferType, Status
 from wasm_agent.host.context import EMPTY, Buffer
+from wasm_agent.host.hostfn import Current, VmLike, host
 
 _M = 0xFFFFFFFF
 _MAX_BUFFER = max(BufferType)
 
 
-def lookup_buffer(vm: object, btype: int) -> Buffer | None:
+def lookup_buffer(vm: VmLike, btype: int) -> Buffer | None:
     """The buffer ``btype`` as the current context sees it; None means NOT_FOUND."""
-    ctx = vm.context()  # type: ignore[attr-defined]
-    root = vm.contexts.get(ctx.root_id) if ctx.root_id else ctx  # type: ignore[attr-defined]
+    ctx = vm.context()
+    root = vm.contexts.get(ctx.root_id, vm.root) if ctx.root_id else ctx
     if btype <= BufferType.UPSTREAM_DATA:
         return ctx.buffers.get(btype, EMPTY)
     if btype == BufferType.VM_CONFIGURATION:
-        return Buffer(vm.options.vm_config)  # type: ignore[attr-defined]
+        return Buffer(vm.options.vm_config)
     if btype == BufferType.PLUGIN_CONFIGURATION:
         config = root.plugin_config
         return None if config is None else Buffer(config)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from envoy.config.core.v3 import grpc_service_pb2
+from envoy.config.core.v3 import grpc_service_pb2  # type: ignore[import-untyped]
 
-from wasm_agent.host.abi import Current, Status, host
+from wasm_agent.host.abi import Status
+from wasm_agent.host.hostfn import Current, VmLike, host
 from wasm_agent.host.maps import HeaderMap, deserialize_pairs
 
 _M = 0xFFFFFFFF
@@ -211,16 +212,16 @@ def grpc_cancel(token: int) -> int:
 
 
 def deliver_http_response(
-    vm: object, token: int, headers: HeaderMap, body: bytes, trailers: HeaderMap
+    vm: VmLike, token: int, headers: HeaderMap, body: bytes, trailers: HeaderMap
 ) -> None:
     """Answer HTTP callout ``token``: ``proxy_on_http_call_response`` on the root context."""
-    callout = vm.callouts.http.get(token)  # type: ignore[attr-defined]
+    callout = vm.callouts.http.get(token)
     if callout is not None:
         callout.answered = True
-    root = vm.root  # type: ignore[attr-defined]
+    root = vm.root
     root.http_call_response = (headers, body, trailers)
     try:
-        vm.call_cb(  # type: ignore[attr-defined]
+        vm.call_cb(
             "proxy_on_http_call_response", root, root.id, token, len(headers), len(body),
             len(trailers),
         )  # fmt: skip
@@ -228,26 +229,26 @@ def deliver_http_response(
         root.http_call_response = None
 
 
-def fail_http_call(vm: object, token: int) -> None:
+def fail_http_call(vm: VmLike, token: int) -> None:
     """The callout was reset: status BROKEN_CONNECTION/"reset", no headers or body."""
-    callout = vm.callouts.http.get(token)  # type: ignore[attr-defined]
+    callout = vm.callouts.http.get(token)
     if callout is not None:
         callout.answered = True
-    root = vm.root  # type: ignore[attr-defined]
+    root = vm.root
     root.status = (int(Status.BROKEN_CONNECTION), b"reset")
     try:
-        vm.call_cb("proxy_on_http_call_response", root, root.id, token, 0, 0, 0)  # type: ignore[attr-defined]
+        vm.call_cb("proxy_on_http_call_response", root, root.id, token, 0, 0, 0)
     finally:
         root.status = (0, b"")
 
 
 def deliver_grpc(
-    vm: object, token: int, *, initial: HeaderMap | None = None, message: bytes | None = None,
+    vm: VmLike, token: int, *, initial: HeaderMap | None = None, message: bytes | None = None,
     trailing: HeaderMap | None = None, close: int | None = None, close_message: bytes = b"",
 ) -> None:  # fmt: skip
     """Deliver gRPC events for ``token`` in order: metadata, message, trailers, close(status)."""
-    root = vm.root  # type: ignore[attr-defined]
-    call = vm.call_cb  # type: ignore[attr-defined]
+    root = vm.root
+    call = vm.call_cb
     if initial is not None:
         root.grpc_initial = initial
         call("proxy_on_grpc_receive_initial_metadata", root, root.id, token, len(initial))
@@ -264,6 +265,6 @@ def deliver_grpc(
         root.status = (close, close_message)
         call("proxy_on_grpc_close", root, root.id, token, close)
         root.status = (0, b"")
-    grpc = vm.callouts.grpc.get(token)  # type: ignore[attr-defined]
+    grpc = vm.callouts.grpc.get(token)
     if grpc is not None and (close is not None or (message is not None and not grpc.stream)):
         grpc.done = True

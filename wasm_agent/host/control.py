@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from wasm_agent.host.abi import Current, Status, StreamType, host
+from wasm_agent.host.abi import Status, StreamType
+from wasm_agent.host.hostfn import Current, host
 from wasm_agent.host.http import LocalResponse
 from wasm_agent.host.maps import deserialize_pairs
 

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 
 from wasm_agent.host.abi import LogLevel
+from wasm_agent.host.envoylog import MAIN, EnvoyLine
 from wasm_agent.host.shared import SharedState
 from wasm_agent.host.vm import LoadError, PluginVM, VmOptions
 
 DEFAULT_RELOAD_BACKOFF = 1.0
+DEFAULT_CONCURRENCY = 2  # Envoy's --concurrency the host models by default
 
 
 class FailurePolicy(enum.Enum):
@@ -41,6 +43,7 @@ class Plugin:
         reload_backoff: float = DEFAULT_RELOAD_BACKOFF,
         monotonic: Callable[[], float] = time.monotonic,
         connection: dict[str, tuple[str, int]] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.wasm = wasm
         self.options = options
@@ -54,11 +57,68 @@ class Plugin:
             "upstream": ("127.0.0.1", 10001),
         }
         self.cluster_name = "upstream"  # xds.cluster_name
-        self.vm = PluginVM(wasm, options, self.shared)
+        if concurrency < 0:
+            raise ValueError(f"concurrency must be 0 (one VM) or more, got {concurrency}")
+        self.concurrency = concurrency
+        self.envoy_lines: list[EnvoyLine] = []
+        self.vm_count = 0  # VMs started (each with its root context), reloads included
+        self._alive = 0  # Wasm objects alive, as Envoy's "now active" debug lines count them
+        self.main_vm: PluginVM | None = None
+        self.workers: list[PluginVM] = []
+        self._shut_down = False
+        self._start_vms()
+        self.vm = self.workers[0]
         self.reloads = 0
         self._failed_at: float | None = None
         self._last_load = monotonic()
         self._next_connection_id = 1
+
+    def _debug(self, thread: str, text: str) -> None:
+        if self.options.log_level <= LogLevel.DEBUG:
+            self.envoy_lines.append(EnvoyLine(thread, "debug", text))
+
+    def _new_vm(self, thread: str) -> PluginVM:
+        self._alive += 1
+        self._debug(thread, f"Thread-Local Wasm created {self._alive} now active")
+        vm = PluginVM(self.wasm, self.options, self.shared, thread=thread,
+                      envoy_lines=self.envoy_lines)  # fmt: skip
+        self.vm_count += 1
+        return vm
+
+    def _drop_vm(self, vm: PluginVM) -> None:
+        self._alive -= 1
+        self._debug(vm.thread, f"~Wasm {self._alive} remaining active")
+
+    def _start_vms(self) -> None:
+        """Start VMs as Envoy 1.40 does for a listener's filter (recorded with --concurrency 1
+        and 2): the base Wasm on the main thread (no callbacks), a thread-local VM on main that
+        is started and dropped without ``proxy_on_done``, another on main that stays, and one
+        per worker. ``concurrency=0``: one VM only (the fast, non-Envoy model)."""
+        if self.concurrency == 0:
+            self.workers = [self._new_vm("worker-0")]
+            return
+        self._alive += 1
+        self._debug(MAIN, f"Base Wasm created {self._alive} now active")
+        self._drop_vm(self._new_vm(MAIN))
+        self.main_vm = self._new_vm(MAIN)
+        self.workers = [self._new_vm(f"worker-{i}") for i in range(self.concurrency)]
+
+    @property
+    def vms(self) -> list[PluginVM]:
+        """The live VMs: the workers' and the main thread's."""
+        return [*self.workers, *([self.main_vm] if self.main_vm is not None else [])]
+
+    def shutdown(self) -> None:
+        """Envoy's shutdown: each worker's root context, then main's, gets ``proxy_on_done`` and
+        ``proxy_on_delete`` (not a failed VM's); a hung VM means Envoy never stops (skipped)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        for vm in self.vms:
+            if vm.hung:
+                continue
+            vm.shutdown()
+            self._drop_vm(vm)
 
     @property
     def fail_open(self) -> bool:
@@ -87,10 +147,13 @@ class Plugin:
             return None
         self._last_load = now
         try:
-            fresh = PluginVM(self.wasm, self.options, self.shared)
+            fresh = PluginVM(self.wasm, self.options, self.shared, thread=vm.thread,
+                             envoy_lines=self.envoy_lines)  # fmt: skip
         except LoadError as exc:
             vm.log(LogLevel.CRITICAL, f"reload failed: {exc}", host=True)
             return None
+        self.vm_count += 1
+        self.workers[self.workers.index(vm)] = fresh
         self.vm, self._failed_at = fresh, None
         self.reloads += 1
         return fresh

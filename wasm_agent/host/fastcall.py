@@ -19,7 +19,7 @@ from wasmtime import _ffi as ffi
 from wasmtime import _func
 
 _RAW = ffi.wasmtime_val_raw
-_CALL = getattr(ffi, "_wasmtime_func_call_unchecked", None) or getattr(
+_CALL: Any = getattr(ffi, "_wasmtime_func_call_unchecked", None) or getattr(
     ffi, "wasmtime_func_call_unchecked", None
 )
 _TRAP_PTR = ctypes.POINTER(ffi.wasm_trap_t)
@@ -89,7 +89,7 @@ def _make_callback(fn: Callable[..., Any], params: str, results: str) -> Any:
                 args[0].i32 = int(result)
             return 0
         except BaseException as exc:
-            _func.LAST_EXCEPTION = exc
+            _func.LAST_EXCEPTION = exc  # type: ignore[assignment]  # re-raised after the call
             trap = wasmtime.Trap("python exception")._consume()
             return ctypes.cast(trap, ctypes.c_void_p).value or 0
 

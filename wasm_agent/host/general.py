@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import zlib
 
-from wasm_agent.host.abi import Current, LogLevel, Status, host
+from wasm_agent.host.abi import LogLevel, Status
+from wasm_agent.host.hostfn import Current, host
 
 _M = 0xFFFFFFFF
 

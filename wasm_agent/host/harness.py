@@ -52,10 +52,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wasm_agent.host import exchange
 from wasm_agent.host.abi import LogLevel
 from wasm_agent.host.callouts import (
     GrpcCall,
@@ -64,8 +64,22 @@ from wasm_agent.host.callouts import (
     deliver_http_response,
     fail_http_call,
 )
-from wasm_agent.host.failure import DEFAULT_RELOAD_BACKOFF, FailurePolicy, Plugin
-from wasm_agent.host.http import HttpStream, LocalResponse, Message
+from wasm_agent.host.envoylog import EnvoyLine
+from wasm_agent.host.exchange import (
+    Body,
+    Exchange,
+    Headers,
+    Responder,
+    Upstream,
+    to_bytes,
+)
+from wasm_agent.host.failure import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RELOAD_BACKOFF,
+    FailurePolicy,
+    Plugin,
+)
+from wasm_agent.host.http import HttpStream, Message
 from wasm_agent.host.maps import HeaderMap
 from wasm_agent.host.network import TcpConnection
 from wasm_agent.host.properties import encode_value, normalize_path
@@ -87,18 +101,6 @@ __all__ = [
     "Message",
     "start_plugin",
 ]
-
-Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
-Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
-# A body: bytes/str, or a list of chunks delivered one by one (a trailing b"" chunk mimics the
-# separate empty end-of-stream frame Envoy's HTTP/1 codec often produces).
-Body = bytes | str | list[bytes] | tuple[bytes, ...]
-
-
-def _bytes(value: bytes | str | None) -> bytes:
-    if value is None:
-        return b""
-    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def start_plugin(
@@ -124,6 +126,8 @@ def start_plugin(
     cache_dir: str | Path | None = None,
     environment: Mapping[str, str] | None = None,
     host_env_keys: Sequence[str] = (),
+    concurrency: int = DEFAULT_CONCURRENCY,
+    trace_calls: bool | None = None,
 ) -> HostedPlugin:
     """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
 
@@ -131,11 +135,16 @@ def start_plugin(
     (``key_values``, and names whose values come from this process's environment when set);
     the plugin reads them with WASI ``environ_get``. A key given twice is a ValueError with
     Envoy's configuration error.
+
+    ``concurrency``: Envoy's ``--concurrency``; the host starts VMs as that Envoy does (main
+    thread twice, one per worker: 4 for the default 2; 0 starts one VM only). Streams run on
+    the first worker's VM. ``trace_calls``: Envoy's ``[host->vm]``/``[vm->host]`` trace lines
+    (default: when ``log_level`` is TRACE).
     """
     wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
     options = VmOptions(
-        vm_config=_bytes(vm_config),
-        plugin_config=_bytes(plugin_config),
+        vm_config=to_bytes(vm_config),
+        plugin_config=to_bytes(plugin_config),
         vm_id=vm_id,
         root_id=root_id,
         plugin_name=plugin_name,
@@ -149,10 +158,11 @@ def start_plugin(
         clusters=frozenset(clusters) if clusters is not None else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
         environment=environment_variables(environment or {}, host_env_keys, plugin_name),
+        trace_calls=trace_calls,
     )
     plugin = Plugin(
         wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,
-        monotonic=monotonic,
+        monotonic=monotonic, concurrency=concurrency,
     )  # fmt: skip
     return HostedPlugin(plugin)
 
@@ -191,41 +201,12 @@ def environment_variables(
     return merged
 
 
-@dataclass
-class Exchange:
-    """The outcome of one request/response through the plugin."""
-
-    upstream: Message | None
-    client: Message | None
-    actions: list[tuple[str, str]]
-    local_response: LocalResponse | None
-    logs: list[LogEntry]
-    failed: str | None
-    reset: bool = False
-    stream: HttpStream | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (used by ``wasm-agent run --json``)."""
-        return {
-            "upstream": self.upstream.to_dict() if self.upstream else None,
-            "client": self.client.to_dict() if self.client else None,
-            "actions": [list(a) for a in self.actions],
-            "local_response": (
-                {"status": self.local_response.status, "details": self.local_response.details}
-                if self.local_response
-                else None
-            ),
-            "logs": [{"level": e.level.name, "message": e.message} for e in self.logs],
-            "failed": self.failed,
-            "reset": self.reset,
-        }
-
-
 class HostedPlugin:
     """A running plugin (see the module docstring for the life cycle)."""
 
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
+        self.streams = 0  # HTTP streams started through exchange() (x-request-id numbers)
 
     # -- the VM ------------------------------------------------------------------------------
 
@@ -252,11 +233,34 @@ class HostedPlugin:
 
     def configure(self, plugin_config: bytes | str) -> None:
         """Re-run ``proxy_on_configure`` with a new configuration (LoadError on false)."""
-        self.vm.options.plugin_config = _bytes(plugin_config)
-        self.vm.configure(_bytes(plugin_config))
+        self.vm.options.plugin_config = to_bytes(plugin_config)
+        self.vm.configure(to_bytes(plugin_config))
 
     def shutdown(self) -> None:
-        self.vm.shutdown()
+        """Envoy's shutdown: ``proxy_on_done``/``proxy_on_delete`` on every live root context."""
+        self.plugin.shutdown()
+
+    @property
+    def vm_count(self) -> int:
+        """VMs started, each with one root context (Envoy --concurrency 2: 4), reloads too."""
+        return self.plugin.vm_count
+
+    @property
+    def root_context_count(self) -> int:
+        """Root contexts created (one per VM started)."""
+        return self.plugin.vm_count
+
+    @property
+    def vms(self) -> list[Any]:
+        """The live VMs: each worker's, then the main thread's."""
+        return self.plugin.vms
+
+    def envoy_log_lines(self, min_level: str = "trace") -> list[EnvoyLine]:
+        """Envoy's ``[wasm]`` log as Envoy writes it (plugin logs with Envoy's prefix, trap
+        reports with the backtrace, lifecycle and call traces), each with its thread."""
+        levels = ("trace", "debug", "info", "warning", "error", "critical")
+        floor = levels.index(min_level)
+        return [line for line in self.plugin.envoy_lines if levels.index(line.level) >= floor]
 
     def set_property(self, path: str, value: Any) -> None:
         """Set or override a property for every later call (dots or NULs separate names)."""
@@ -285,42 +289,31 @@ class HostedPlugin:
         chunk_size: int | None = None,
         complete: bool = True,
         callout_responder: Responder | None = None,
+        upstream: Upstream | None = None,
+        frontend: bool = True,
     ) -> Exchange:
         """Request -> plugin -> upstream; response -> plugin -> client; then end the stream.
 
-        Bodies are bytes (split by ``chunk_size`` if given) or lists of chunks.
+        Bodies are bytes (split by ``chunk_size`` if given) or lists of chunks. ``upstream``
+        (instead of ``response_headers``/``response_body``/``response_trailers``) is called
+        with what the upstream received (a ``Message``) and answers ``(headers, body)`` or
+        ``(headers, body, trailers)``. ``callout_responder(callout)`` answers HTTP callouts as
+        they are made (the same shapes, or None to leave one pending).
 
-        ``callout_responder(callout)`` answers HTTP callouts as they are made (return
-        ``(headers, body)`` or ``(headers, body, trailers)``, or None to leave one pending),
-        like a deterministic callout cluster would.
+        ``frontend`` (default on): deliver what Envoy's HCM, HTTP/1 codec and router deliver
+        (pseudo-headers in Envoy's order, ``:scheme``, ``x-forwarded-proto``, ``x-request-id``,
+        each body as a data frame plus an empty end-of-stream frame,
+        ``x-envoy-upstream-service-time`` on the response) and give ``client`` as the codec
+        writes it (``content-length: 0`` on an empty reply without one); see ``frontend.py``.
         """
-        logs_before = len(self.vm.logs)
-        vm_before = self.vm
-        s = self.http_stream()
-        _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
-              request_headers, request_body, request_trailers, chunk_size)  # fmt: skip
-        self._answer_callouts(callout_responder)
-        if s.upstream.complete and not s.closed:
-            _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
-                  response_headers or {":status": "200"}, response_body,
-                  response_trailers, chunk_size)  # fmt: skip
-            self._answer_callouts(callout_responder)
-        if complete:
-            s.complete()
-        vm = s.vm or self.vm
-        logs = vm.logs[logs_before:] if vm is vm_before else list(vm.logs)
-        return Exchange(
-            upstream=s.upstream if s.upstream.headers is not None else None,
-            client=s.client if s.client.headers is not None else None,
-            actions=list(s.actions),
-            local_response=s.local_response,
-            logs=logs,
-            failed=vm.failed if vm is not None else self.vm.failed,
-            reset=s.reset,
-            stream=s,
-        )
+        return exchange.run(
+            self, request_headers, request_body, response_headers, response_body,
+            request_trailers=request_trailers, response_trailers=response_trailers,
+            chunk_size=chunk_size, complete=complete, callout_responder=callout_responder,
+            upstream=upstream, frontend=frontend,
+        )  # fmt: skip
 
-    def _answer_callouts(self, responder: Responder | None) -> None:
+    def answer_callouts(self, responder: Responder | None) -> None:
         """Answer pending HTTP callouts (including ones made while answering) in order."""
         if responder is None:
             return
@@ -357,7 +350,7 @@ class HostedPlugin:
         trailers: Headers | None = None,
     ) -> None:  # fmt: skip
         deliver_http_response(
-            self.vm, token, HeaderMap.coerce(headers or {":status": "200"}), _bytes(body),
+            self.vm, token, HeaderMap.coerce(headers or {":status": "200"}), to_bytes(body),
             HeaderMap.coerce(trailers),
         )  # fmt: skip
 
@@ -386,7 +379,7 @@ class HostedPlugin:
             initial=HeaderMap.coerce(initial_metadata) if initial_metadata is not None else None,
             message=message,
             trailing=HeaderMap.coerce(trailing_metadata) if trailing_metadata is not None else None,
-            close=close, close_message=_bytes(close_message),
+            close=close, close_message=to_bytes(close_message),
         )  # fmt: skip
 
     def enqueue(self, queue: str, data: bytes | str, vm_id: str | None = None) -> bool:
@@ -395,7 +388,7 @@ class HostedPlugin:
         token = shared.resolve_queue(self.vm.options.vm_id if vm_id is None else vm_id, queue)
         if token is None:
             return False
-        shared.queues[token].items.append(_bytes(data))
+        shared.queues[token].items.append(to_bytes(data))
         root = self.vm.root
         self.vm.call_cb("proxy_on_queue_ready", root, root.id, token)
         return True
@@ -431,23 +424,4 @@ class HostedPlugin:
         return {k: v for k, (v, _cas) in table.items()}
 
     def set_shared_data(self, key: bytes | str, value: bytes | str) -> None:
-        self.plugin.shared.set(self.vm.options.vm_id, _bytes(key), _bytes(value), 0)
-
-
-def _chunks(body: Body, chunk_size: int | None) -> list[bytes]:
-    """The body as the chunks to deliver (a list is taken as is, b"" included)."""
-    if isinstance(body, list | tuple):
-        return [_bytes(chunk) for chunk in body]
-    data = _bytes(body)
-    step = chunk_size or len(data) or 1
-    return [data[i : i + step] for i in range(0, len(data), step)]
-
-
-def _send(headers_fn, body_fn, trailers_fn, headers, body, trailers, chunk_size) -> None:
-    has_trailers = trailers is not None
-    chunks = _chunks(body, chunk_size)
-    headers_fn(headers, end_stream=not chunks and not has_trailers)
-    for index, chunk in enumerate(chunks):
-        body_fn(chunk, end_stream=index == len(chunks) - 1 and not has_trailers)
-    if has_trailers:
-        trailers_fn(trailers)
+        self.plugin.shared.set(self.vm.options.vm_id, to_bytes(key), to_bytes(value), 0)

@@ -18,11 +18,12 @@ from wasm_agent.host import abi
 from wasm_agent.host.abi import AbiVersion, BufferType, MapType, StreamType
 from wasm_agent.host.context import Buffer
 from wasm_agent.host.maps import HeaderMap
-from wasm_agent.host.messages import LocalResponse, Message
+from wasm_agent.host.messages import LocalResponse, Message, local_reply_headers
 from wasm_agent.host.streaminfo import grpc_status_of, http_property
 
 if TYPE_CHECKING:
     from wasm_agent.host.failure import Plugin
+    from wasm_agent.host.vm import PluginVM
 
 
 class _Direction:
@@ -63,6 +64,8 @@ class HttpStream:
         self.reset = False
         self.failed = False
         self.skipped = self.vm is None and plugin.fail_open
+        # A runaway plugin (stopped by fuel/deadline): Envoy never answers this stream.
+        self.hung = self.vm is not None and self.vm.hung is not None
         self.ctx: Any = None
         self.overrides = properties or {}
         self.connection_id = plugin.next_connection_id()
@@ -70,6 +73,12 @@ class HttpStream:
         self.done = False
         if self.vm is None and not self.skipped:
             self._fail_stream()
+
+    @property
+    def _vm(self) -> PluginVM:
+        """The stream's VM (only used once the stream is known to have one)."""
+        assert self.vm is not None, "the plugin failed for this stream: it has no VM"
+        return self.vm
 
     # -- plugin-facing hooks (called from host functions) -----------------------------------
 
@@ -97,7 +106,7 @@ class HttpStream:
         if stream_type not in (StreamType.REQUEST, StreamType.RESPONSE):
             return abi.Status.OK  # downstream: no network callbacks on an HTTP stream
         d = self.request if stream_type == StreamType.REQUEST else self.response
-        self.vm.defer(lambda: self._resume(d))
+        self._vm.defer(lambda: self._resume(d))
         if self.ctx is not None:
             self.ctx.maps[MapType.HTTP_REQUEST_HEADERS] = None
             self.ctx.maps[MapType.HTTP_REQUEST_TRAILERS] = None
@@ -106,12 +115,12 @@ class HttpStream:
 
     def close_stream(self, stream_type: int) -> abi.Status:
         if stream_type in (StreamType.REQUEST, StreamType.RESPONSE):
-            self.vm.defer(self._reset)
+            self._vm.defer(self._reset)
         return abi.Status.OK
 
     def send_local_response(self, reply: LocalResponse) -> None:
-        self.vm.stop_next = True
-        self.vm.defer(lambda: self._local_reply(reply, via_plugin=True))
+        self._vm.stop_next = True
+        self._vm.defer(lambda: self._local_reply(reply, via_plugin=True))
 
     # -- test-facing events ------------------------------------------------------------------
 
@@ -145,8 +154,9 @@ class HttpStream:
 
     @property
     def closed(self) -> bool:
-        """True when the stream is answered locally, reset or failed (no upstream exchange)."""
-        return self.reset or self.local_response is not None or self.failed
+        """True when the stream is answered locally, reset, failed or hung (no upstream
+        exchange)."""
+        return self.reset or self.local_response is not None or self.failed or self.hung
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -154,18 +164,18 @@ class HttpStream:
         """False when the plugin is skipped (fail open) for this stream."""
         if self.skipped:
             return False
-        if self.vm.failed:
+        if self._vm.failed:
             self._after_failure()
             return False
         return True
 
     def _ensure_context(self) -> None:
         if self.ctx is None:
-            self.ctx = self.vm.new_stream_context("http", self)
+            self.ctx = self._vm.new_stream_context("http", self)
 
     def _blocked(self, d: _Direction) -> bool:
         """Events the filter no longer sees (reset, failed, or after a local reply)."""
-        if self.reset or self.failed:
+        if self.reset or self.failed or self.hung:
             return True
         if self.local_response is not None:
             return d.is_request or not self._lr_through
@@ -174,19 +184,19 @@ class HttpStream:
     def _on_headers(self, d: _Direction, headers: HeaderMap, end: bool) -> str:
         d.headers, d.end_seen = headers, end
         if self._blocked(d):
-            return "closed"
+            return "hung" if self.hung else "closed"
         if not self._active():
             return self._passthrough_headers(d, headers, end)
         self._ensure_context()
         if self._check_failed():
-            return "failed"
+            return "hung" if self.hung else "failed"
         name, map_id, _, _ = d.names
         self.ctx.maps[map_id] = headers
         args = (self.ctx.id, len(headers)) + (() if self._v01 else (int(end),))
-        result = self.vm.call_cb(f"proxy_on_{name}_headers", self.ctx, *args)
+        result = self._vm.call_cb(f"proxy_on_{name}_headers", self.ctx, *args)
         if self._check_failed():
-            return "failed"
-        status = abi.headers_status(result or 0, self.vm.last_stop)
+            return "hung" if self.hung else "failed"
+        status = abi.headers_status(result or 0, self._vm.last_stop)
         self.actions.append((f"{name}_headers", status.name))
         if self._blocked(d):
             return status.name
@@ -198,7 +208,7 @@ class HttpStream:
 
     @property
     def _v01(self) -> bool:
-        return self.vm.abi_version is AbiVersion.V0_1_0
+        return self._vm.abi_version is AbiVersion.V0_1_0
 
     def _forward_headers(self, d: _Direction) -> None:
         d.out.headers = d.headers.copy() if d.headers is not None else HeaderMap()
@@ -216,7 +226,7 @@ class HttpStream:
     def _on_data(self, d: _Direction, chunk: bytes, end: bool) -> str:
         d.end_seen = end
         if self._blocked(d):
-            return "closed"
+            return "hung" if self.hung else "closed"
         if not self._active():
             if self.failed:
                 return "failed"
@@ -235,12 +245,12 @@ class HttpStream:
         # held here: proxy_continue_stream drops the context's request buffer (as Envoy does)
         # but the chunk, with any change made before, still goes on
         buffer = self.ctx.buffers[buf_id] = Buffer(data, mutable=True)
-        result = self.vm.call_cb(
+        result = self._vm.call_cb(
             f"proxy_on_{name}_body", self.ctx, self.ctx.id, len(data), int(end)
         )
         if self._check_failed():
-            return "failed"
-        status = abi.data_status(result or 0, self.vm.last_stop)
+            return "hung" if self.hung else "failed"
+        status = abi.data_status(result or 0, self._vm.last_stop)
         self.actions.append((f"{name}_body", status.name))
         if self._blocked(d):
             return status.name
@@ -260,7 +270,7 @@ class HttpStream:
     def _on_trailers(self, d: _Direction, trailers: HeaderMap) -> str:
         d.trailers, d.end_seen = trailers, True
         if self._blocked(d):
-            return "closed"
+            return "hung" if self.hung else "closed"
         if not self._active():
             if self.failed:
                 return "failed"
@@ -274,10 +284,10 @@ class HttpStream:
     def _call_trailers(self, d: _Direction, trailers: HeaderMap) -> str:
         name, _, _, map_id = d.names
         self.ctx.maps[map_id] = trailers
-        result = self.vm.call_cb(f"proxy_on_{name}_trailers", self.ctx, self.ctx.id, len(trailers))
+        result = self._vm.call_cb(f"proxy_on_{name}_trailers", self.ctx, self.ctx.id, len(trailers))
         if self._check_failed():
-            return "failed"
-        status = abi.trailers_status(result or 0, self.vm.last_stop)
+            return "hung" if self.hung else "failed"
+        status = abi.trailers_status(result or 0, self._vm.last_stop)
         self.actions.append((f"{name}_trailers", status.name))
         if self._blocked(d):
             return status.name
@@ -327,23 +337,16 @@ class HttpStream:
             return
         self.local_response = reply
         self.request.paused = True
-        # Envoy's prepareLocalReply: the plugin's headers, then the length, and text/plain
-        # only when the plugin set no content-type (checked against Envoy 1.40).
-        headers = HeaderMap([(b":status", str(reply.status).encode())])
-        for key, value in reply.headers:
-            headers.add(key, value)
-        headers.replace(b"content-length", str(len(reply.body)).encode())
-        if reply.body and headers.get(b"content-type") is None:
-            headers.add(b"content-type", b"text/plain")
+        headers = local_reply_headers(reply)
         d = self.response
         # From the request path the reply runs through the plugin's response callbacks; from
         # the response path it replaces the response without re-entering the plugin (Envoy).
         fresh = d.headers is None
-        if via_plugin and fresh and self.ctx is not None and not self.vm.failed:
+        if via_plugin and fresh and self.ctx is not None and not self._vm.failed:
             d.paused = False
             self._lr_through = True
             self._on_headers(d, headers, not reply.body)
-            if reply.body and not self.vm.failed:
+            if reply.body and not self._vm.failed:
                 self._on_data(d, reply.body, True)
             return
         d.out = Message(headers, bytearray(reply.body), None, True)
@@ -362,8 +365,12 @@ class HttpStream:
         d.out = Message(headers, bytearray(), None, True)
 
     def _check_failed(self) -> bool:
-        if self.vm.failed:
-            self.plugin.note_trap(self.vm)
+        if self._vm.hung:
+            self.hung = True
+            self.request.paused = self.response.paused = True
+            return True
+        if self._vm.failed:
+            self.plugin.note_trap(self._vm)
             self._fail_stream()
             return True
         return False
@@ -378,7 +385,7 @@ class HttpStream:
             return
         self.done = True
         ctx, vm = self.ctx, self.vm
-        if ctx is None or vm is None or vm.failed:
+        if ctx is None or vm is None or vm.failed or vm.hung:
             return
         ctx.maps = {
             MapType.HTTP_REQUEST_HEADERS: self.request.out.headers or self.request.headers,

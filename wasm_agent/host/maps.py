@@ -137,23 +137,24 @@ def _b(value: str | bytes) -> bytes:
 
 # -- host functions ---------------------------------------------------------------------------
 
-from wasm_agent.host.abi import AbiVersion, Current, MapType, Status, host  # noqa: E402
+from wasm_agent.host.abi import AbiVersion, MapType, Status  # noqa: E402
+from wasm_agent.host.hostfn import Current, VmLike, host  # noqa: E402
 
 _MAX_MAP = max(MapType)
 
 
-def lookup_map(vm: object, map_type: int, mutable: bool = True) -> HeaderMap | None:
+def lookup_map(vm: VmLike, map_type: int, mutable: bool = True) -> HeaderMap | None:
     """The map ``map_type`` as the current context sees it (None: not available now).
 
     In ``proxy_on_log`` the stream maps can be read but not changed or sized (Envoy serves
     them from the access log, read-only).
     """
-    ctx = vm.context()  # type: ignore[attr-defined]
+    ctx = vm.context()
     if map_type <= MapType.HTTP_RESPONSE_TRAILERS:
         if mutable and ctx.log_phase:
             return None
         return ctx.maps.get(map_type)
-    root = vm.contexts.get(ctx.root_id) if ctx.root_id else ctx  # type: ignore[attr-defined]
+    root = vm.contexts.get(ctx.root_id, vm.root) if ctx.root_id else ctx
     if map_type == MapType.GRPC_RECEIVE_INITIAL_METADATA:
         return root.grpc_initial
     if map_type == MapType.GRPC_RECEIVE_TRAILING_METADATA:

@@ -24,7 +24,7 @@ try:
     _DATA = ctypes.CFUNCTYPE(ctypes.c_void_p, _CTX, _MEM)(("wasmtime_memory_data", ffi.dll))
     _SIZE = ctypes.CFUNCTYPE(ctypes.c_size_t, _CTX, _MEM)(("wasmtime_memory_data_size", ffi.dll))
 except (AttributeError, TypeError):  # pragma: no cover - other wasmtime-py layouts
-    _DATA = _SIZE = None
+    _DATA = _SIZE = None  # type: ignore[assignment]
 _U64 = struct.Struct("<Q")
 
 

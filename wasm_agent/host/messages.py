@@ -33,3 +33,35 @@ class LocalResponse:
     headers: list[tuple[bytes, bytes]]
     details: str
     grpc_status: int
+
+
+def local_reply_headers(reply: LocalResponse) -> HeaderMap:
+    """The headers of a plugin's local reply as Envoy 1.40 builds them (tests/conformance/
+    golden/local_*.json): ``:status``, the plugin's headers in order; with a body,
+    ``content-length`` set in place (appended if absent) and ``content-type: text/plain`` unless
+    the plugin set one; with an empty body, the plugin's ``content-length`` and
+    ``content-type`` dropped (the codec adds ``content-length: 0`` at the very end)."""
+    headers = HeaderMap([(b":status", str(reply.status).encode())])
+    for key, value in reply.headers:
+        headers.add(key, value)
+    if not reply.body:
+        headers.remove(b"content-length")
+        headers.remove(b"content-type")
+        return headers
+    length = str(len(reply.body)).encode()
+    if headers.get(b"content-length") is None:
+        headers.add(b"content-length", length)
+    else:
+        first = True
+        kept = []
+        for key, value in headers.entries:
+            if key == b"content-length":
+                if first:
+                    kept.append((key, length))
+                first = False
+                continue
+            kept.append((key, value))
+        headers.entries = kept
+    if headers.get(b"content-type") is None:
+        headers.add(b"content-type", b"text/plain")
+    return headers

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wasm_agent.host.abi import Current, MetricType, Status, host
+from wasm_agent.host.abi import MetricType, Status
+from wasm_agent.host.hostfn import Current, host
 
 _MASK = 0x3
 _STEP = 4

@@ -17,6 +17,7 @@ from wasm_agent.host.streaminfo import connection_property
 
 if TYPE_CHECKING:
     from wasm_agent.host.failure import Plugin
+    from wasm_agent.host.vm import PluginVM
 
 
 class TcpConnection:
@@ -31,8 +32,9 @@ class TcpConnection:
         self.downstream_received = bytearray()  # what the client got (upstream data)
         self.actions: list[tuple[str, str]] = []
         self.closed = False  # closed by the host (plugin request or failure)
+        self.hung = False  # a runaway callback: Envoy would never return from it
         self.skipped = self.vm is None and plugin.fail_open
-        self._pending = {
+        self._pending: dict[int, bytearray] = {
             BufferType.DOWNSTREAM_DATA: bytearray(),
             BufferType.UPSTREAM_DATA: bytearray(),
         }
@@ -42,10 +44,16 @@ class TcpConnection:
         if self.vm is None:
             self.closed = not self.skipped
             return
-        self.ctx = self.vm.new_stream_context("tcp", self)
-        result = self.vm.call_cb("proxy_on_new_connection", self.ctx, self.ctx.id)
+        self.ctx = self._vm.new_stream_context("tcp", self)
+        result = self._vm.call_cb("proxy_on_new_connection", self.ctx, self.ctx.id)
         if not self._check_failed():
             self.actions.append(("new_connection", abi.network_status(result or 0).name))
+
+    @property
+    def _vm(self) -> PluginVM:
+        """The stream's VM (only used once the stream is known to have one)."""
+        assert self.vm is not None, "the plugin failed for this stream: it has no VM"
+        return self.vm
 
     upstream_known = True  # tcp_proxy connects upstream before data flows
 
@@ -55,7 +63,7 @@ class TcpConnection:
     def continue_stream(self, stream_type: int) -> abi.Status:
         """Downstream: Envoy's continueReading (held data goes on to the upstream)."""
         if stream_type == StreamType.DOWNSTREAM:
-            self.vm.defer(self._continue_reading)
+            self._vm.defer(self._continue_reading)
         return abi.Status.OK
 
     def _continue_reading(self) -> None:
@@ -78,8 +86,11 @@ class TcpConnection:
         return not self.closed
 
     def _check_failed(self) -> bool:
+        if self.vm is not None and self.vm.hung:  # Envoy would never return: nothing flows
+            self.hung = self.closed = True
+            return True
         if self.vm is not None and self.vm.failed:
-            self.plugin.note_trap(self.vm)
+            self.plugin.note_trap(self._vm)
             if not self.plugin.fail_open:
                 self.closed = True
             return True
@@ -112,12 +123,12 @@ class TcpConnection:
         name = "downstream" if kind == BufferType.DOWNSTREAM_DATA else "upstream"
         buffer = Buffer(self._pending[kind] + data, mutable=True)
         self.ctx.buffers[kind] = buffer
-        result = self.vm.call_cb(
+        result = self._vm.call_cb(
             f"proxy_on_{name}_data", self.ctx, self.ctx.id, buffer.size(), int(end)
         )
         self.ctx.buffers.pop(kind, None)
         if self._check_failed():
-            return "failed"
+            return "hung" if self.hung else "failed"
         status = abi.network_status(result or 0)
         self.actions.append((f"{name}_data", status.name))
         if status == abi.NetworkStatus.CONTINUE:
@@ -133,7 +144,7 @@ class TcpConnection:
             return
         self._downstream_closed = True
         if self.ctx is not None and self.vm is not None and not self.vm.failed:
-            self.vm.call_cb(
+            self._vm.call_cb(
                 "proxy_on_downstream_connection_close", self.ctx, self.ctx.id, int(peer)
             )
         self._finish()
@@ -141,7 +152,7 @@ class TcpConnection:
     def close_upstream(self, peer: PeerType = PeerType.REMOTE) -> None:
         """The upstream side closed (also implied by upstream end_stream)."""
         if self.ctx is not None and self.vm is not None and not self.vm.failed:
-            self.vm.call_cb("proxy_on_upstream_connection_close", self.ctx, self.ctx.id, int(peer))
+            self._vm.call_cb("proxy_on_upstream_connection_close", self.ctx, self.ctx.id, int(peer))
         if self._downstream_closed:
             self._finish()
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from wasm_agent.host.abi import Current, Status, host
+from wasm_agent.host.abi import Status
+from wasm_agent.host.hostfn import Current, VmLike, host
 
 KNOWN_TOKENS = frozenset(
     b"metadata request response connection upstream node source destination listener_direction "
@@ -41,7 +42,7 @@ def normalize_path(path: str | bytes) -> bytes:
     return raw if b"\0" in raw else raw.replace(b".", b"\0")
 
 
-def resolve(vm: Any, path: bytes) -> bytes | None:
+def resolve(vm: VmLike, path: bytes) -> bytes | None:
     """The property ``path`` as the current context sees it (None: NOT_FOUND)."""
     ctx = vm.context()
     stream = ctx.stream

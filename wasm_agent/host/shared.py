@@ -10,7 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from wasm_agent.host.abi import Current, Status, host
+from wasm_agent.host.abi import Status
+from wasm_agent.host.hostfn import Current, host
 
 
 @dataclass

@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 from wasm_agent.host.abi import MapType
+from wasm_agent.host.celmap import serialize_map
 from wasm_agent.host.maps import HeaderMap
 
 _I64 = struct.Struct("<q")
@@ -81,9 +82,7 @@ def _request(stream: Any, rest: list[bytes]) -> bytes | None:
         return _int(stream.plugin.options.clock_ns() - stream.start_ns) if in_log else None
     headers = _visible(stream, MapType.HTTP_REQUEST_HEADERS)
     if name == b"headers":
-        if len(rest) == 1:
-            return headers.serialize() if headers else EMPTY_MAP
-        return headers.get(rest[1]) if headers is not None else None
+        return _map_value(stream, headers, rest)
     if headers is None:
         return None
     path = headers.get(b":path")
@@ -116,13 +115,26 @@ def _response(stream: Any, rest: list[bytes]) -> bytes | None:
         return b"via_upstream" if stream.local_response is None else stream.local_response.details
     if name == b"grpc_status":
         return _int(stream.grpc_status())
-    if name in (b"headers", b"trailers") and len(rest) > 1:
+    if name in (b"headers", b"trailers"):
         kind = (
             MapType.HTTP_RESPONSE_HEADERS if name == b"headers" else MapType.HTTP_RESPONSE_TRAILERS
         )
-        fields = _visible(stream, kind)
-        return fields.get(rest[1]) if fields is not None else None
+        return _map_value(stream, _visible(stream, kind), rest)
     return None
+
+
+def _map_value(stream: Any, headers: HeaderMap | None, rest: list[bytes]) -> bytes | None:
+    """A whole header map (Envoy's CEL map: one pair per name, values joined with ``,``, in a
+    hash order; see ``celmap``) or one header (all its values joined with ``,``)."""
+    if len(rest) == 1:
+        if not headers:
+            return EMPTY_MAP
+        stream.vm.map_seed += 1
+        return serialize_map(headers, stream.vm.map_seed)
+    if headers is None:
+        return None
+    values = headers.get_all(rest[1])
+    return b",".join(values) if values else None
 
 
 def grpc_status_of(headers: HeaderMap | None, trailers: HeaderMap | None, status: int) -> int:

@@ -16,121 +16,75 @@ cpp-host's ``DeferAfterCallActions``. Each VM has its own Store, so a failure st
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
 
-from wasm_agent.core.errors import WasmAgentError
-from wasm_agent.host import abi, compile, fastcall
+from wasm_agent.host import abi, compile, fastcall, hostfn, link
 from wasm_agent.host.abi import AbiVersion, LogLevel
 from wasm_agent.host.callouts import Callouts
 from wasm_agent.host.context import Context
+from wasm_agent.host.envoylog import (
+    LEVELS,
+    EnvoyLine,
+    backtrace,
+    host_from_vm,
+    host_to_vm,
+    log_prefix,
+    plugin_log,
+)
 from wasm_agent.host.memory import GuestMemory
 from wasm_agent.host.metrics import Metrics
 from wasm_agent.host.properties import encode_value, normalize_path
 from wasm_agent.host.shared import SharedState
 from wasm_agent.host.traps import trap_message
+from wasm_agent.host.vmtypes import (  # noqa: F401 - re-exported (the VM's public names)
+    DEFAULT_FUEL,
+    DEFAULT_MEMORY_LIMIT,
+    HANG,
+    LoadError,
+    LogEntry,
+    RestrictedCall,
+    VmOptions,
+)
 
-DEFAULT_FUEL = 200_000_000
-DEFAULT_MEMORY_LIMIT = 256 * 1024 * 1024
+# Older callers (tests/fuzz) fill the host-function table through this name.
+_register_host_functions = link.register_host_functions
 MAX_CALL_DEPTH = 32  # guest -> host -> guest nesting (allocator calls, deferred actions)
-
-
-class LoadError(WasmAgentError):
-    """The module cannot be loaded/started; ``str()`` is Envoy's message."""
-
-
-class RestrictedCall(Exception):
-    """A host function other than logging/WASI basics was called while the module started."""
-
-
-@dataclass
-class LogEntry:
-    """One log line: level, text (UTF-8, invalid bytes replaced), context (-1: the host)."""
-
-    level: LogLevel
-    message: str
-    context_id: int
-    raw: bytes = b""
-
-    @property
-    def envoy_level(self) -> str:
-        """The level as Envoy prints it (trace, debug, info, warning, error, critical)."""
-        return ("trace", "debug", "info", "warning", "error", "critical")[self.level]
-
-
-@dataclass
-class VmOptions:
-    """How to run one plugin (the harness builds this from its keyword arguments)."""
-
-    vm_config: bytes = b""
-    plugin_config: bytes = b""
-    vm_id: str = ""
-    root_id: str = ""
-    plugin_name: str = "plugin"
-    log_level: LogLevel = LogLevel.INFO  # Envoy's default for the wasm logger
-    fuel: int | None = DEFAULT_FUEL  # instructions per top-level callback; None: unlimited
-    deadline_ms: float | None = None  # wall-clock limit per top-level callback (epochs)
-    memory_limit: int = DEFAULT_MEMORY_LIMIT
-    properties: dict[str, bytes] = field(default_factory=dict)
-    clock_ns: Callable[[], int] = time.time_ns
-    foreign_functions: dict[str, Callable[[bytes], Any]] = field(default_factory=dict)
-    clusters: frozenset[str] | None = None  # http_call targets; None accepts any
-    cache_dir: Any = None
-    # WASI environment (vm_config.environment_variables, merged): environ_get / environ_sizes_get
-    environment: dict[str, str] = field(default_factory=dict)
-
-
-# wasmtime binds a FuncType to the first engine that uses it (using it with another engine
-# aborts the process), so types are cached per engine (one engine per limit mode).
-_FUNC_TYPES: dict[tuple[str, str, bool], wasmtime.FuncType] = {}
-
-
-def _ftype(params: str, results: str, mode: tuple[bool, bool]) -> wasmtime.FuncType:
-    key = (params, results, mode)
-    ft = _FUNC_TYPES.get(key)
-    if ft is None:
-        ft = _FUNC_TYPES[key] = abi.func_type(params, results)
-    return ft
-
-
-def _sig(ft: wasmtime.FuncType) -> str:
-    return abi.envoy_signature(ft)
-
-
-_GUARDED: dict[str, Callable] = {}
-
-
-def _guard(name: str, fn: Callable) -> Callable:
-    """``fn`` refusing calls while the module starts (one wrapper per name, reused)."""
-    guarded = _GUARDED.get(name)
-    if guarded is None:
-
-        def guarded(*args: Any) -> Any:
-            if abi.Current.vm.starting:
-                raise RestrictedCall("restricted_callback: " + name)
-            return fn(*args)
-
-        _GUARDED[name] = guarded
-    return guarded
-
-
-def _register_host_functions() -> None:
-    """Fill ``abi.HOST_FUNCTIONS`` (kept for callers; ``abi.host_function_table()`` is public)."""
-    abi.host_function_table()
+RUNAWAY_TRAPS = frozenset({"OUT_OF_FUEL", "INTERRUPT"})
 
 
 class PluginVM:
     """A loaded, started and configured plugin (one root context)."""
 
-    def __init__(self, wasm: bytes, options: VmOptions, shared: SharedState | None = None) -> None:
+    def __init__(
+        self,
+        wasm: bytes,
+        options: VmOptions,
+        shared: SharedState | None = None,
+        *,
+        thread: str = "worker-0",
+        envoy_lines: list[EnvoyLine] | None = None,
+    ) -> None:
         self.options = options
         self.shared = shared or SharedState()
+        self.wasm = wasm
+        self.thread = thread  # the Envoy thread this VM stands for ("main", "worker-0", ...)
         self.logs: list[LogEntry] = []
+        self.envoy_lines: list[EnvoyLine] = envoy_lines if envoy_lines is not None else []
+        self.trace = (
+            options.log_level <= LogLevel.TRACE
+            if options.trace_calls is None
+            else options.trace_calls
+        )
+        self._prefixes = (
+            log_prefix(options.root_id, options.vm_id),
+            log_prefix(options.plugin_name, options.root_id, options.vm_id),
+        )
         self.failed: str | None = None
+        self.hung: str | None = None  # a runaway callback stopped by fuel/deadline
+        self.map_seed = 0  # advances per map-valued property read (Envoy's per-table seed)
         self.starting = False
         self.current = 0
         self.effective = 0
@@ -138,7 +92,7 @@ class PluginVM:
         self.last_stop = False
         self.contexts: dict[int, Context] = {}
         self.root = Context(id=0, root_id=0, kind="vm")  # the VM context until the root exists
-        self.metrics: Any = None
+        self.metrics = Metrics()
         self.callouts = Callouts()
         self.property_overrides = {
             normalize_path(k): encode_value(v) for k, v in options.properties.items()
@@ -147,13 +101,19 @@ class PluginVM:
         self._depth = 0
         self._deferred: list[Callable[[], None]] = []
         self._imported_memory: wasmtime.Memory | None = None
+        # set by link.bind_exports
+        self.memory: GuestMemory
+        self.callbacks: dict[str, fastcall.ExportCaller] = {}
+        self._funcs: dict[str, fastcall.ExportCaller] = {}
+        self._func_types: dict[str, wasmtime.FuncType] = {}
+        self._alloc_name = "proxy_on_memory_allocate"
         self._load(wasm)
 
     # -- loading ---------------------------------------------------------------------------
 
     def _load(self, wasm: bytes) -> None:
-        self.metrics = Metrics()
-        _register_host_functions()
+
+        link.register_host_functions()
         if wasm[:4] != b"\0asm":
             raise LoadError("Failed to parse corrupted Wasm module")
         fuel = self.options.fuel is not None
@@ -161,7 +121,7 @@ class PluginVM:
         self._mode = (fuel, epoch)
         self._deadline_ticks = (
             max(1, math.ceil(self.options.deadline_ms / 1000 / compile.EPOCH_TICK_S))
-            if epoch
+            if self.options.deadline_ms is not None
             else 0
         )
         try:
@@ -177,80 +137,14 @@ class PluginVM:
         self.abi_version: AbiVersion = version
         self.store = wasmtime.Store(compile.engine(fuel, epoch))
         self.store.set_limits(memory_size=self.options.memory_limit)
-        imports = self._link(module, version)
+        imports = link.link_imports(self, module, version)
         self._refill()
         try:
             instance = wasmtime.Instance(self.store, module, imports)
         except Exception as exc:
             raise LoadError("Failed to create new Wasm instance: " + trap_message(exc)) from exc
-        self._bind(module, instance, version)
+        link.bind_exports(self, module, instance, version)
         self._start()
-
-    def _link(self, module: wasmtime.Module, version: AbiVersion) -> list[Any]:
-        allowed = abi.linked_names(version)
-        imports: list[Any] = []
-        for imp in module.imports:
-            where = f"{imp.module}.{imp.name}"
-            ty = imp.type
-            if isinstance(ty, wasmtime.MemoryType):
-                self._imported_memory = wasmtime.Memory(self.store, ty)
-                imports.append(self._imported_memory)
-                continue
-            if isinstance(ty, wasmtime.TableType):
-                imports.append(wasmtime.Table(self.store, ty, None))
-                continue
-            entry = abi.HOST_FUNCTIONS.get((imp.module, imp.name or ""))
-            known = (imp.module == "env" and imp.name in allowed) or (
-                imp.module in abi.WASI_MODULES and imp.name in abi.WASI_FUNCTIONS
-            )
-            if entry is None or not known or not isinstance(ty, wasmtime.FuncType):
-                raise LoadError("Failed to load Wasm module due to a missing import: " + where)
-            params, results, fn = entry
-            host_ty = _ftype(params, results, self._mode)
-            if _sig(ty) != _sig(host_ty):
-                raise LoadError(
-                    "Failed to load Wasm module due to an import type mismatch: "
-                    f"{where}, want: {_sig(ty)}, but host exports: {_sig(host_ty)}"
-                )
-            if (imp.name or "") not in abi.START_ALLOWED:
-                fn = _guard(imp.name or "", fn)
-            imports.append(fastcall.host_func(self.store, host_ty, params, results, fn))
-        return imports
-
-    def _bind(
-        self, module: wasmtime.Module, instance: wasmtime.Instance, version: AbiVersion
-    ) -> None:
-        exports = instance.exports(self.store)
-        funcs: dict[str, wasmtime.Func] = {}
-        memory = self._imported_memory
-        for export in module.exports:
-            item = exports[export.name]
-            if isinstance(item, wasmtime.Func):
-                funcs[export.name] = item
-            elif isinstance(item, wasmtime.Memory) and memory is None:
-                memory = item
-        self._funcs = {n: fastcall.ExportCaller(self.store, f) for n, f in funcs.items()}
-        self._func_types = {n: f.type(self.store) for n, f in funcs.items()}
-        alloc = funcs.get("malloc") or funcs.get("proxy_on_memory_allocate")
-        if alloc is None:
-            raise LoadError("Wasm module is missing malloc function.")
-        self._alloc_name = "malloc" if "malloc" in funcs else "proxy_on_memory_allocate"
-        self.memory = GuestMemory(self.store, memory, self._allocate)
-        table = abi.callbacks_for(version)
-        table["malloc" if "malloc" in funcs else "proxy_on_memory_allocate"] = ("i", "i")
-        self.callbacks: dict[str, fastcall.ExportCaller] = {}
-        for name, (params, results) in table.items():
-            fn = self._funcs.get(name)
-            if fn is None:
-                continue
-            want = _ftype(params, results, self._mode)
-            got = self._func_types[name]
-            if _sig(got) != _sig(want):
-                raise LoadError(
-                    f"Bad function signature for: {name}, want: {_sig(want)}, "
-                    f"but the module exports: {_sig(got)}"
-                )
-            self.callbacks[name] = fn
 
     def _start(self) -> None:
         funcs = self._funcs
@@ -259,18 +153,18 @@ class PluginVM:
             if "_initialize" in funcs:
                 self._raw_call("_initialize", funcs["_initialize"], ())
                 main = funcs.get("main")
-                if main is not None and _sig(self._func_types["main"]) == "i32 i32 -> i32":
+                if main is not None and link.sig(self._func_types["main"]) == "i32 i32 -> i32":
                     self._raw_call("main", main, (0, 0))
             elif "_start" in funcs:
                 self._raw_call("_start", funcs["_start"], ())
         finally:
             self.starting = False
-        if self.failed:
-            raise LoadError(self.failed)
+        if self.failed or self.hung:
+            raise LoadError(self._load_failure())
         root = self._new_root()
         started = self.call_cb("proxy_on_vm_start", root, root.id, len(self.options.vm_config))
-        if self.failed:
-            raise LoadError(self.failed)
+        if self.failed or self.hung:
+            raise LoadError(self._load_failure())
         if started is not None and started == 0:
             raise LoadError("Failed to start base Wasm")
         self.configure(self.options.plugin_config)
@@ -283,8 +177,8 @@ class PluginVM:
             ok = self.call_cb("proxy_on_configure", root, root.id, len(plugin_config))
         finally:
             root.plugin_config = None
-        if self.failed:
-            raise LoadError(self.failed)
+        if self.failed or self.hung:
+            raise LoadError(self._load_failure())
         if ok is not None and ok == 0:
             raise LoadError("Failed to configure base Wasm plugin")
 
@@ -323,6 +217,8 @@ class PluginVM:
     def shutdown(self) -> None:
         """Stop the plugin: root ``proxy_on_done``; on_delete now or after ``proxy_done``."""
         root = self.root
+        if self.failed or self.hung:
+            return
         done = self.call_cb("proxy_on_done", root, root.id)
         if done is not None and done == 0:
             root.done_pending = True
@@ -341,7 +237,7 @@ class PluginVM:
     def call_cb(self, name: str, ctx: Context, *args: int) -> int | None:
         """Call callback ``name`` on ``ctx``; None if not exported or the VM failed."""
         fn = self.callbacks.get(name)
-        if fn is None or self.failed:
+        if fn is None or self.failed or self.hung:
             return None
         prev_cur, prev_eff = self.current, self.effective
         self.current, self.effective = ctx.id, 0
@@ -354,21 +250,26 @@ class PluginVM:
         if self._depth >= MAX_CALL_DEPTH:
             self.fail(f"Function: {name} failed: host call depth exceeded")
             return None
-        prev_vm = abi.Current.vm
-        abi.Current.vm = self
+        prev_vm = hostfn.enter(self)
         top = self._depth == 0
         self._depth += 1
         if top:
             self.stop_next = False
             self._refill()
+        if self.trace:
+            self.envoy(LogLevel.TRACE, host_to_vm(name, args))
         try:
-            return fn(*args)
+            result = fn(*args)
         except Exception as exc:
-            self.fail(f"Function: {name} failed: {trap_message(exc)}")
+            self._trapped(name, exc)
             return None
+        else:
+            if self.trace:
+                self.envoy(LogLevel.TRACE, host_from_vm(name, result))
+            return result
         finally:
             self._depth -= 1
-            abi.Current.vm = prev_vm
+            hostfn.leave(prev_vm)
             if top:
                 stop = self.stop_next
                 self._run_deferred()
@@ -398,13 +299,43 @@ class PluginVM:
         while self._deferred:
             self._deferred.pop(0)()
 
-    def fail(self, message: str) -> None:
+    def _load_failure(self) -> str:
+        if self.failed:
+            return self.failed
+        return f"{self.hung}; Envoy would never finish starting this plugin"
+
+    def _trapped(self, name: str, exc: BaseException) -> None:
+        code = exc.trap_code if isinstance(exc, wasmtime.Trap) else None
+        if code is not None and code.name in RUNAWAY_TRAPS:
+            self.hang(f"Function: {name} stopped: {trap_message(exc)}")
+            return
+        self.fail(f"Function: {name} failed: {trap_message(exc)}", backtrace(exc, self.wasm))
+
+    def fail(self, message: str, trace: str = "") -> None:
+        """Mark the VM failed; Envoy logs the message (and the in-VM backtrace) at error."""
         if self.failed is None:
             self.failed = message
-            self.log(LogLevel.CRITICAL, message, host=True)
+            self.log(LogLevel.ERROR, message, host=True)
+            self.envoy(LogLevel.ERROR, message + trace)
+
+    def hang(self, note: str) -> None:
+        """A runaway callback was stopped: in Envoy it would never return (no log line)."""
+        if self.hung is None and self.failed is None:
+            self.hung = note
+            self.log(LogLevel.WARN, f"{note}; {HANG}", host=True)
+
+    def envoy(self, level: LogLevel, text: str) -> None:
+        """Write one line of Envoy's ``[wasm]`` log (kept when ``level`` passes the VM's)."""
+        if level >= self.options.log_level:
+            self.envoy_lines.append(EnvoyLine(self.thread, LEVELS[level], text))
 
     def log(self, level: LogLevel, message: str | bytes, host: bool = False) -> None:
+        """A plugin log line (``host``: a note of the host's own, never an Envoy line)."""
         raw = message if isinstance(message, bytes) else message.encode()
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-        cid = -1 if host else self.context().id
-        self.logs.append(LogEntry(LogLevel(level), text, cid, raw))
+        if host:
+            self.logs.append(LogEntry(LogLevel(level), text, -1, raw))
+            return
+        ctx = self.context()
+        self.logs.append(LogEntry(LogLevel(level), text, ctx.id, raw))
+        self.envoy(level, plugin_log(self._prefixes[0 if ctx.is_root else 1], text))

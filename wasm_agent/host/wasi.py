@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import struct
 
-from wasm_agent.host.abi import Current, LogLevel, host
+from wasm_agent.host.abi import LogLevel
+from wasm_agent.host.hostfn import Current, host
 
 ESUCCESS = 0
 EBADF = 8

@@ -1,0 +1,111 @@
+"""Envoy's ``[wasm]`` log lines, as Envoy 1.40 writes them (recorded in tests/conformance/golden).
+
+- Plugin logs: ``wasm log<prefix>: <message>``; the prefix is `` <plugin name> <root id> <vm id>``
+  on stream contexts and `` <root id> <vm id>`` on the root context (empty parts left out).
+- A trap: ``Function: <callback> failed: <V8 message>`` at **error** under every failure policy,
+  followed by ``Proxy-Wasm plugin in-VM backtrace:`` and one ``  <i>:  0x<offset> - <name>`` line
+  per wasm frame (``unknown(function index:<n>)`` for functions without a name).
+- At trace level, every call across the boundary: ``[host->vm] proxy_on_vm_start(1, 0)``, then
+  ``[host<-vm] proxy_on_vm_start return: 1`` (``void`` for no result); host functions as
+  ``[vm->host] env.proxy_log(2, 2048, 10)`` / ``[vm<-host] env.proxy_log return: 0``; arguments
+  printed as unsigned integers.
+- At debug level, VM lifecycle: ``Base Wasm created <n> now active``,
+  ``Thread-Local Wasm created <n> now active``, ``~Wasm <n> remaining active`` (``n``: Wasm
+  objects alive in the process).
+
+Host notes (what the reference host adds, e.g. "runaway plugin stopped") are never Envoy lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import wasmtime
+
+LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+MAIN = "main"
+
+
+@dataclass(frozen=True)
+class EnvoyLine:
+    """One ``[wasm]`` line: the thread that wrote it ("main", "worker-0", ...), level, text."""
+
+    thread: str
+    level: str
+    text: str
+
+
+def log_prefix(*parts: str) -> str:
+    """Envoy's ``makeLogPrefix``: each non-empty part preceded by a space."""
+    return "".join(" " + part for part in parts if part)
+
+
+def plugin_log(prefix: str, message: str) -> str:
+    return f"wasm log{prefix}: {message}"
+
+
+def call_args(args: Sequence[int]) -> str:
+    """Arguments as Envoy traces them: unsigned, comma-separated."""
+    return ", ".join(str(a & 0xFFFFFFFF if -(1 << 31) <= a < (1 << 32) else a & (2**64 - 1))
+                     for a in args)  # fmt: skip
+
+
+def host_to_vm(name: str, args: Sequence[int]) -> str:
+    return f"[host->vm] {name}({call_args(args)})"
+
+
+def host_from_vm(name: str, result: int | None) -> str:
+    value = "void" if result is None else str(result & 0xFFFFFFFF)
+    return f"[host<-vm] {name} return: {value}"
+
+
+def vm_to_host(module: str, name: str, args: Sequence[int]) -> str:
+    return f"[vm->host] {module}.{name}({call_args(args)})"
+
+
+def vm_from_host(module: str, name: str, result: int | None) -> str:
+    value = "void" if result is None else str(result & 0xFFFFFFFF)
+    return f"[vm<-host] {module}.{name} return: {value}"
+
+
+# Opcodes that wrap a trapping instruction and that V8 skips when it reports the offset:
+# ``if``/``block``/``loop`` followed by a one-byte block type.
+_BLOCKS = (0x02, 0x03, 0x04)
+_UNREACHABLE = 0x00
+
+
+def _v8_offset(wasm: bytes, offset: int, unreachable: bool) -> int:
+    """V8 reports the trapping instruction; wasmtime may report an enclosing ``if`` before an
+    ``unreachable``. Step over such block openers when the trap is ``unreachable``."""
+    if not unreachable:
+        return offset
+    at = offset
+    for _ in range(4):
+        if at + 1 < len(wasm) and wasm[at] in _BLOCKS and wasm[at + 1] in (0x40, 0x7F, 0x7E):
+            at += 2
+            continue
+        break
+    return at if at < len(wasm) and wasm[at] == _UNREACHABLE else offset
+
+
+def backtrace(exc: BaseException, wasm: bytes) -> str:
+    """``\\nProxy-Wasm plugin in-VM backtrace:`` and the frames, as cpp-host's V8 prints them
+    (empty when the failure carries no wasm frames)."""
+    if not isinstance(exc, wasmtime.Trap):
+        return ""
+    try:
+        frames = exc.frames
+    except Exception:  # a trap without frame info
+        return ""
+    if not frames:
+        return ""
+    unreachable = exc.trap_code is not None and exc.trap_code.name == "UNREACHABLE"
+    lines = ["Proxy-Wasm plugin in-VM backtrace:"]
+    for index, frame in enumerate(frames):
+        offset = frame.module_offset
+        if index == 0:
+            offset = _v8_offset(wasm, offset, unreachable)
+        name = frame.func_name or f"unknown(function index:{frame.func_index})"
+        lines.append(f"{index:>3}:  {hex(offset)} - {name}")
+    return "\n" + "\n".join(lines)

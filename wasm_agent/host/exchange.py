@@ -1,0 +1,165 @@
+"""One whole HTTP exchange through a hosted plugin (``HostedPlugin.exchange``): the request,
+the upstream's answer, the response, the end of the stream, with Envoy's front end around them
+(``frontend``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from wasm_agent.host import frontend as fe
+from wasm_agent.host.callouts import HttpCallout
+from wasm_agent.host.http import HttpStream, LocalResponse, Message
+from wasm_agent.host.maps import HeaderMap
+from wasm_agent.host.vmtypes import HANG, LogEntry
+
+if TYPE_CHECKING:
+    from wasm_agent.host.harness import HostedPlugin
+
+Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
+Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
+# An upstream: given what it received (a Message), answers (headers, body[, trailers]).
+Upstream = Callable[[Message], tuple[Any, ...]]
+# A body: bytes/str, or a list of chunks delivered one by one (a trailing b"" chunk mimics the
+# separate empty end-of-stream frame Envoy's HTTP/1 codec often produces).
+Body = bytes | str | list[bytes] | tuple[bytes, ...]
+
+
+def to_bytes(value: bytes | str | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+@dataclass
+class Exchange:
+    """The outcome of one request/response through the plugin."""
+
+    upstream: Message | None
+    client: Message | None
+    actions: list[tuple[str, str]]
+    local_response: LocalResponse | None
+    logs: list[LogEntry]
+    failed: str | None
+    reset: bool = False
+    stream: HttpStream | None = field(default=None, repr=False)
+    hung: bool = False  # a runaway plugin: Envoy would never answer (see ``outcome``)
+
+    @property
+    def outcome(self) -> str:
+        """``"no response: Envoy would hang this stream"``, else the client's status."""
+        if self.hung:
+            return HANG
+        if self.client is None or self.client.headers is None:
+            return "no response"
+        return (self.client.headers.get(b":status") or b"").decode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (used by ``wasm-agent run --json``)."""
+        return {
+            "upstream": self.upstream.to_dict() if self.upstream else None,
+            "client": self.client.to_dict() if self.client else None,
+            "actions": [list(a) for a in self.actions],
+            "local_response": (
+                {"status": self.local_response.status, "details": self.local_response.details}
+                if self.local_response
+                else None
+            ),
+            "logs": [{"level": e.level.name, "message": e.message} for e in self.logs],
+            "failed": self.failed,
+            "reset": self.reset,
+            "hung": self.hung,
+            "outcome": self.outcome,
+        }
+
+
+def run(
+    hosted: HostedPlugin,
+    request_headers: Headers,
+    request_body: Body = b"",
+    response_headers: Headers | None = None,
+    response_body: Body = b"",
+    *,
+    request_trailers: Headers | None = None,
+    response_trailers: Headers | None = None,
+    chunk_size: int | None = None,
+    complete: bool = True,
+    callout_responder: Responder | None = None,
+    upstream: Upstream | None = None,
+    frontend: bool = True,
+) -> Exchange:
+    """``HostedPlugin.exchange`` (documented there)."""
+    if upstream is not None and (response_headers is not None or response_body):
+        raise ValueError("give either upstream= or response_headers/response_body")
+    hosted.streams += 1
+    s = hosted.http_stream()
+    vm = s.vm or hosted.vm
+    logs_before = len(vm.logs)  # after a FAIL_RELOAD reload: the new VM's, startup excluded
+    request_chunks = _chunks(request_body, chunk_size)
+    if frontend:
+        size = sum(len(chunk) for chunk in request_chunks)
+        request_headers = fe.request_headers(_pairs(request_headers), size, hosted.streams)
+        request_chunks = fe.frames(request_chunks)
+    _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
+          request_headers, request_chunks, request_trailers)  # fmt: skip
+    hosted.answer_callouts(callout_responder)
+    if s.upstream.complete and not s.closed:
+        if upstream is not None:
+            response_headers, response_body, *rest = upstream(s.upstream)
+            response_trailers = rest[0] if rest else None
+        response_chunks = _chunks(response_body, chunk_size)
+        headers: Headers = response_headers or {":status": "200"}
+        if frontend:
+            headers = fe.response_headers(_pairs(headers))
+            response_chunks = fe.frames(response_chunks)
+        _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
+              headers, response_chunks, response_trailers)  # fmt: skip
+        hosted.answer_callouts(callout_responder)
+    if complete:
+        s.complete()
+    client = s.client if s.client.headers is not None and not s.hung else None
+    if frontend and client is not None and client.headers is not None:
+        pairs = fe.client_headers(client.headers.pairs(), len(client.body))
+        client = Message(HeaderMap(pairs), client.body, client.trailers, client.complete)
+    return Exchange(
+        upstream=s.upstream if s.upstream.headers is not None else None,
+        client=client,
+        actions=list(s.actions),
+        local_response=s.local_response,
+        logs=vm.logs[logs_before:],
+        failed=vm.failed,
+        reset=s.reset,
+        stream=s,
+        hung=s.hung,
+    )
+
+
+def _chunks(body: Body, chunk_size: int | None) -> list[bytes]:
+    """The body as the chunks to deliver (a list is taken as is, b"" included)."""
+    if isinstance(body, list | tuple):
+        return [to_bytes(chunk) for chunk in body]
+    data = to_bytes(body)
+    step = chunk_size or len(data) or 1
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _pairs(headers: Headers) -> list[tuple[str, str]]:
+    """Headers as ``(str, str)`` pairs (names lower-cased), whatever shape they came in."""
+    return HeaderMap.coerce(headers).pairs()
+
+
+def _send(
+    headers_fn: Callable[..., str],
+    body_fn: Callable[..., str],
+    trailers_fn: Callable[..., str],
+    headers: Headers,
+    chunks: list[bytes],
+    trailers: Headers | None,
+) -> None:
+    has_trailers = trailers is not None
+    headers_fn(headers, end_stream=not chunks and not has_trailers)
+    for index, chunk in enumerate(chunks):
+        body_fn(chunk, end_stream=index == len(chunks) - 1 and not has_trailers)
+    if has_trailers:
+        trailers_fn(trailers)
