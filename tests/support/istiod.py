@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -63,14 +64,21 @@ def as_any(message: Message) -> any_pb2.Any:
 
 
 class FakeIstiod:
-    """Start with ``with FakeIstiod() as istiod:``; ``istiod.address`` is ``127.0.0.1:PORT``."""
+    """Start with ``with FakeIstiod() as istiod:``; ``istiod.address`` is ``127.0.0.1:PORT``,
+    or ``unix:PATH`` with ``socket=PATH`` (pilot-agent's XDS socket; no TCP port then)."""
 
     def __init__(
-        self, tls: TlsFiles | None = None, *, client_auth: bool = False, port: int = 0
+        self,
+        tls: TlsFiles | None = None,
+        *,
+        client_auth: bool = False,
+        port: int = 0,
+        socket: Path | None = None,
     ) -> None:
         self.tls = tls
         self.client_auth = client_auth
         self.port = port
+        self.socket = socket
         self.server: grpc.Server | None = None
         self.streams: list[FakeStream] = []
         self.snapshot: dict[str, tuple[str, dict[str, any_pb2.Any]]] = {}
@@ -102,18 +110,20 @@ class FakeIstiod:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
-        address = f"127.0.0.1:{self.port}"
+        address = self.address
         if self.tls is None:
-            self.port = self.server.add_insecure_port(address)
+            bound = self.server.add_insecure_port(address)
         else:
             creds = grpc.ssl_server_credentials(
                 [(self.tls.server_key.read_bytes(), self.tls.server_cert.read_bytes())],
                 root_certificates=self.tls.ca.read_bytes() if self.client_auth else None,
                 require_client_auth=self.client_auth,
             )
-            self.port = self.server.add_secure_port(address, creds)
-        if not self.port:
+            bound = self.server.add_secure_port(address, creds)
+        if not bound:
             raise OSError(f"fake istiod cannot bind {address}")
+        if self.socket is None:
+            self.port = bound
         self.server.start()
         return self
 
@@ -132,7 +142,7 @@ class FakeIstiod:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"unix:{self.socket}" if self.socket is not None else f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> FakeIstiod:
         return self.start()

@@ -61,9 +61,39 @@ class UpstreamError(WasmAgentError, RuntimeError):
     """The upstream connection cannot be configured (unreadable CA, key, token file ...)."""
 
 
+def grpc_target(address: str) -> str:
+    """Check the ``address`` setting and return it as the grpc channel target (unchanged).
+
+    Accepted: ``unix:PATH`` (relative to the working directory or absolute, as pilot-agent's
+    ``unix:./etc/istio/proxy/XDS``), ``unix:///ABSOLUTE``, ``HOST:PORT``, ``[IPv6]:PORT`` and
+    ``dns:[//AUTHORITY/]HOST:PORT``. Over a Unix socket, TLS checks the server certificate
+    against ``localhost`` unless ``server_name`` is set. Raises :class:`UpstreamError`.
+    """
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if path.startswith("//") and not path.startswith("///"):
+            raise UpstreamError(
+                f"address: unix://PATH needs an absolute path (unix:///PATH), got {address!r}"
+            )
+        if not path.removeprefix("//"):
+            raise UpstreamError(f"address: unix: needs a socket path, got {address!r}")
+        return address
+    host_port = address
+    if address.startswith("dns:"):
+        rest = address[len("dns:") :]
+        host_port = rest[2:].partition("/")[2] if rest.startswith("//") else rest
+    host, _, port = host_port.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not host or not port.isdigit() or (":" in host and not bracketed):
+        raise UpstreamError(f"address: expected unix:PATH or HOST:PORT, got {address!r}")
+    if not 0 < int(port) < 65536:
+        raise UpstreamError(f"address: port {port} is out of range in {address!r}")
+    return address
+
+
 @dataclass(frozen=True)
 class UpstreamSettings:
-    """How to reach istiod."""
+    """How to reach istiod: ``address`` is checked by :func:`grpc_target`."""
 
     address: str
     plaintext: bool = False
@@ -78,6 +108,7 @@ class UpstreamSettings:
     keepalive_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        grpc_target(self.address)
         if self.plaintext and (self.ca_file or self.cert_file or self.key_file or self.token_file):
             raise UpstreamError("--plaintext excludes --tls-ca/--tls-cert/--tls-key/--token-file")
         if not self.plaintext and self.ca_file is None:
