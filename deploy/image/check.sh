@@ -30,14 +30,19 @@ step() { # step NAME [DETAIL]: close the previous step's timing, open the next o
   step_t0=$SECONDS
   echo "== [$((SECONDS - t0))s] $*"
 }
-fail() { echo "FAILED in step '$step_name': $*" >&2; exit 1; }
+fail() {
+  trap - ERR
+  echo "FAILED in step '$step_name': $*" >&2
+  exit 1
+}
 trap 'echo "FAILED in step '"'"'$step_name'"'"': command exited $? (line $LINENO): $BASH_COMMAND" >&2' ERR
 
 work=$(mktemp -d)
 server_pid=""
 cleanup() {
+  trap - ERR
   set +e
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; fi
   if command -v podman >/dev/null; then
     podman rm -f --ignore "$run_id-proxy" >/dev/null 2>&1
     podman volume rm -f "$run_id-cache" >/dev/null 2>&1
@@ -120,7 +125,10 @@ old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 ca=/etc/ssl/certs/ca-certificates.crt
 mounts=()
 [ -f "$ca" ] && mounts=(-v "$ca:$ca:ro")
-podman build --pull=never -f "$dockerfile" -t "$image" "${mounts[@]}" "$repo" \
+# --layers=false: no intermediate images are kept, so repeated CI runs do not pile up ~100 MB
+# per source change; the layer cache would only save the venv creation (the package and its
+# dependencies are one layer, redone whenever wasm_agent/ changes).
+podman build --pull=never --layers=false -f "$dockerfile" -t "$image" "${mounts[@]}" "$repo" \
   </dev/null >"$work/build.log" 2>&1 || { tail -n 40 "$work/build.log" >&2; fail "podman build"; }
 new_id=$(podman image inspect --format '{{.Id}}' "$image")
 # The previous build of this tag, now untagged: removed (only that one image).
