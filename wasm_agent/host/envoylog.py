@@ -109,3 +109,51 @@ def backtrace(exc: BaseException, wasm: bytes) -> str:
         name = frame.func_name or f"unknown(function index:{frame.func_index})"
         lines.append(f"{index:>3}:  {hex(offset)} - {name}")
     return "\n" + "\n".join(lines)
+
+
+_LINK_ERRORS = (
+    "Failed to load Wasm module due to",
+    "Bad function signature",
+    "Wasm module is missing malloc function.",
+    "Failed to create new Wasm instance",
+)
+_CODE_ERRORS = (
+    "Missing or unknown Proxy-Wasm ABI version",
+    "Failed to parse",
+    "Failed to load Wasm bytecode",
+)
+
+
+def _stage(message: str) -> str:
+    """Envoy's ``Wasm VM failed <stage>`` for a load failure's root cause."""
+    if message.startswith(_CODE_ERRORS):
+        return "Failed to load Wasm code"
+    if message in ("Failed to start base Wasm", "Failed to configure base Wasm plugin"):
+        return message
+    if message.startswith("Function: proxy_on_configure "):
+        return "Failed to configure base Wasm plugin"
+    if message.startswith(("Function: proxy_on_vm_start ", "Function: proxy_on_context_create ")):
+        return "Failed to start base Wasm"
+    return "Failed to initialize Wasm code"
+
+
+def load_failure_lines(
+    message: str, plugin_name: str, emitted: Sequence[EnvoyLine]
+) -> list[tuple[str, str]]:
+    """Envoy 1.40's error lines when a plugin cannot load (recorded from a static listener):
+    the root cause (a link error, ``Wasm VM failed <reason>`` for code it cannot read; traps and
+    plugin logs as they were written), ``Wasm VM failed <stage>``, then critical ``Plugin <name>
+    failed to load``, ``Plugin configured to fail closed failed to load`` (whatever the policy)
+    and ``Unable to create Wasm plugin <name>``."""
+    lines = [(line.level, line.text) for line in emitted if line.level in ("error", "critical")]
+    if message.startswith(_LINK_ERRORS):
+        lines.append(("error", message))
+    elif message.startswith(_CODE_ERRORS):
+        lines.append(("error", f"Wasm VM failed {message}"))
+    lines += [
+        ("error", f"Wasm VM failed {_stage(message)}"),
+        ("critical", f"Plugin {plugin_name} failed to load"),
+        ("critical", "Plugin configured to fail closed failed to load"),
+        ("critical", f"Unable to create Wasm plugin {plugin_name}"),
+    ]
+    return lines

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from wasm_agent.host.abi import LogLevel
-from wasm_agent.host.envoylog import MAIN, EnvoyLine
+from wasm_agent.host.envoylog import MAIN, EnvoyLine, load_failure_lines
 from wasm_agent.host.shared import SharedState
 from wasm_agent.host.vm import LoadError, PluginVM, VmOptions
 
@@ -66,7 +66,11 @@ class Plugin:
         self.main_vm: PluginVM | None = None
         self.workers: list[PluginVM] = []
         self._shut_down = False
-        self._start_vms()
+        try:
+            self._start_vms()
+        except LoadError as error:
+            error.lines = load_failure_lines(str(error), options.plugin_name, self.envoy_lines)
+            raise
         self.vm = self.workers[0]
         self.reloads = 0
         self._failed_at: float | None = None

@@ -84,6 +84,7 @@ class PluginVM:
         )
         self.failed: str | None = None
         self.hung: str | None = None  # a runaway callback stopped by fuel/deadline
+        self.loaded = False  # started and configured (traps then carry the backtrace)
         self.map_seed = 0  # advances per map-valued property read (Envoy's per-table seed)
         self.starting = False
         self.current = 0
@@ -168,6 +169,7 @@ class PluginVM:
         if started is not None and started == 0:
             raise LoadError("Failed to start base Wasm")
         self.configure(self.options.plugin_config)
+        self.loaded = True
 
     def configure(self, plugin_config: bytes) -> None:
         """Run ``proxy_on_configure`` on the root context (raise LoadError on false/trap)."""
@@ -309,7 +311,9 @@ class PluginVM:
         if code is not None and code.name in RUNAWAY_TRAPS:
             self.hang(f"Function: {name} stopped: {trap_message(exc)}")
             return
-        self.fail(f"Function: {name} failed: {trap_message(exc)}", backtrace(exc, self.wasm))
+        # Envoy prints the in-VM backtrace for traps in a started VM, not while it loads.
+        trace = backtrace(exc, self.wasm) if self.loaded else ""
+        self.fail(f"Function: {name} failed: {trap_message(exc)}", trace)
 
     def fail(self, message: str, trace: str = "") -> None:
         """Mark the VM failed; Envoy logs the message (and the in-VM backtrace) at error."""

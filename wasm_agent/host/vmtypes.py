@@ -19,7 +19,12 @@ HANG = "no response: Envoy would hang this stream"
 
 
 class LoadError(WasmAgentError):
-    """The module cannot be loaded/started; ``str()`` is Envoy's message."""
+    """The module cannot be loaded/started; ``str()`` is Envoy's message (the root cause);
+    ``lines`` is the whole sequence of ``(level, text)`` error lines Envoy logs for it."""
+
+    def __init__(self, message: str, lines: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.lines: list[tuple[str, str]] = list(lines or [])
 
 
 class RestrictedCall(Exception):
