@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wasm_agent.host import frontend as fe
-from wasm_agent.host.callouts import HttpCallout
+from wasm_agent.host.callouts import GrpcCall, HttpCallout
 from wasm_agent.host.http import HttpStream, LocalResponse, Message
 from wasm_agent.host.maps import HeaderMap
 from wasm_agent.host.vmtypes import HANG, LogEntry
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 Headers = Mapping[str, str] | list[tuple[str, str]] | HeaderMap
 Responder = Callable[[HttpCallout], tuple[Any, ...] | None]
+# A gRPC peer: given a call, None (no answer yet), bytes (the unary reply) or respond_grpc kwargs.
+GrpcResponder = Callable[[GrpcCall], bytes | dict[str, Any] | None]
 # An upstream: given what it received (a Message), answers (headers, body[, trailers]).
 Upstream = Callable[[Message], tuple[Any, ...]]
 # A body: bytes/str, or a list of chunks delivered one by one (a trailing b"" chunk mimics the
@@ -88,6 +90,7 @@ def run(
     callout_responder: Responder | None = None,
     upstream: Upstream | None = None,
     frontend: bool = True,
+    grpc_responder: GrpcResponder | None = None,
 ) -> Exchange:
     """``HostedPlugin.exchange`` (documented there)."""
     if upstream is not None and (response_headers is not None or response_body):
@@ -104,6 +107,7 @@ def run(
     _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
           request_headers, request_chunks, request_trailers)  # fmt: skip
     hosted.answer_callouts(callout_responder)
+    hosted.answer_grpc(grpc_responder)
     if s.upstream.complete and not s.closed:
         if upstream is not None:
             response_headers, response_body, *rest = upstream(s.upstream)
@@ -116,6 +120,7 @@ def run(
         _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
               headers, response_chunks, response_trailers)  # fmt: skip
         hosted.answer_callouts(callout_responder)
+        hosted.answer_grpc(grpc_responder)
     if complete:
         s.complete()
     client = s.client if s.client.headers is not None and not s.hung else None
@@ -163,3 +168,43 @@ def _send(
         body_fn(chunk, end_stream=index == len(chunks) - 1 and not has_trailers)
     if has_trailers:
         trailers_fn(trailers)
+
+
+def answer_grpc(hosted: HostedPlugin, responder: GrpcResponder | None) -> None:
+    """Answer pending gRPC calls/streams in order: the responder returns None (leave it),
+    bytes (the reply message of a unary call) or ``respond_grpc`` keyword arguments."""
+    if responder is None:
+        return
+    asked: set[int] = set()
+    for _ in range(1000):
+        pending = [
+            c for c in hosted.vm.callouts.grpc.values()
+            if not (c.done or c.cancelled) and c.token not in asked
+        ]  # fmt: skip
+        if not pending:
+            return
+        call = pending[0]
+        asked.add(call.token)
+        answer = responder(call)
+        if isinstance(answer, bytes | bytearray):
+            hosted.respond_grpc(call.token, message=bytes(answer))
+        elif answer is not None:
+            hosted.respond_grpc(call.token, **answer)
+
+
+def answer_callouts(hosted: HostedPlugin, responder: Responder | None) -> None:
+    """Answer pending HTTP callouts (including ones made while answering) in order."""
+    if responder is None:
+        return
+    asked: set[int] = set()
+    for _ in range(1000):
+        pending = [c for c in hosted.vm.callouts.http.values() if not c.answered]
+        pending = [c for c in pending if c.token not in asked]
+        if not pending:
+            return
+        callout = pending[0]
+        asked.add(callout.token)
+        answer = responder(callout)
+        if answer is not None:
+            headers, body, *rest = answer
+            hosted.respond_http_call(callout.token, headers, body, rest[0] if rest else None)

@@ -57,6 +57,7 @@ class Plugin:
             "upstream": ("127.0.0.1", 10001),
         }
         self.cluster_name = "upstream"  # xds.cluster_name
+        self.route_name = ""  # xds.route_name
         if concurrency < 0:
             raise ValueError(f"concurrency must be 0 (one VM) or more, got {concurrency}")
         self.concurrency = concurrency

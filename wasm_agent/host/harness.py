@@ -49,7 +49,6 @@ Behaviour and what was checked against Envoy 1.40: ``docs/host.md``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -68,6 +67,7 @@ from wasm_agent.host.envoylog import EnvoyLine
 from wasm_agent.host.exchange import (
     Body,
     Exchange,
+    GrpcResponder,
     Headers,
     Responder,
     Upstream,
@@ -84,6 +84,12 @@ from wasm_agent.host.maps import HeaderMap
 from wasm_agent.host.network import TcpConnection
 from wasm_agent.host.properties import encode_value, normalize_path
 from wasm_agent.host.shared import SharedState
+from wasm_agent.host.startup import (
+    CALLOUT_TIMEOUT_BODY,
+    CALLOUT_TIMEOUT_HEADERS,
+    connection_addresses,
+    environment_variables,
+)
 from wasm_agent.host.vm import (
     DEFAULT_FUEL,
     DEFAULT_MEMORY_LIMIT,
@@ -128,6 +134,11 @@ def start_plugin(
     host_env_keys: Sequence[str] = (),
     concurrency: int = DEFAULT_CONCURRENCY,
     trace_calls: bool | None = None,
+    source_address: str | None = None,
+    destination_address: str | None = None,
+    upstream_address: str | None = None,
+    cluster_name: str | None = None,
+    route_name: str | None = None,
 ) -> HostedPlugin:
     """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
 
@@ -140,6 +151,11 @@ def start_plugin(
     thread twice, one per worker: 4 for the default 2; 0 starts one VM only). Streams run on
     the first worker's VM. ``trace_calls``: Envoy's ``[host->vm]``/``[vm->host]`` trace lines
     (default: when ``log_level`` is TRACE).
+
+    ``source_address``/``destination_address``/``upstream_address`` (``"ip:port"``),
+    ``cluster_name`` and ``route_name`` set what ``source.*``, ``destination.*``, ``upstream.*``,
+    ``xds.cluster_name`` and ``xds.route_name`` answer, keeping Envoy's per-phase availability
+    (``upstream.*`` only once the request went upstream), unlike raw ``properties=``.
     """
     wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
     options = VmOptions(
@@ -163,42 +179,13 @@ def start_plugin(
     plugin = Plugin(
         wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,
         monotonic=monotonic, concurrency=concurrency,
+        connection=connection_addresses(source_address, destination_address, upstream_address),
     )  # fmt: skip
+    if cluster_name is not None:
+        plugin.cluster_name = cluster_name
+    if route_name is not None:
+        plugin.route_name = route_name
     return HostedPlugin(plugin)
-
-
-# Envoy's router local reply on an upstream timeout (Http::Utility::sendLocalReply: :status,
-# then content-length and content-type for a body), which the async client hands to the plugin.
-CALLOUT_TIMEOUT_BODY = b"upstream request timeout"
-CALLOUT_TIMEOUT_HEADERS = (
-    (":status", "504"),
-    ("content-length", str(len(CALLOUT_TIMEOUT_BODY))),
-    ("content-type", "text/plain"),
-)
-
-
-def environment_variables(
-    key_values: Mapping[str, str], host_env_keys: Sequence[str], plugin_name: str
-) -> dict[str, str]:
-    """The WASI environment Envoy builds from ``vm_config.environment_variables``.
-
-    Like Envoy's ``WasmConfig``: every key once (else the configuration is rejected), the
-    ``key_values`` first, then each ``host_env_keys`` name this process has in its environment.
-    """
-    seen = set(key_values)
-    for key in host_env_keys:
-        if key in seen:
-            raise ValueError(
-                f"Key {key} is duplicated in envoy.extensions.wasm.v3.VmConfig."
-                f"environment_variables for {plugin_name}. All the keys must be unique."
-            )
-        seen.add(key)
-    merged = {str(k): str(v) for k, v in key_values.items()}
-    for key in host_env_keys:
-        value = os.environ.get(key)
-        if value is not None:
-            merged[key] = value
-    return merged
 
 
 class HostedPlugin:
@@ -291,6 +278,7 @@ class HostedPlugin:
         callout_responder: Responder | None = None,
         upstream: Upstream | None = None,
         frontend: bool = True,
+        grpc_responder: GrpcResponder | None = None,
     ) -> Exchange:
         """Request -> plugin -> upstream; response -> plugin -> client; then end the stream.
 
@@ -298,7 +286,8 @@ class HostedPlugin:
         (instead of ``response_headers``/``response_body``/``response_trailers``) is called
         with what the upstream received (a ``Message``) and answers ``(headers, body)`` or
         ``(headers, body, trailers)``. ``callout_responder(callout)`` answers HTTP callouts as
-        they are made (the same shapes, or None to leave one pending).
+        they are made (the same shapes, or None to leave one pending); ``grpc_responder(call)``
+        answers gRPC calls (bytes: the unary reply; a dict: ``respond_grpc`` arguments).
 
         ``frontend`` (default on): deliver what Envoy's HCM, HTTP/1 codec and router deliver
         (pseudo-headers in Envoy's order, ``:scheme``, ``x-forwarded-proto``, ``x-request-id``,
@@ -310,25 +299,22 @@ class HostedPlugin:
             self, request_headers, request_body, response_headers, response_body,
             request_trailers=request_trailers, response_trailers=response_trailers,
             chunk_size=chunk_size, complete=complete, callout_responder=callout_responder,
-            upstream=upstream, frontend=frontend,
+            upstream=upstream, frontend=frontend, grpc_responder=grpc_responder,
         )  # fmt: skip
 
+    @property
+    def notes(self) -> list[str]:
+        """What the host itself noted (traps, runaway stops, reload failures): never plugin
+        logs, never Envoy lines."""
+        return [e.message for e in self.vm.logs if e.context_id < 0]
+
     def answer_callouts(self, responder: Responder | None) -> None:
-        """Answer pending HTTP callouts (including ones made while answering) in order."""
-        if responder is None:
-            return
-        asked: set[int] = set()
-        for _ in range(1000):
-            pending = [c for c in self.vm.callouts.http.values() if not c.answered]
-            pending = [c for c in pending if c.token not in asked]
-            if not pending:
-                return
-            callout = pending[0]
-            asked.add(callout.token)
-            answer = responder(callout)
-            if answer is not None:
-                headers, body, *rest = answer
-                self.respond_http_call(callout.token, headers, body, rest[0] if rest else None)
+        """Answer pending HTTP callouts with ``responder`` (see ``exchange``)."""
+        exchange.answer_callouts(self, responder)
+
+    def answer_grpc(self, responder: GrpcResponder | None) -> None:
+        """Answer pending gRPC calls with ``responder`` (see ``exchange``)."""
+        exchange.answer_grpc(self, responder)
 
     # -- timers, callouts, queues --------------------------------------------------------------
 

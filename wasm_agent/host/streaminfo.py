@@ -44,9 +44,10 @@ def connection_property(stream: Any, path: bytes) -> bytes | None:
     if head == b"connection":
         return {b"mtls": b"\x00", b"requested_server_name": b""}.get(tail)
     if head == b"xds":
-        return {b"cluster_name": stream.plugin.cluster_name.encode(), b"route_name": b""}.get(
-            tail, b"" if tail == b"cluster_metadata" else None
-        )
+        return {
+            b"cluster_name": stream.plugin.cluster_name.encode(),
+            b"route_name": stream.plugin.route_name.encode(),
+        }.get(tail, b"" if tail == b"cluster_metadata" else None)
     return None
 
 
