@@ -369,6 +369,11 @@ class HostConnection(RegistryConnection):
         self.endpoint = endpoint or Endpoint("https", ref.registry)
         self._spare: httpx.AsyncClient | None = None
         ep = self.endpoint
+        if ep.headers:
+            log.warning(
+                "hosts.toml 'header' is not supported; the headers are not sent",
+                extra={"registry": ref.registry, "host": ep.url},
+            )
         if ep.host == ref.registry and ep.scheme == "https" and not ep.custom_tls:
             return  # the registry itself, as without configuration
         self.insecure = settings.is_insecure(ep.host)
