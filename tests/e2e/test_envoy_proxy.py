@@ -63,13 +63,13 @@ class Mesh:
 
     def __init__(self, workdir: Path, istiod: FakeIstiod, echo: EchoServer, *agent_args: str,
                  delta: bool = False, env: dict[str, str] | None = None,
-                 plaintext: bool = True) -> None:  # fmt: skip
+                 plaintext: bool = True, discovery: str | None = None) -> None:  # fmt: skip
         self.workdir = workdir
         self.istiod = istiod
         self.echo = echo
         self.delta = delta
         args = ("--plaintext", *agent_args) if plaintext else agent_args
-        self.agent = AgentProcess(workdir, istiod.address, *args, env=env)
+        self.agent = AgentProcess(workdir, discovery or istiod.address, *args, env=env)
         self.envoy: EnvoyProcess | None = None
 
     def start(self) -> Mesh:
@@ -210,6 +210,31 @@ def test_http_module_loads_updates_and_bad_sha_nacks(
         assert metrics['istio_agent_wasm_remote_fetch_count{result="checksum_mismatched"}'] == 1
         assert metrics["istio_agent_xds_proxy_requests"] >= 6
         assert metrics["istio_agent_xds_proxy_responses"] >= 5
+
+
+def test_istiod_behind_a_unix_socket_as_with_pilot_agent(
+    tmp_path: Path, echo: EchoServer, mods: ModServer
+) -> None:
+    """Envoy -> wasm-agent -> pilot-agent's XDS socket: the control plane listens on
+    ``./etc/istio/proxy/XDS`` only, named relative to the agent's working directory."""
+    workdir = short_dir(tmp_path)
+    socket = workdir / "etc" / "istio" / "proxy" / "XDS"
+    socket.parent.mkdir(parents=True)
+    url = mods.serve("/unix/v1.wasm", V1)
+    with FakeIstiod(socket=socket) as istiod:
+        xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "u1")
+        discovery = "unix:./etc/istio/proxy/XDS"
+        with Mesh(workdir, istiod, echo, discovery=discovery) as mesh:
+            assert mesh.agent.args[mesh.agent.args.index("--discovery-address") + 1] == discovery
+            mesh.wait_ecds_version("u1")
+            mesh.header_becomes("v1")
+            ready = mesh.agent.status()
+            assert ready is not None and ready[0] == 200  # the upstream stream is up
+            (bad,) = xc.serve(istiod, xc.wasm_extension(url, "ab" * 32), "u2")
+            istiod.wait_for(
+                lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce == bad], 20, "NACK"
+            )
+        assert istiod.port == 0 and istiod.streams  # every stream came through the socket
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])

@@ -1,97 +1,42 @@
-"""Envoy bootstrap, listener and ECDS resources for the end-to-end tests."""
+"""Envoy bootstrap, listener and ECDS resources for the end-to-end tests: the demo's, named for
+the tests (Delta ADS on request, a filter name, fail-open, env and local code as options)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from envoy.config.core.v3 import (
-    base_pb2,
-    extension_pb2,
-    http_uri_pb2,
-)
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 
 from tests.support.istiod import as_any
+from wasm_agent.demo.envoy import bootstrap as demo_bootstrap
 from wasm_agent.demo.resources import listener as demo_listener
+from wasm_agent.demo.resources import wasm_extension as demo_wasm_extension
 from wasm_agent.xds.types import ECDS_TYPE, LISTENER_TYPE
 
 FILTER_NAME = "my-wasm"
 LISTENER_NAME = "main"
+NODE = {"id": "sidecar~127.0.0.1~e2e.default~default.svc.cluster.local", "cluster": "e2e"}
 
 
 def bootstrap(socket: str, echo_port: int, *, delta: bool = False) -> dict[str, Any]:
-    """ADS over the agent's Unix socket; LDS from ADS; a static echo cluster."""
-    return {
-        "node": {"id": "sidecar~127.0.0.1~e2e.default~default.svc.cluster.local", "cluster": "e2e"},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC" if delta else "GRPC",
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-            },
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {"endpoint": {"address": {"pipe": {"path": socket}}}}
-                                ]
-                            }
-                        ],
-                    },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                },
-                {
-                    "name": "echo",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "echo",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": echo_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                },
-            ]
-        },
-    }
+    """The demo's bootstrap: ADS over the agent's Unix socket, LDS from ADS, the backend cluster
+    at ``echo_port``; Delta ADS when ``delta``."""
+    config = demo_bootstrap(Path(socket), echo_port)
+    config["node"] = dict(NODE)
+    if delta:
+        config["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC"
+    return config
 
 
 def listener() -> listener_pb2.Listener:
-    """Port 0 on 127.0.0.1; HCM with the ECDS Wasm filter, then the router to ``echo``
-    (the demo's listener, named for the tests)."""
-    return demo_listener(LISTENER_NAME, FILTER_NAME, cluster="echo", stat_prefix="e2e")
+    """The demo's listener (port 0 on 127.0.0.1, the ECDS Wasm filter, the router to the
+    backend cluster), named for the tests."""
+    return demo_listener(LISTENER_NAME, FILTER_NAME, stat_prefix="e2e")
 
 
 def wasm_extension(
@@ -103,23 +48,21 @@ def wasm_extension(
     name: str = FILTER_NAME,
     local: str | None = None,
 ) -> extension_pb2.TypedExtensionConfig:
-    """A TypedExtensionConfig with an HTTP Wasm filter loading ``url`` (remote) or ``local``."""
-    vm = wasm_pb2.VmConfig(vm_id=name, runtime="envoy.wasm.runtime.v8")
+    """The demo's ECDS resource (an HTTP Wasm filter loading ``url``), named ``name``; ``local``
+    replaces the remote code by a local file."""
+    extension = demo_wasm_extension(url, sha256)
+    wasm = http_wasm_pb2.Wasm()
+    extension.typed_config.Unpack(wasm)
+    config = wasm.config
+    config.name = config.root_id = config.vm_config.vm_id = name
     if local is not None:
-        vm.code.local.filename = local
-    else:
-        vm.code.remote.http_uri.CopyFrom(
-            http_uri_pb2.HttpUri(
-                uri=url, cluster="wasm-remote", timeout=duration_pb2.Duration(seconds=30)
-            )
-        )
-        vm.code.remote.sha256 = sha256
+        config.vm_config.code.local.filename = local  # the code oneof: remote is cleared
     if env:
-        vm.environment_variables.key_values.update(env)
-    config = wasm_pb2.PluginConfig(name=name, root_id=name, vm_config=vm)
-    config.failure_policy = wasm_pb2.FAIL_OPEN if fail_open else wasm_pb2.FAIL_CLOSED
-    extension = extension_pb2.TypedExtensionConfig(name=name)
-    extension.typed_config.Pack(http_wasm_pb2.Wasm(config=config))
+        config.vm_config.environment_variables.key_values.update(env)
+    if fail_open:
+        config.failure_policy = wasm_pb2.FAIL_OPEN
+    extension.name = name
+    extension.typed_config.Pack(wasm)
     return extension
 
 
@@ -132,6 +75,3 @@ def serve(istiod: Any, extension: extension_pb2.TypedExtensionConfig, version: s
 
 def pack(message: Any) -> any_pb2.Any:
     return as_any(message)
-
-
-_ = base_pb2  # imported for its descriptors (Node, used in bootstraps)
