@@ -6,7 +6,8 @@
 4. signature: the cosign signature the verify policy asks for (OCI only; checked on the
    manifest digest before any layer is downloaded, so :mod:`wasm_agent.fetch.oci` calls it
    between resolving and downloading);
-5. compile: a full wasmtime compile in a worker subprocess (the cache calls it on the temp file).
+5. compile: a wasmtime (Cranelift) compile in a worker subprocess, without optimisation passes
+   (the cache calls it on the temp file; ``compile_worker.py`` says why).
 
 Gates 1-3 run in :func:`wasm_agent.fetch.dispatch.fetch_module` for every scheme.
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 WORKER = Path(__file__).with_name("compile_worker.py")
 CACHE_CONFIG_NAME = "wasmtime-cache.toml"
+OPT_LEVELS = ("none", "speed", "speed_and_size")  # Cranelift's optimisation levels
 
 
 def verify_fetched(fetched: FetchedModule, url: str, expected: str | None) -> None:
@@ -79,6 +81,12 @@ class ValidateSettings:
     compiled_cache_dir: Path | None = None
     time_limit: float = 120.0
     memory_limit: int = 4 * 1024**3  # address space; wasmtime reserves far more than it uses
+    opt_level: str = "none"  # Cranelift's; "speed" is wasmtime's default (for comparisons)
+
+    def __post_init__(self) -> None:
+        if self.opt_level not in OPT_LEVELS:
+            choices = ", ".join(OPT_LEVELS)
+            raise ValueError(f"opt_level must be one of {choices}: {self.opt_level!r}")
 
 
 def cache_config(directory: Path) -> Path:
@@ -117,6 +125,7 @@ async def validate_module(path: Path, settings: ValidateSettings | None = None) 
         toml,
         str(settings.memory_limit),
         str(cpu),
+        settings.opt_level,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
