@@ -123,6 +123,7 @@ def run(
         hosted.answer_grpc(grpc_responder)
     if complete:
         s.complete()
+    hosted.clock.observe(hosted.plugin)  # callouts made now start their timeouts now
     client = s.client if s.client.headers is not None and not s.hung else None
     if frontend and client is not None and client.headers is not None:
         pairs = fe.client_headers(client.headers.pairs(), len(client.body))

@@ -63,6 +63,7 @@ from wasm_agent.host.callouts import (
     deliver_http_response,
     fail_http_call,
 )
+from wasm_agent.host.clock import VirtualTime
 from wasm_agent.host.envoylog import EnvoyLine
 from wasm_agent.host.exchange import (
     Body,
@@ -158,6 +159,7 @@ def start_plugin(
     (``upstream.*`` only once the request went upstream), unlike raw ``properties=``.
     """
     wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
+    clock = VirtualTime(clock_ns, monotonic)
     options = VmOptions(
         vm_config=to_bytes(vm_config),
         plugin_config=to_bytes(plugin_config),
@@ -169,7 +171,7 @@ def start_plugin(
         deadline_ms=deadline_ms,
         memory_limit=memory_limit,
         properties=dict(properties or {}),
-        clock_ns=clock_ns,
+        clock_ns=clock.clock_ns,
         foreign_functions=dict(foreign_functions or {}),
         clusters=frozenset(clusters) if clusters is not None else None,
         cache_dir=Path(cache_dir) if cache_dir else None,
@@ -178,21 +180,24 @@ def start_plugin(
     )
     plugin = Plugin(
         wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,
-        monotonic=monotonic, concurrency=concurrency,
+        monotonic=clock.monotonic, concurrency=concurrency,
         connection=connection_addresses(source_address, destination_address, upstream_address),
     )  # fmt: skip
     if cluster_name is not None:
         plugin.cluster_name = cluster_name
     if route_name is not None:
         plugin.route_name = route_name
-    return HostedPlugin(plugin)
+    hosted = HostedPlugin(plugin, clock)
+    clock.observe(plugin)
+    return hosted
 
 
 class HostedPlugin:
     """A running plugin (see the module docstring for the life cycle)."""
 
-    def __init__(self, plugin: Plugin) -> None:
+    def __init__(self, plugin: Plugin, clock: VirtualTime | None = None) -> None:
         self.plugin = plugin
+        self.clock = clock or VirtualTime(plugin.options.clock_ns, plugin.monotonic)
         self.streams = 0  # HTTP streams started through exchange() (x-request-id numbers)
 
     # -- the VM ------------------------------------------------------------------------------
@@ -317,6 +322,11 @@ class HostedPlugin:
         exchange.answer_grpc(self, responder)
 
     # -- timers, callouts, queues --------------------------------------------------------------
+
+    def advance(self, seconds: float) -> int:
+        """Let ``seconds`` pass: clocks move, due ticks and callout timeouts fire in time
+        order (see ``clock.py``); returns how many fired."""
+        return self.clock.advance(self.plugin, seconds)
 
     @property
     def tick_period_ms(self) -> int:
