@@ -228,7 +228,7 @@ def test_missing_cache_dir_is_empty_and_not_created(tmp_path: Path) -> None:
     ("args", "message"),
     [
         ((), "required: ACTION"),
-        (("prune", "--older-than", "soon"), "--older-than: invalid duration"),
+        (("prune", "--older-than", "soon"), "--older-than: invalid value 'soon'"),
         (("prune", "--older-than", "1h", "--all-unused"), "not allowed with argument"),
         (("frobnicate",), "invalid choice"),
     ],

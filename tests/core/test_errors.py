@@ -14,8 +14,8 @@ from wasm_agent.cache.locks import LockTimeout
 from wasm_agent.check.runner import InputError
 from wasm_agent.check.spec import SpecError
 from wasm_agent.check.structure import MalformedModule
-from wasm_agent.core.errors import UsageError, WasmAgentError
-from wasm_agent.core.settings import SettingsError, build_fetch_settings, verify_policy_path
+from wasm_agent.core.errors import SettingsError, UsageError, WasmAgentError
+from wasm_agent.core.settings import build_fetch_settings, verify_policy_path
 from wasm_agent.demo.envoy import EnvoyError
 from wasm_agent.fetch.dockerconfig import DockerConfigError
 from wasm_agent.fetch.errors import CacheWriteError, ChecksumMismatch, FetchError
@@ -71,6 +71,7 @@ def test_core_loads_no_other_part_of_the_package() -> None:
     loaded = json.loads(run.stdout)
     assert loaded == [
         "wasm_agent.core",
+        "wasm_agent.core.config",
         "wasm_agent.core.errors",
         "wasm_agent.core.logs",
         "wasm_agent.core.metrics",

@@ -47,8 +47,9 @@ def test_help_lists_flags_and_environment_variables() -> None:
         ((), "needs --tls-ca"),
         (("--plaintext", "--token-file", "/tmp/t"), "--plaintext excludes"),
         (("--tls-ca", "/tmp/ca", "--tls-cert", "/tmp/c"), "go together"),
-        (("--plaintext", "--max-message-size", "lots"), "not a size"),
-        (("--plaintext", "--fetch-failure", "maybe"), "invalid choice"),
+        (("--plaintext", "--max-message-size", "lots"), "expected a positive size"),
+        (("--plaintext", "--fetch-failure", "maybe"), "expected one of nack, deny"),
+        (("--plaintext", "--discovery-address", "nocolon"), "--discovery-address"),
         (("--plaintext", "--listen", "nonsense"), "--listen"),
     ],
 )

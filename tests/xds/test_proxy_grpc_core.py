@@ -13,6 +13,7 @@ from wasm_agent.xds import grpc_core
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOW = "import os; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
+CONFIGURE = "from wasm_agent.xds import grpc_core; grpc_core.configure()"
 
 
 def fresh(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -30,29 +31,36 @@ def fresh(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_the_proxy_sets_low_latency_experiments_before_grpc_loads() -> None:
     if grpc_core.grpcio_version() not in grpc_core.MEASURED_GRPCIO:
         pytest.fail(f"grpcio {grpc_core.grpcio_version()}: re-run bench/transports.py")
-    # the CLI's import order: upstream first (it imports no grpc), grpc later
-    run = fresh(f"import wasm_agent.xds.upstream, grpc.aio; {SHOW}")
+    # the proxy command's order: configure() first, then the proxy modules and grpc
+    run = fresh(f"{CONFIGURE}; import wasm_agent.xds.upstream, grpc.aio; {SHOW}")
     assert run.stdout.strip() == repr(grpc_core.LOW_LATENCY_EXPERIMENTS)
     assert "Unknown experiment" not in run.stderr  # grpc knows both names
 
 
 def test_an_operator_setting_wins_even_empty() -> None:
-    run = fresh(f"import wasm_agent.xds.upstream; {SHOW}", GRPC_EXPERIMENTS="")
+    run = fresh(f"{CONFIGURE}; {SHOW}", GRPC_EXPERIMENTS="")
     assert run.stdout.strip() == "''"
-    run = fresh(f"import wasm_agent.xds.upstream; {SHOW}", GRPC_EXPERIMENTS="-event_engine_dns")
+    run = fresh(f"{CONFIGURE}; {SHOW}", GRPC_EXPERIMENTS="-event_engine_dns")
     assert run.stdout.strip() == "'-event_engine_dns'"
 
 
 def test_too_late_once_grpc_is_loaded() -> None:
-    run = fresh(f"import grpc, wasm_agent.xds.upstream; {SHOW}")
+    run = fresh(f"import grpc; {CONFIGURE}; {SHOW}")
     assert run.stdout.strip() == "None"
 
 
-def test_only_for_measured_grpcio_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "grpc")  # pretend grpc is not loaded yet (restored after)
-    env: dict[str, str] = {}
-    monkeypatch.setattr(grpc_core, "grpcio_version", lambda: "1.99")
-    assert not grpc_core.configure(env) and env == {}
-    monkeypatch.setattr(grpc_core, "grpcio_version", lambda: "1.85")
-    assert grpc_core.configure(env)
-    assert env == {"GRPC_EXPERIMENTS": grpc_core.LOW_LATENCY_EXPERIMENTS}
+def test_importing_the_proxy_modules_changes_no_environment() -> None:
+    run = fresh(f"import wasm_agent.xds.grpc_core, wasm_agent.xds.upstream; {SHOW}")
+    assert run.stdout.strip() == "None"
+
+
+def test_the_proxy_command_configures_grpc_first() -> None:
+    # a usage error found in run() (after configure()): exit 2, and the experiments were set
+    code = (
+        "import os; from wasm_agent.agent import cli; "
+        "rc = cli.main(['proxy', '--tls-ca', 'ca.pem', '--tls-cert', 'cert.pem']); "
+        "print(rc, os.environ.get('GRPC_EXPERIMENTS'))"
+    )
+    run = fresh(code)
+    assert run.stdout.split() == ["2", grpc_core.LOW_LATENCY_EXPERIMENTS], run.stdout
+    assert "--tls-cert and --tls-key go together" in run.stderr

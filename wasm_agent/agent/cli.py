@@ -2,7 +2,9 @@
 
 Start-up time matters (a warm ``prefetch`` must finish in well under 100 ms), so this module
 imports nothing heavy: each subcommand's module is imported only when that subcommand runs.
-Exit codes: 0 success, 1 failed operation, 2 usage error.
+Exit codes: 0 success, 1 failed operation, 2 usage error: a command raises
+:class:`~wasm_agent.core.errors.UsageError` (settings errors are usage errors too) and
+:func:`main` prints it and exits 2; argparse exits 2 for bad flags itself.
 """
 
 from __future__ import annotations
@@ -91,12 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS or not _available(name):
         _top_level_parser().error(f"unknown command {name!r}")
     module = importlib.import_module(COMMANDS[name][0])
-    options = _command_parser(name, module).parse_args(rest)
-    from wasm_agent.core.logs import setup_logging
+    from wasm_agent.core.errors import UsageError
 
-    setup_logging(options.log_level)
     try:
+        options = _command_parser(name, module).parse_args(rest)
+        from wasm_agent.core.logs import setup_logging
+
+        setup_logging(options.log_level)
         return int(module.run(options))
+    except UsageError as error:  # the one place a usage error becomes exit status 2
+        print(f"wasm-agent {name}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 

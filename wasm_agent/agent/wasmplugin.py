@@ -1,5 +1,5 @@
 """Reading Istio ``WasmPlugin`` manifests (YAML, multi-document) for ``prefetch -f`` and
-``check -f``."""
+``check -f``, and the one validation policy turning them into module requests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.cache.layout import HEX64
+from wasm_agent.cache.model import ModuleRequest
+from wasm_agent.cache.policy import PullPolicy
 from wasm_agent.core.errors import UsageError
+from wasm_agent.fetch.model import normalize_sha256
 
 
 class ManifestError(UsageError, ValueError):
@@ -59,6 +63,39 @@ def load_wasmplugins(path: Path) -> list[PluginSource]:
     if not plugins:
         raise ManifestError(f"{path}: no WasmPlugin resource found")
     return plugins
+
+
+def plugin_request(
+    plugin: PluginSource, *, pull_secret: bytes | None = None, timeout: float | None = None
+) -> ModuleRequest:
+    r"""What ``plugin`` asks the cache for. One policy for ``prefetch`` and ``check``: a
+    ``spec.sha256`` that is not a sha256 hex digest and an unknown ``spec.imagePullPolicy`` are
+    :class:`ManifestError`\ s (usage errors) naming the file and line."""
+    sha = normalize_sha256(plugin.sha256)
+    if sha is not None and not HEX64.fullmatch(sha):
+        raise ManifestError(f"{plugin.origin}: spec.sha256 is not a sha256 hex digest")
+    try:
+        policy = PullPolicy.parse(plugin.pull_policy)
+    except ValueError as error:
+        raise ManifestError(f"{plugin.origin}: spec.imagePullPolicy: {error}") from None
+    return ModuleRequest(
+        url=plugin.url,
+        sha256=sha,
+        pull_policy=policy,
+        resource_name=plugin.name,
+        pull_secret=pull_secret,
+        timeout=timeout,
+    )
+
+
+def plugin_requests(
+    path: Path, *, pull_secret: bytes | None = None, timeout: float | None = None
+) -> list[ModuleRequest]:
+    """A :func:`plugin_request` for every WasmPlugin in the manifest ``path``."""
+    return [
+        plugin_request(plugin, pull_secret=pull_secret, timeout=timeout)
+        for plugin in load_wasmplugins(path)
+    ]
 
 
 def _plugins(doc: object, origin: str) -> list[PluginSource]:

@@ -8,6 +8,7 @@ listed; the Envoy message for the first one is quoted so users can match their l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from wasm_agent.check.model import Check, ModuleReport, Status
@@ -57,7 +58,7 @@ def host_signature(params: str, results: str) -> str:
     return f"({' '.join(_CODES[c] for c in params)}) -> ({' '.join(_CODES[c] for c in results)})"
 
 
-def _host_table() -> dict[tuple[str, str], tuple[str, str, object]]:
+def _host_table() -> Mapping[tuple[str, str], tuple[str, str, object]]:
     return abi.host_function_table()
 
 

@@ -13,3 +13,7 @@ class WasmAgentError(Exception):
 
 class UsageError(WasmAgentError):
     """The command line, a variable or an input file is unusable; the CLI exits 2."""
+
+
+class SettingsError(UsageError, ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""

@@ -1,21 +1,36 @@
-"""Settings built once from the environment (Istio's variable names) and flags.
+"""Settings objects, built once from the environment (Istio's variable names) and flags.
 
-Everything else receives these objects; nothing else reads ``os.environ`` for these values.
+The variables, their parsers and defaults are the rows of :mod:`wasm_agent.core.config`;
+everything else receives these objects and reads no ``os.environ`` for these values.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core import config
+from wasm_agent.core.config import IPNetwork, parse_duration
+from wasm_agent.core.errors import SettingsError
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = [
+    "ALWAYS_BLOCKED_NETWORKS",
+    "CacheSettings",
+    "FetchSettings",
+    "SettingsError",
+    "VerifyPolicy",
+    "VerifyRule",
+    "build_fetch_settings",
+    "cache_settings_from_env",
+    "default_cache_dir",
+    "parse_duration",
+    "verify_policy_path",
+    "with_insecure_registries",
+]
 
 # Addresses no module fetch may reach, whatever the configuration (Istio pkg/wasm/ssrf.go).
 ALWAYS_BLOCKED_NETWORKS: tuple[str, ...] = (
@@ -25,19 +40,26 @@ ALWAYS_BLOCKED_NETWORKS: tuple[str, ...] = (
     "fd00:ec2::254/128",  # AWS IMDS over IPv6
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
+class VerifyRule(Protocol):
+    """The rule a verify policy applies to one repository (``trust_policy.Rule``)."""
 
-class SettingsError(WasmAgentError, ValueError):
-    """A setting has a value that cannot be used; the message names the setting."""
+    @property
+    def required(self) -> bool:
+        """A signature is required."""
+        ...
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        """What may have verified a module: key fingerprints and keyless identities."""
+        ...
 
 
 class VerifyPolicy(Protocol):
     """A loaded verify policy (``wasm_agent.fetch.trust_policy.TrustPolicy`` is the one kind).
 
     core cannot import fetch, so :class:`FetchSettings` names the policy by this protocol; the
-    fetch package narrows it back to its ``TrustPolicy``.
+    fetch package narrows it back to its ``TrustPolicy`` where it needs the keys.
     """
 
     @property
@@ -45,46 +67,9 @@ class VerifyPolicy(Protocol):
         """Where the policy came from (a file name), for messages."""
         ...
 
-
-def parse_duration(text: str, name: str = "duration") -> float:
-    """Parse a Go-style duration ("1h", "1m30s", "500ms", bare seconds "15") into seconds."""
-    text = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise SettingsError(f"{name}: invalid duration {text!r} (examples: 15s, 500ms, 1h)")
-    return total
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: not an integer: {raw!r}") from None
-
-
-def _duration(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    return parse_duration(raw, name) if raw else default
-
-
-def _networks(raw: str, name: str) -> tuple[IPNetwork, ...]:
-    networks = []
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise SettingsError(f"{name}: not a CIDR: {item!r}") from None
-    return tuple(networks)
+    def rule_for(self, name: str) -> VerifyRule | None:
+        """The first rule matching ``registry/repository``, else None (refused)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +81,7 @@ class FetchSettings:
     http_max_retries: int = 5
     max_binary_size: int = 256 * 1024 * 1024
     blocked_networks: tuple[IPNetwork, ...] = field(
-        default_factory=lambda: _networks(",".join(ALWAYS_BLOCKED_NETWORKS), "built-in")
+        default_factory=lambda: config.cidr_list(",".join(ALWAYS_BLOCKED_NETWORKS))
     )
     docker_config_dir: Path | None = None
     default_fetch_timeout: float = 5.0  # whole-fetch deadline when the config names none
@@ -130,7 +115,7 @@ class CacheSettings:
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$WASM_AGENT_CACHE_DIR``, else ``~/.cache/wasm-agent``."""
     env = os.environ if env is None else env
-    configured = env.get("WASM_AGENT_CACHE_DIR", "").strip()
+    configured = config.values([config.CACHE_DIR], env)["directory"]
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "wasm-agent"
 
 
@@ -142,38 +127,44 @@ def verify_policy_path(env: Mapping[str, str], flag: str | Path | None = None) -
 def build_fetch_settings(
     env: Mapping[str, str] | None = None, *, verify_policy: VerifyPolicy | None = None
 ) -> FetchSettings:
-    """Build :class:`FetchSettings` from Istio's environment variables.
+    """Build :class:`FetchSettings` from Istio's environment variables (``config.FETCH``).
 
     The verify policy is passed already loaded: core cannot parse it. Callers use
     ``wasm_agent.fetch.trust_policy.fetch_settings_from_env``, which reads the policy file named
-    by the flag or ``$WASM_AGENT_VERIFY_POLICY`` and calls this.
+    by the flag or ``$WASM_AGENT_VERIFY_POLICY`` and calls this. Raises
+    :class:`~wasm_agent.core.config.ConfigError` naming the variable, its value and what is
+    allowed.
     """
     env = os.environ if env is None else env
-    blocked = ",".join((*ALWAYS_BLOCKED_NETWORKS, env.get("BLOCKED_CIDRS_IN_WASM_FETCH", "")))
-    docker_config = env.get("DOCKER_CONFIG", "").strip()
-    max_size = _int(env, "ISTIO_WASM_MAX_BINARY_SIZE_BYTES", 256 * 1024 * 1024)
-    if max_size <= 0:
-        raise SettingsError("ISTIO_WASM_MAX_BINARY_SIZE_BYTES: must be positive")
+    found = config.values(config.FETCH, env)
+    docker_config = found["docker_config_dir"]
     return FetchSettings(
-        insecure_registries=frozenset(
-            h.strip() for h in env.get("WASM_INSECURE_REGISTRIES", "").split(",") if h.strip()
-        ),
-        http_request_timeout=_duration(env, "WASM_HTTP_REQUEST_TIMEOUT", 15.0),
-        http_max_retries=max(1, _int(env, "WASM_HTTP_REQUEST_MAX_RETRIES", 5)),
-        max_binary_size=max_size,
-        blocked_networks=_networks(blocked, "BLOCKED_CIDRS_IN_WASM_FETCH"),
+        insecure_registries=found["insecure_registries"],
+        http_request_timeout=found["http_request_timeout"],
+        http_max_retries=max(1, found["http_max_retries"]),  # 0 and 1: one attempt
+        max_binary_size=found["max_binary_size"],
+        blocked_networks=FetchSettings().blocked_networks + found["blocked_networks"],
         docker_config_dir=Path(docker_config) if docker_config else None,
         verify_policy=verify_policy,
     )
 
 
+def with_insecure_registries(settings: FetchSettings, hosts: Iterable[str]) -> FetchSettings:
+    """``settings`` with ``hosts`` (``--insecure-registry`` flags) added to the insecure set."""
+    extra = frozenset(hosts)
+    if not extra:
+        return settings
+    return replace(settings, insecure_registries=settings.insecure_registries | extra)
+
+
 def cache_settings_from_env(
     directory: str | Path | None = None, env: Mapping[str, str] | None = None
 ) -> CacheSettings:
-    """Build :class:`CacheSettings`; ``directory`` (a flag) wins over the environment."""
+    """Build :class:`CacheSettings` (``config.CACHE``); ``directory`` (a flag) wins."""
     env = os.environ if env is None else env
+    found = config.values(config.CACHE, env)
     return CacheSettings(
         directory=Path(directory).expanduser() if directory else default_cache_dir(env),
-        module_expiry=_duration(env, "WASM_MODULE_EXPIRY", 24 * 3600.0),
-        purge_interval=_duration(env, "WASM_PURGE_INTERVAL", 3600.0),
+        module_expiry=found["module_expiry"],
+        purge_interval=found["purge_interval"],
     )

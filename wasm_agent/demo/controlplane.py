@@ -71,7 +71,7 @@ class ControlPlane:
     async def start(self) -> None:
         """Bind a port chosen by the OS and serve."""
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler] = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(self._sotw),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(self._delta),
         }

@@ -38,8 +38,7 @@ def plugin_wat() -> str:
 
 def plugin_wasm() -> bytes:
     """The sample plugin compiled to a Wasm binary."""
-
-    return wasmtime.wat2wasm(plugin_wat())
+    return bytes(wasmtime.wat2wasm(plugin_wat()))
 
 
 def sha256_hex(data: bytes) -> str:

@@ -169,8 +169,10 @@ async def tell(stack: Stack, story: Story, timeout: float) -> int:
     story.fact("ACK", f"version_info={reply.version_info} nonce={reply.nonce}")
 
     story.begin("A request through Envoy")
+    envoy = stack.envoy
+    assert envoy is not None  # started by the stack
     port = await _until(
-        stack, lambda: stack.envoy.listener_port(resources.LISTENER_NAME), timeout, "the listener"
+        stack, lambda: envoy.listener_port(resources.LISTENER_NAME), timeout, "the listener"
     )
     response = await _get_with_header(stack, port, timeout)
     _show_response(story, port, response)

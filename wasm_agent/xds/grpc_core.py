@@ -1,4 +1,7 @@
-"""grpc C-core settings for the proxy process, applied before grpc is first imported.
+"""grpc C-core settings for the proxy process: ``configure()`` before grpc is first imported.
+
+The proxy command (and the demo) call :func:`configure` first thing; importing this module
+changes nothing.
 
 grpcio reads ``GRPC_EXPERIMENTS`` once, when ``grpc`` is imported. With its default
 EventEngine client and listener, every message the proxy receives is read from the socket by an
@@ -43,6 +46,3 @@ def configure(environ: MutableMapping[str, str] | None = None) -> bool:
         return False
     environ["GRPC_EXPERIMENTS"] = LOW_LATENCY_EXPERIMENTS
     return True
-
-
-configure()

@@ -15,16 +15,19 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wasm_agent.core.errors import UsageError as CoreUsageError
+from wasm_agent.core import config as table
+from wasm_agent.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from wasm_agent.cache.model import ModuleRequest
+    from wasm_agent.check.model import ModuleReport
+    from wasm_agent.core.settings import FetchSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_TIMEOUT = 300.0
 ABI_VERSIONS = ("0.1.0", "0.2.0", "0.2.1")
-
-
-class UsageError(CoreUsageError, ValueError):
-    """Bad flags or input files: exit status 2."""
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Target:
     pull_policy: str = ""
     root_id: str | None = None  # None: the --root-id value
     plugin_type: str = ""  # WasmPlugin spec.type (HTTP when empty)
+    request: ModuleRequest | None = None  # a WasmPlugin's, validated like prefetch's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,17 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--envoy-abi", choices=ABI_VERSIONS, default="0.2.1",
         help="newest Proxy-Wasm ABI version the target Envoy serves (default: 0.2.1)")  # fmt: skip
     add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
-    add("--cache-dir", metavar="DIR",
-        help="module cache (default: $WASM_AGENT_CACHE_DIR, else ~/.cache/wasm-agent)")  # fmt: skip
     add("--pull-secret", type=Path, metavar="FILE",
         help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
     add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help=f"deadline for each module's fetch (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
     add("--insecure-registry", action="append", default=[], metavar="HOST",
         help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
-    add("--verify-policy", metavar="FILE",
-        help="require cosign signatures of oci:// modules per this policy (docs/signing.md) "
-        "[env WASM_AGENT_VERIFY_POLICY]")  # fmt: skip
+    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY), os.environ)
 
 
 def _read_value(spec: str, flag: str) -> bytes:
@@ -134,15 +134,12 @@ def _normalize_sha256(value: str) -> str | None:
 
 
 def _manifest_targets(path: Path) -> list[Target]:
-    from wasm_agent.agent.wasmplugin import ManifestError, load_wasmplugins
+    from wasm_agent.agent.wasmplugin import load_wasmplugins, plugin_request
     from wasm_agent.fetch.dispatch import normalize_url
 
-    try:
-        plugins = load_wasmplugins(path)
-    except ManifestError as error:
-        raise UsageError(str(error)) from None
     targets = []
-    for plugin in plugins:
+    for plugin in load_wasmplugins(path):
+        request = plugin_request(plugin)  # the same validation as prefetch -f
         url = normalize_url(plugin.url)  # Istio's rule: no scheme means OCI
         target = _target(url, _normalize_sha256(plugin.sha256) if plugin.sha256 else None)
         target.module = plugin.url
@@ -150,6 +147,7 @@ def _manifest_targets(path: Path) -> list[Target]:
         target.pull_policy, target.root_id = plugin.pull_policy, plugin.root_id
         target.plugin_type = (plugin.plugin_type or "HTTP").upper()
         target.config = (plugin.plugin_config or "").encode()
+        target.request = request
         targets.append(target)
     return targets
 
@@ -158,19 +156,17 @@ def run(args: argparse.Namespace) -> int:
     """Check every module, print the report, return the exit status."""
     from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.check.spec import SpecError, load_spec
-    from wasm_agent.core.settings import SettingsError
 
+    targets = _targets(args)  # usage errors: cli.main exits 2
+    config = _read_value(args.config, "--config")
     try:
-        targets = _targets(args)
-        config = _read_value(args.config, "--config")
         spec = load_spec(args.spec) if args.spec is not None else None
-        fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
-        secret = None
-        if args.pull_secret is not None:
-            secret = _read_value(f"@{args.pull_secret}", "--pull-secret")
-    except (UsageError, SpecError, SettingsError) as error:
-        print(f"wasm-agent check: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except SpecError as error:
+        raise UsageError(str(error)) from None
+    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    secret = None
+    if args.pull_secret is not None:
+        secret = _read_value(f"@{args.pull_secret}", "--pull-secret")
     from wasm_agent.check.compat import check_plugin_type
     from wasm_agent.check.model import ModuleReport
     from wasm_agent.check.runner import Options
@@ -196,7 +192,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
 
 
-def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | None]:
+def _load_all(
+    args: argparse.Namespace,
+    targets: list[Target],
+    reports: list[ModuleReport],
+    fetch_settings: FetchSettings,
+    secret: bytes | None,
+) -> list[bytes | None]:
     """Module bytes per target (None when reading or fetching failed: an ``input`` check)."""
     from wasm_agent.check.model import Check, Status
     from wasm_agent.check.runner import InputError, read_local
@@ -225,8 +227,11 @@ def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | No
         blobs[i] = data
     if remote:
         from wasm_agent.check.fetching import fetch_all
+        from wasm_agent.core.settings import with_insecure_registries
 
-        fetched = fetch_all(args, [targets[i] for i in remote], fetch_settings, secret)
+        requests = [_request(targets[i], secret, args.timeout) for i in remote]
+        settings = with_insecure_registries(fetch_settings, args.insecure_registry)
+        fetched = fetch_all(requests, settings, args.cache_dir)
         for i, (outcome, detail) in zip(remote, fetched, strict=True):
             report = reports[i]
             if isinstance(outcome, str):
@@ -236,6 +241,18 @@ def _load_all(args, targets, reports, fetch_settings, secret) -> list[bytes | No
             report.add(Check("input", "fetch", Status.PASS, detail))
             blobs[i] = data
     return blobs
+
+
+def _request(target: Target, secret: bytes | None, timeout: float) -> ModuleRequest:
+    """The cache request for a remote target: its WasmPlugin's, else the MODULE and --sha256."""
+    from dataclasses import replace
+
+    from wasm_agent.cache.model import ModuleRequest
+
+    if target.request is not None:
+        return replace(target.request, pull_secret=secret, timeout=timeout)
+    assert target.url is not None  # only remote targets are fetched
+    return ModuleRequest(url=target.url, sha256=target.sha256, pull_secret=secret, timeout=timeout)
 
 
 def _output(reports, fmt: str) -> None:

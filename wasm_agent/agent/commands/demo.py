@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from wasm_agent.agent.cli import EXIT_FAILED, EXIT_USAGE
+from wasm_agent.agent.cli import EXIT_FAILED
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +49,14 @@ def run(args: argparse.Namespace) -> int:
     # Set before gRPC is imported: our children (Envoy, the compile worker) exec at once, so
     # gRPC's fork handlers are moot, and without this gRPC prints a warning when Envoy forks.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from wasm_agent.xds import grpc_core
+
+    grpc_core.configure()  # the in-process proxy runs as `wasm-agent proxy` does
+    from wasm_agent.core.errors import UsageError
     from wasm_agent.demo.envoy import EnvoyNotFound, find_envoy
 
     if args.timeout <= 0:
-        print("wasm-agent demo: error: --timeout must be positive", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError("--timeout must be positive")
     try:
         envoy = find_envoy(args.envoy)
     except EnvoyNotFound as error:

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
 from wasm_agent.agent.fetch_settings import fetch_settings_from_env
 from wasm_agent.cache.layout import HEX64
-from wasm_agent.cache.model import ModuleRequest
+from wasm_agent.cache.model import CachedModule, ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache
-from wasm_agent.cache.policy import PullPolicy
-from wasm_agent.core.errors import UsageError as CoreUsageError
-from wasm_agent.core.settings import SettingsError, cache_settings_from_env
+from wasm_agent.core import config
+from wasm_agent.core.errors import UsageError
+from wasm_agent.core.settings import cache_settings_from_env, with_insecure_registries
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
 
 DEFAULT_TIMEOUT = 300.0
-
-
-class UsageError(CoreUsageError, ValueError):
-    """Bad flags or manifests: exit status 2."""
 
 
 @dataclass
@@ -60,11 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sha256", metavar="HEX", help="expected sha256 (one URL only)")
     parser.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        help="cache directory (default: $WASM_AGENT_CACHE_DIR, else ~/.cache/wasm-agent)",
-    )
-    parser.add_argument(
         "--pull-secret",
         type=Path,
         metavar="FILE",
@@ -84,12 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="allow plain HTTP / unverified TLS to this registry ('*' for all); repeatable",
     )
-    parser.add_argument(
-        "--verify-policy",
-        metavar="FILE",
-        help="require cosign signatures per this policy (docs/signing.md) "
-        "[env WASM_AGENT_VERIFY_POLICY]",
-    )
+    config.add_flags(parser, (config.CACHE_DIR, config.VERIFY_POLICY), os.environ)
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
 
@@ -119,43 +106,17 @@ def _requests(args: argparse.Namespace) -> list[ModuleRequest]:
 
 
 def _manifest_requests(path: Path, common: dict) -> list[ModuleRequest]:
-    from wasm_agent.agent.wasmplugin import ManifestError, load_wasmplugins
+    from wasm_agent.agent.wasmplugin import plugin_requests
 
-    try:
-        plugins = load_wasmplugins(path)
-    except ManifestError as error:
-        raise UsageError(str(error)) from None
-    requests = []
-    for plugin in plugins:
-        sha = normalize_sha256(plugin.sha256)
-        if sha is not None and not HEX64.fullmatch(sha):
-            raise UsageError(f"{plugin.origin}: spec.sha256 is not a sha256 hex digest")
-        try:
-            policy = PullPolicy.parse(plugin.pull_policy)
-        except ValueError as error:
-            raise UsageError(f"{plugin.origin}: spec.imagePullPolicy: {error}") from None
-        requests.append(
-            ModuleRequest(
-                url=plugin.url, sha256=sha, pull_policy=policy, resource_name=plugin.name, **common
-            )
-        )
-    return requests
+    return plugin_requests(path, **common)
 
 
 def run(args: argparse.Namespace) -> int:
     """Prefetch every module; print one result per module."""
-    try:
-        requests = _requests(args)
-        fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
-        cache_settings = cache_settings_from_env(args.cache_dir)
-    except (UsageError, SettingsError) as error:
-        print(f"wasm-agent prefetch: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.insecure_registry:
-        from dataclasses import replace
-
-        hosts = fetch_settings.insecure_registries | set(args.insecure_registry)
-        fetch_settings = replace(fetch_settings, insecure_registries=frozenset(hosts))
+    requests = _requests(args)  # usage errors: cli.main exits 2
+    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    fetch_settings = with_insecure_registries(fetch_settings, args.insecure_registry)
+    cache_settings = cache_settings_from_env(args.cache_dir)
     cache = ModuleCache(cache_settings, fetch_settings)
     results: list[Result | None] = [None] * len(requests)
     for i, request in enumerate(requests):  # warm path: no event loop, no network
@@ -176,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     return _report([r for r in results if r is not None], args.json)
 
 
-def _result(request: ModuleRequest, found) -> Result:
+def _result(request: ModuleRequest, found: CachedModule) -> Result:
     return Result(
         url=request.url,
         sha256=found.sha256,
@@ -187,24 +148,23 @@ def _result(request: ModuleRequest, found) -> Result:
 
 
 async def _fetch_all(cache: ModuleCache, requests: list[ModuleRequest]) -> list[Result]:
-    import asyncio
-
     from wasm_agent.agent.progress import ProgressDisplay
+    from wasm_agent.cache.many import Outcome, fetch_many
     from wasm_agent.core.logs import redact_url
 
     display = ProgressDisplay()
 
-    async def one(request: ModuleRequest) -> Result:
-        label = redact_url(request.url)
-        try:
-            found = await cache.get(request, display.callback(label))
-        except FetchError as error:
-            display.finish(label, "failed")
-            return Result(url=request.url, error=error.cause)
-        display.finish(label, "done")
-        return _result(request, found)
+    def done(request: ModuleRequest, outcome: Outcome) -> None:
+        failed = isinstance(outcome, FetchError)
+        display.finish(redact_url(request.url), "failed" if failed else "done")
 
-    return list(await asyncio.gather(*(one(r) for r in requests)))
+    outcomes = await fetch_many(
+        cache, requests, progress=lambda r: display.callback(redact_url(r.url)), done=done
+    )
+    return [
+        Result(url=r.url, error=o.cause) if isinstance(o, FetchError) else _result(r, o)
+        for r, o in zip(requests, outcomes, strict=True)
+    ]
 
 
 def _report(results: list[Result], as_json: bool) -> int:

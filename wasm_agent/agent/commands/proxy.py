@@ -12,162 +12,26 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DISCOVERY = "istiod.istio-system.svc:15012"
-DEFAULT_LISTEN = "unix:./etc/istio/proxy/XDS"
-DEFAULT_STATUS = "127.0.0.1:15020"
-DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+from wasm_agent.core import config
+
 SHUTDOWN_GRACE = 3.0
-
-# flag destination -> environment variable
-ENV = {
-    "discovery_address": "WASM_AGENT_DISCOVERY_ADDRESS",
-    "listen": "WASM_AGENT_LISTEN",
-    "cache_dir": "WASM_AGENT_CACHE_DIR",
-    "plaintext": "WASM_AGENT_PLAINTEXT",
-    "tls_ca": "WASM_AGENT_TLS_CA",
-    "tls_cert": "WASM_AGENT_TLS_CERT",
-    "tls_key": "WASM_AGENT_TLS_KEY",
-    "token_file": "WASM_AGENT_TOKEN_FILE",
-    "tls_server_name": "WASM_AGENT_TLS_SERVER_NAME",
-    "status_address": "WASM_AGENT_STATUS_ADDRESS",
-    "fetch_failure": "WASM_AGENT_FETCH_FAILURE",
-    "max_message_size": "WASM_AGENT_MAX_MESSAGE_SIZE",
-    "max_streams": "WASM_AGENT_MAX_STREAMS",
-    "verify_policy": "WASM_AGENT_VERIFY_POLICY",
-}
-_SIZE_UNITS = {
-    "": 1,
-    "k": 1000,
-    "ki": 1024,
-    "m": 1000**2,
-    "mi": 1024**2,
-    "g": 1000**3,
-    "gi": 1024**3,
-}
-
-
-def _env(dest: str, default: str | None = None) -> str | None:
-    value = os.environ.get(ENV[dest], "").strip()
-    return value or default
-
-
-def _truthy(text: str | None) -> bool:
-    return (text or "").lower() in ("1", "true", "yes", "on")
-
-
-def parse_size(text: str) -> int:
-    """``67108864``, ``64Mi``, ``100M`` -> bytes."""
-    raw = text.strip().lower().removesuffix("b")
-    number = raw.rstrip("kmgi")
-    unit = raw[len(number) :]
-    if not number.isdigit() or unit not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 67108864, 64Mi)")
-    return int(number) * _SIZE_UNITS[unit]
-
-
-def _help(text: str, dest: str) -> str:
-    return f"{text} [env {ENV[dest]}]"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the flags (defaults from the environment)."""
-    parser.add_argument(
-        "--discovery-address",
-        metavar="HOST:PORT",
-        default=_env("discovery_address", DEFAULT_DISCOVERY),
-        help=_help(f"istiod's xDS address (default {DEFAULT_DISCOVERY})", "discovery_address"),
-    )
-    parser.add_argument(
-        "--listen",
-        metavar="unix:PATH|HOST:PORT",
-        default=_env("listen", DEFAULT_LISTEN),
-        help=_help(f"where Envoy connects (default {DEFAULT_LISTEN})", "listen"),
-    )
-    parser.add_argument(
-        "--cache-dir",
-        metavar="DIR",
-        default=_env("cache_dir"),
-        help=_help("module cache directory (default ~/.cache/wasm-agent)", "cache_dir"),
-    )
-    parser.add_argument(
-        "--plaintext",
-        action="store_true",
-        default=_truthy(_env("plaintext")),
-        help=_help("talk to istiod without TLS (only with this flag)", "plaintext"),
-    )
-    parser.add_argument(
-        "--tls-ca", metavar="FILE", default=_env("tls_ca"), help=_help("CA bundle", "tls_ca")
-    )
-    parser.add_argument(
-        "--tls-cert",
-        metavar="FILE",
-        default=_env("tls_cert"),
-        help=_help("client certificate for mTLS (re-read when it changes)", "tls_cert"),
-    )
-    parser.add_argument(
-        "--tls-key",
-        metavar="FILE",
-        default=_env("tls_key"),
-        help=_help("client private key for mTLS", "tls_key"),
-    )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        default=_env("token_file"),
-        help=_help("bearer token file, read for every new stream", "token_file"),
-    )
-    parser.add_argument(
-        "--tls-server-name",
-        metavar="NAME",
-        default=_env("tls_server_name"),
-        help=_help("server name to verify (SNI/authority override)", "tls_server_name"),
-    )
-    parser.add_argument(
-        "--status-address",
-        metavar="HOST:PORT",
-        default=_env("status_address", DEFAULT_STATUS),
-        help=_help(f"/healthz/ready and /metrics (default {DEFAULT_STATUS})", "status_address"),
-    )
-    parser.add_argument(
-        "--fetch-failure",
-        choices=["nack", "deny"],
-        default=_env("fetch_failure", "nack"),
-        help=_help(
-            "fail-closed plugin whose module fails: NACK upstream or deny-all", "fetch_failure"
-        ),
-    )
-    parser.add_argument(
-        "--max-message-size",
-        metavar="BYTES",
-        type=parse_size,
-        default=_env("max_message_size", str(DEFAULT_MAX_MESSAGE)),
-        help=_help("gRPC message size limit on both hops (default 64Mi)", "max_message_size"),
-    )
-    parser.add_argument(
-        "--max-streams",
-        metavar="N",
-        type=int,
-        default=int(_env("max_streams", "100") or 100),
-        help=_help("concurrent Envoy ADS streams accepted (default 100)", "max_streams"),
-    )
-    parser.add_argument(
-        "--verify-policy",
-        metavar="FILE",
-        default=_env("verify_policy"),
-        help=_help("require cosign signatures per this policy (docs/signing.md)", "verify_policy"),
-    )
+    """Declare the flags from the configuration table (defaults from the environment)."""
+    config.add_flags(parser, config.PROXY, os.environ)
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean drain, 1 if start-up fails, 2 on usage."""
     import asyncio
 
-    from wasm_agent.core.settings import SettingsError
-    from wasm_agent.xds.upstream import UpstreamError, UpstreamSettings, xds_headers_from_env
+    from wasm_agent.xds import grpc_core
 
-    if args.fetch_failure not in ("nack", "deny"):
-        print(f"wasm-agent proxy: --fetch-failure: {args.fetch_failure!r}", file=sys.stderr)
-        return 2
+    grpc_core.configure()  # before anything imports grpc
+    from wasm_agent.core.errors import UsageError
+    from wasm_agent.xds.upstream import UpstreamError, UpstreamSettings
+
     try:
         upstream = UpstreamSettings(
             address=args.discovery_address,
@@ -177,17 +41,17 @@ def run(args: argparse.Namespace) -> int:
             key_file=_path(args.tls_key),
             token_file=_path(args.token_file),
             server_name=args.tls_server_name,
-            headers=xds_headers_from_env(),
+            headers=config.xds_headers(os.environ),
             max_message_size=args.max_message_size,
         )
     except UpstreamError as error:
-        print(f"wasm-agent proxy: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     try:
         return asyncio.run(_serve(args, upstream))
-    except (SettingsError, ValueError) as error:
-        print(f"wasm-agent proxy: {error}", file=sys.stderr)
-        return 2
+    except UsageError:
+        raise
+    except ValueError as error:  # settings the proxy parts refuse (they name the setting)
+        raise UsageError(str(error)) from None
     except OSError as error:
         print(f"wasm-agent proxy: {error}", file=sys.stderr)
         return 1

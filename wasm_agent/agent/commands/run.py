@@ -13,13 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from wasm_agent.core.errors import UsageError as CoreUsageError
+from wasm_agent.core.errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(CoreUsageError):
-    """A bad flag value (exit code 2)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,18 +79,14 @@ def _request(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tupl
 def run(args: argparse.Namespace) -> int:
     try:
         wasm = Path(args.module).read_bytes()
-        plugin_config, vm_config = _value(args.config), _value(args.vm_config)
-        body, response_body = _value(args.body), _value(args.response_body)
-        request, response = _request(args)
-    except UsageError as exc:
-        print(f"wasm-agent run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except OSError as exc:
-        print(f"wasm-agent run: cannot read {args.module}: {exc.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
+    plugin_config, vm_config = _value(args.config), _value(args.vm_config)
+    body, response_body = _value(args.body), _value(args.response_body)
+    request, response = _request(args)  # usage errors: cli.main exits 2
     from wasm_agent.host.harness import LoadError, LogLevel, start_plugin
 
-    level = _PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO)
+    level = LogLevel(_PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO))
     try:
         host = start_plugin(
             wasm,
