@@ -151,7 +151,7 @@ async def test_unwritable_cache_dir_is_a_clear_error(
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     cache = ModuleCache(CacheSettings(directory=blocker / "cache"), fetch_settings)
-    from wasm_agent.fetch.errors import CacheWriteError
+    from wasm_agent.cache.errors import CacheWriteError
 
     with pytest.raises(CacheWriteError, match=r"cannot create cache directory .*Not a directory"):
         await cache.get(ModuleRequest(url=modserver.serve("/m.wasm", minimal_module())))

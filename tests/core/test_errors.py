@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from wasm_agent.cache import ModuleGone
+from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.locks import LockTimeout
 from wasm_agent.check.runner import InputError
 from wasm_agent.check.spec import SpecError
@@ -18,7 +19,7 @@ from wasm_agent.core.errors import SettingsError, UsageError, WasmAgentError
 from wasm_agent.core.settings import build_fetch_settings, verify_policy_path
 from wasm_agent.demo.envoy import EnvoyError
 from wasm_agent.fetch.dockerconfig import DockerConfigError
-from wasm_agent.fetch.errors import CacheWriteError, ChecksumMismatch, FetchError
+from wasm_agent.fetch.errors import ChecksumMismatch, FetchError
 from wasm_agent.fetch.reference import InvalidReference
 from wasm_agent.fetch.trust_policy import PolicyError
 from wasm_agent.host import LoadError

@@ -25,10 +25,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.integrity import IndexKey, load_key
 from wasm_agent.cache.layout import FILE_MODE, INDEX_MODE, CacheLayout
 from wasm_agent.core.logs import redact_url
-from wasm_agent.fetch.errors import CacheWriteError
 
 log = logging.getLogger(__name__)
 VERSION = 2

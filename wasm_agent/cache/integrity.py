@@ -31,8 +31,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.layout import CacheLayout
-from wasm_agent.fetch.errors import CacheWriteError
 
 log = logging.getLogger(__name__)
 

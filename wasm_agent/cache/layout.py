@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from wasm_agent.fetch.errors import CacheWriteError
+from wasm_agent.cache.errors import CacheWriteError
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MODULE_SUFFIX = ".wasm"

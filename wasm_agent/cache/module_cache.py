@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from wasm_agent.cache import store
+from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.index import Index, IndexData, UrlRecord
 from wasm_agent.cache.integrity import Prover, check_tree
 from wasm_agent.cache.layout import CacheLayout
@@ -25,7 +26,7 @@ from wasm_agent.core.settings import CacheSettings, FetchSettings
 from wasm_agent.fetch.checks import ValidateSettings, validate_module
 from wasm_agent.fetch.dispatch import fetch_module
 from wasm_agent.fetch.dispatch import normalize_url as _normalize
-from wasm_agent.fetch.errors import CacheWriteError, DownloadFailure, FetchError, InvalidModule
+from wasm_agent.fetch.errors import DownloadFailure, FetchError, InvalidModule
 from wasm_agent.fetch.model import FetchedModule, FetchRequest, Progress, normalize_sha256
 from wasm_agent.fetch.reference import InvalidReference, parse_reference
 

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.layout import MODULE_MODE, TEMP_PREFIX, CacheLayout
-from wasm_agent.fetch.errors import CacheWriteError
 
 log = logging.getLogger(__name__)
 

@@ -82,9 +82,5 @@ class InvalidModule(FetchError):
     """The bytes are not Wasm, or wasmtime refuses to compile them."""
 
 
-class CacheWriteError(FetchError):
-    """The module could not be stored (unwritable directory, disk full)."""
-
-
 class SignatureFailure(FetchError):
     """A required signature is missing or does not verify."""
