@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from envoy.config.core.v3 import grpc_service_pb2  # type: ignore[import-untyped]
+from envoy.config.core.v3 import grpc_service_pb2
 
 from wasm_agent.host.abi import Status
 from wasm_agent.host.hostfn import Current, VmLike, host
