@@ -99,7 +99,7 @@ class FakeIstiod:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        handlers = {
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 lambda it, ctx: self._handle(False, it, ctx)
             ),

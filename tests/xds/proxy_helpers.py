@@ -40,6 +40,7 @@ class AdsClient:
         )
         self.delta = delta
         method = DELTA_METHOD if delta else SOTW_METHOD
+        self.call: grpc.aio.StreamStreamCall[bytes, bytes]
         self.call = self.channel.stream_stream(method)(metadata=metadata)
 
     async def send(self, message: Any) -> None:
@@ -54,7 +55,7 @@ class AdsClient:
 
     async def read_raw(self, timeout: float = 10.0) -> bytes:
         raw = await asyncio.wait_for(self.call.read(), timeout)
-        if raw is grpc.aio.EOF:
+        if not isinstance(raw, bytes):  # grpc.aio.EOF
             raise EOFError("stream ended")
         return raw
 

@@ -18,7 +18,6 @@ from wasm_agent.xds.upstream import (
     UpstreamError,
     UpstreamSettings,
     filter_downstream_metadata,
-    xds_headers_from_env,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -137,7 +136,7 @@ def test_settings_refuse_insecure_or_incomplete_combinations(tmp_path: Path) -> 
         UpstreamSettings(address="istiod:15012", ca_file=tmp_path / "ca", cert_file=tmp_path / "c")
 
 
-def test_metadata_filters_and_xds_header_env() -> None:
+def test_metadata_filters() -> None:  # XDS_HEADER_*: tests/core/test_config.py
     kept = filter_downstream_metadata(
         [
             ("authorization", "x"),
@@ -150,8 +149,6 @@ def test_metadata_filters_and_xds_header_env() -> None:
         ]
     )
     assert kept == [("x-custom", "v")]
-    env = {"XDS_HEADER_CLUSTER_ID": "k8s", "XDS_HEADER_": "ignored", "OTHER": "x"}
-    assert xds_headers_from_env(env) == {"cluster_id": "k8s"}
 
 
 def test_generated_server_cert_names_the_override(tls: TlsFiles) -> None:

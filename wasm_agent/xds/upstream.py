@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
+
+import grpc
+import grpc.aio
 
 from wasm_agent.core.errors import WasmAgentError
-from wasm_agent.xds import grpc_core  # noqa: F401 - sets GRPC_EXPERIMENTS before grpc loads
-
-if TYPE_CHECKING:  # grpc itself is imported once grpc_core has set GRPC_EXPERIMENTS
-    import grpc
-    import grpc.aio
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +30,6 @@ SOTW_METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
 DELTA_METHOD = f"/{ADS_SERVICE}/DeltaAggregatedResources"
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-XDS_HEADER_PREFIX = "XDS_HEADER_"
 
 # Envoy-side metadata that never goes upstream: credentials, hop-by-hop/transport headers,
 # Envoy's internal headers, gRPC reserved keys. Everything else Envoy sends is forwarded.
@@ -117,16 +113,6 @@ class UpstreamSettings:
             raise UpstreamError("--tls-cert and --tls-key go together")
 
 
-def xds_headers_from_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Upstream metadata from ``XDS_HEADER_<name>=<value>`` variables (names lowercased)."""
-    env = os.environ if env is None else env
-    headers = {}
-    for key, value in env.items():
-        if key.startswith(XDS_HEADER_PREFIX) and len(key) > len(XDS_HEADER_PREFIX):
-            headers[key[len(XDS_HEADER_PREFIX) :].lower()] = value
-    return headers
-
-
 def filter_downstream_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
     """Envoy's invocation metadata minus what must not leak upstream."""
     kept: Metadata = []
@@ -183,8 +169,6 @@ class Upstream:
         self._all: set[_Channel] = set()
 
     def _credentials(self) -> tuple[grpc.ChannelCredentials, tuple[bytes | None, ...]]:
-        import grpc  # noqa: PLC0415 - after grpc_core set GRPC_EXPERIMENTS (see there)
-
         s = self.settings
         ca = _read(s.ca_file, "CA file")
         cert = _read(s.cert_file, "certificate file")
@@ -195,8 +179,6 @@ class Upstream:
         return creds, (ca, cert, key)
 
     def _channel(self) -> _Channel:
-        import grpc.aio  # noqa: PLC0415 - after grpc_core set GRPC_EXPERIMENTS
-
         s = self.settings
         if s.plaintext:
             if self._current is None:
