@@ -50,7 +50,7 @@ Behaviour and what was checked against Envoy 1.40: ``docs/host.md``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,7 @@ def start_plugin(
     upstream_address: str | None = None,
     cluster_name: str | None = None,
     route_name: str | None = None,
+    allowed_capabilities: Iterable[str] | None = None,
 ) -> HostedPlugin:
     """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
 
@@ -157,6 +158,11 @@ def start_plugin(
     ``cluster_name`` and ``route_name`` set what ``source.*``, ``destination.*``, ``upstream.*``,
     ``xds.cluster_name`` and ``xds.route_name`` answer, keeping Envoy's per-phase availability
     (``upstream.*`` only once the request went upstream), unlike raw ``properties=``.
+
+    ``allowed_capabilities``: Envoy's ``capability_restriction_config`` (host functions and
+    callbacks by name, e.g. ``proxy_log``, ``proxy_on_request_headers``): a call to another host
+    function logs "Attempted call to restricted proxy-wasm capability: NAME" and gets
+    INTERNAL_FAILURE; other callbacks are never called.
     """
     wasm = bytes(module) if isinstance(module, (bytes, bytearray)) else Path(module).read_bytes()
     clock = VirtualTime(clock_ns, monotonic)
@@ -177,6 +183,9 @@ def start_plugin(
         cache_dir=Path(cache_dir) if cache_dir else None,
         environment=environment_variables(environment or {}, host_env_keys, plugin_name),
         trace_calls=trace_calls,
+        allowed_capabilities=(
+            frozenset(allowed_capabilities) if allowed_capabilities is not None else None
+        ),
     )
     plugin = Plugin(
         wasm, options, failure_policy, shared=shared, reload_backoff=reload_backoff,

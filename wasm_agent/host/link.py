@@ -34,12 +34,12 @@ def sig(ft: wasmtime.FuncType) -> str:
     return abi.envoy_signature(ft)
 
 
-_GUARDED: dict[str, Callable] = {}
+_GUARDED: dict[tuple[str, Callable], Callable] = {}
 
 
 def guard(name: str, fn: Callable) -> Callable:
-    """``fn`` refusing calls while the module starts (one wrapper per name, reused)."""
-    guarded = _GUARDED.get(name)
+    """``fn`` refusing calls while the module starts (one wrapper per function, reused)."""
+    guarded = _GUARDED.get((name, fn))
     if guarded is None:
 
         def guarded(*args: Any) -> Any:
@@ -47,7 +47,7 @@ def guard(name: str, fn: Callable) -> Callable:
                 raise RestrictedCall("restricted_callback: " + name)
             return fn(*args)
 
-        _GUARDED[name] = guarded
+        _GUARDED[(name, fn)] = guarded
     return guarded
 
 
@@ -69,6 +69,34 @@ def traced(module: str, name: str, fn: Callable) -> Callable:
 
         _TRACED[key] = traced
     return traced
+
+
+_RESTRICTED: dict[tuple[str, str], Callable] = {}
+INTERNAL_FAILURE = 10
+_START = frozenset({"_initialize", "_start", "main"})
+
+
+def restricted(name: str, results: str) -> Callable:
+    """What Envoy links for a function outside ``capability_restriction_config``: an error line
+    and INTERNAL_FAILURE (recorded from Envoy 1.40)."""
+    key = (name, results)
+    stub = _RESTRICTED.get(key)
+    if stub is None:
+
+        def stub(*_args: Any) -> int | None:
+            hostfn.Current.vm.envoy(
+                LogLevel.ERROR, f"Attempted call to restricted proxy-wasm capability: {name}"
+            )
+            return INTERNAL_FAILURE if results else None
+
+        _RESTRICTED[key] = stub
+    return stub
+
+
+def capability_allowed(vm: PluginVM, name: str) -> bool:
+    """Is capability ``name`` (a host function or a callback) allowed for ``vm``?"""
+    capabilities = vm.options.allowed_capabilities
+    return capabilities is None or name in capabilities
 
 
 def register_host_functions() -> None:
@@ -104,6 +132,8 @@ def link_imports(vm: PluginVM, module: wasmtime.Module, version: AbiVersion) -> 
                 "Failed to load Wasm module due to an import type mismatch: "
                 f"{where}, want: {sig(ty)}, but host exports: {sig(host_ty)}"
             )
+        if not capability_allowed(vm, imp.name or ""):
+            fn = restricted(imp.name or "", results)
         if (imp.name or "") not in abi.START_ALLOWED:
             fn = guard(imp.name or "", fn)
         if vm.trace:
@@ -125,6 +155,8 @@ def bind_exports(
             funcs[export.name] = item
         elif isinstance(item, wasmtime.Memory) and memory is None:
             memory = item
+    # callbacks outside an allow-list are never called (start functions always run)
+    funcs = {n: f for n, f in funcs.items() if n in _START or capability_allowed(vm, n)}
     vm._funcs = {n: fastcall.ExportCaller(vm.store, f) for n, f in funcs.items()}
     vm._func_types = {n: f.type(vm.store) for n, f in funcs.items()}
     alloc = funcs.get("malloc") or funcs.get("proxy_on_memory_allocate")

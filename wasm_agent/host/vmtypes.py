@@ -68,3 +68,5 @@ class VmOptions:
     environment: dict[str, str] = field(default_factory=dict)
     # [host->vm]/[vm->host] call traces (Envoy's wasm component at trace); None: log_level TRACE
     trace_calls: bool | None = None
+    # Envoy's capability_restriction_config.allowed_capabilities (None: everything allowed)
+    allowed_capabilities: frozenset[str] | None = None
