@@ -227,7 +227,8 @@ class ProxyStream:
             await call.initial_metadata()
         except Exception:
             return
-        if call is self._call and not call.done():
+        still_current = call is self._call  # not re-opened meanwhile
+        if still_current and not call.done():
             self._mark_up()
 
     def _count_upstream_end(self, code: grpc.StatusCode) -> None:
