@@ -43,6 +43,8 @@ class CachedModule:
     url: str
     size: int
     hit: bool  # served from the cache without a download by this call
+    checksum: str = ""  # what the URL is pinned to: the sha256, or an OCI manifest digest's hex
+    oci_digest: str | None = None  # "sha256:<checksum>" when that differs from the file's sha256
 
 
 @dataclass(frozen=True)

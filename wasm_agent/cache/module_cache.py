@@ -134,7 +134,10 @@ class ModuleCache:
                 return None
         self._remember(request, url, data, checksum, decision.cached, defer=True)
         key = self.index.url_key(url)
-        return CachedModule(path=path, sha256=decision.cached, url=key, size=st.st_size, hit=True)
+        return CachedModule(
+            path=path, sha256=decision.cached, url=key, size=st.st_size, hit=True,
+            checksum=checksum, oci_digest=_digest(checksum, decision.cached),
+        )  # fmt: skip
 
     def _trusted(self, url: str, checksum: str, data: IndexData) -> bool:
         """May a cached module be served under the verify policy without verifying again?
@@ -287,6 +290,8 @@ class ModuleCache:
             url=self.index.url_key(url),
             size=len(fetched.data),
             hit=False,
+            checksum=fetched.checksum,
+            oci_digest=_digest(fetched.checksum, fetched.sha256),
         )
 
     async def _fetch(self, request: FetchRequest, progress: Progress | None) -> FetchedModule:
@@ -415,3 +420,8 @@ def normalize_url(url: str) -> str:
     """The canonical form of a module URL (see :func:`wasm_agent.fetch.dispatch.normalize_url`)."""
 
     return _normalize(url)
+
+
+def _digest(checksum: str, sha256: str) -> str | None:
+    """The OCI manifest digest a module was pinned by, when it is not the file's own sha256."""
+    return f"sha256:{checksum}" if checksum and checksum != sha256 else None

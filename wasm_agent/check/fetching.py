@@ -25,21 +25,15 @@ def fetch_all(
     except (SettingsError, OSError) as error:
         return [(f"cannot use the module cache: {error}", "") for _ in requests]
     outcomes = asyncio.run(fetch_many(cache, requests))
-    return [_outcome(cache, r, o) for r, o in zip(requests, outcomes, strict=True)]
+    return [_outcome(r, o) for r, o in zip(requests, outcomes, strict=True)]
 
 
-def _outcome(
-    cache: ModuleCache, request: ModuleRequest, found: CachedModule | FetchError
-) -> Outcome:
+def _outcome(request: ModuleRequest, found: CachedModule | FetchError) -> Outcome:
     if isinstance(found, FetchError):
         return f"cannot fetch {redact_url(request.url)}: {found.cause}", ""
     try:
         data = found.path.read_bytes()
     except OSError as error:
         return f"cannot read the cached module: {error}", ""
-    record = cache.index.load().urls.get(found.url)
-    digest = None
-    if record is not None and record.checksum != found.sha256:
-        digest = "sha256:" + record.checksum
     how = "from the cache" if found.hit else "fetched and cached"
-    return (data, found.sha256, digest), f"{redact_url(request.url)}: {how}"
+    return (data, found.sha256, found.oci_digest), f"{redact_url(request.url)}: {how}"
