@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.wasm.v3 import wasm_pb2
@@ -22,9 +23,17 @@ from tests.xds.ecds_builders import (
 )
 from wasm_agent.fetch.errors import DownloadFailure
 from wasm_agent.xds.convert import FailureMode, Result
-from wasm_agent.xds.decide import Forward, Nack, decide, nack_request, plan_response
+from wasm_agent.xds.decide import (
+    Forward,
+    Nack,
+    acked_ecds_version,
+    decide,
+    nack_request,
+    plan_response,
+    with_node,
+)
 from wasm_agent.xds.types import CLUSTER_TYPE, ECDS_TYPE, HTTP_RBAC_TYPE, Flavour
-from wasm_agent.xds.wire import WireError
+from wasm_agent.xds.wire import WireError, request_head
 
 SECRET_ENV = {"ISTIO_META_WASM_IMAGE_PULL_SECRET": SECRET}
 
@@ -222,3 +231,33 @@ def test_no_secret_in_any_repr_or_output() -> None:
         assert SECRET not in text
     assert isinstance(forward, Forward) and SECRET.encode() not in forward.data
     assert isinstance(nack, Nack) and SECRET.encode() not in nack.request
+
+
+def test_acked_ecds_version_follows_sotw_ecds_acks_only() -> None:
+    def after(flavour: Flavour, current: str = "v1", **fields: object) -> str:
+        sotw = flavour is Flavour.SOTW
+        kind = discovery_pb2.DiscoveryRequest if sotw else discovery_pb2.DeltaDiscoveryRequest
+        raw = kind(**fields).SerializeToString()
+        return acked_ecds_version(request_head(raw, flavour), flavour, current)
+
+    assert after(Flavour.SOTW, type_url=ECDS_TYPE, version_info="v2", response_nonce="n") == "v2"
+    nack = {"code": 13, "message": "no"}
+    assert after(Flavour.SOTW, type_url=ECDS_TYPE, version_info="v1", error_detail=nack) == "v1"
+    assert after(Flavour.SOTW, type_url=CLUSTER_TYPE, version_info="c9") == "v1"
+    assert after(Flavour.DELTA, type_url=ECDS_TYPE, response_nonce="n") == "v1"
+
+
+@pytest.mark.parametrize("flavour", [Flavour.SOTW, Flavour.DELTA])
+def test_the_first_replayed_request_carries_the_node(flavour: Flavour) -> None:
+    node = base_pb2.Node(id="sidecar~10.0.0.1~pod.ns~ns.svc.cluster.local", cluster="c")
+    kind = (
+        discovery_pb2.DiscoveryRequest
+        if flavour is Flavour.SOTW
+        else discovery_pb2.DeltaDiscoveryRequest
+    )
+    bare = kind(type_url=CLUSTER_TYPE).SerializeToString()
+    added = kind.FromString(with_node(bare, flavour, node))
+    assert added.node == node and added.type_url == CLUSTER_TYPE
+    own = kind(type_url=CLUSTER_TYPE, node=base_pb2.Node(id="own")).SerializeToString()
+    assert with_node(own, flavour, node) is own  # Envoy's own node is kept as sent
+    assert with_node(bare, flavour, None) is bare

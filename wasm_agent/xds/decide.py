@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
@@ -35,7 +36,7 @@ from wasm_agent.xds.convert import (
     plan_ecds,
 )
 from wasm_agent.xds.types import ECDS_TYPE, Flavour
-from wasm_agent.xds.wire import WireError, response_head
+from wasm_agent.xds.wire import RequestHead, WireError, response_head
 
 INTERNAL = 13  # google.rpc.Code.INTERNAL, the code of an agent NACK
 
@@ -208,3 +209,32 @@ def converted_response(plan: ResponsePlan, converted: Converted) -> bytes:
         for index, resource in converted.replacements.items():
             message.resources[index].resource.CopyFrom(resource)
     return message.SerializeToString()
+
+
+# -- Envoy's requests ---------------------------------------------------------------------------
+
+
+def acked_ecds_version(head: RequestHead, flavour: Flavour, current: str) -> str:
+    """The ECDS version Envoy runs once it has sent the request ``head`` (what a SotW NACK of
+    the agent carries as ``version_info``): an ECDS ACK sets it; an ECDS NACK, other types and
+    Delta requests (no ``version_info``) leave ``current``."""
+    if flavour is Flavour.SOTW and head.type_url == ECDS_TYPE and not head.nack:
+        return head.version_info
+    return current
+
+
+def with_node(raw: bytes, flavour: Flavour, node: base_pb2.Node | None) -> bytes:
+    """Envoy's request ``raw``, re-sent first on a new upstream stream: with ``node`` added when
+    it has none (Envoy sends its node on its first request only; istiod needs it on each
+    stream). The same bytes when nothing changes."""
+    if node is None:
+        return raw
+    request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest
+    if flavour is Flavour.SOTW:
+        request = discovery_pb2.DiscoveryRequest.FromString(raw)
+    else:
+        request = discovery_pb2.DeltaDiscoveryRequest.FromString(raw)
+    if request.HasField("node"):
+        return raw
+    request.node.CopyFrom(node)
+    return request.SerializeToString()

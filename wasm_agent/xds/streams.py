@@ -22,6 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
 from wasm_agent.xds import metrics
+from wasm_agent.xds.decide import acked_ecds_version, with_node
 from wasm_agent.xds.ecds import EcdsSequencer
 from wasm_agent.xds.types import ECDS_TYPE, Flavour
 from wasm_agent.xds.upstream import DELTA_METHOD, SOTW_METHOD, UpstreamError
@@ -133,8 +134,9 @@ class ProxyStream:
                 raise StreamEnd(
                     grpc.StatusCode.INVALID_ARGUMENT, "undecodable discovery request", "envoy"
                 ) from None
-            if self.flavour is Flavour.SOTW and head.type_url == ECDS_TYPE and not head.nack:
-                self.ecds_acked_version = head.version_info
+            self.ecds_acked_version = acked_ecds_version(
+                head, self.flavour, self.ecds_acked_version
+            )
             if self.replay is not None:
                 self.replay.append(raw)
                 if len(self.replay) > MAX_REPLAY:
@@ -205,11 +207,8 @@ class ProxyStream:
             await asyncio.sleep(delay)
             self._open_call()
             for index, raw in enumerate(list(self.replay or ())):
-                if index == 0 and self.node is not None:
-                    request = self.request_type.FromString(raw)
-                    if not request.HasField("node"):
-                        request.node.CopyFrom(self.node)
-                        raw = request.SerializeToString()
+                if index == 0:
+                    raw = with_node(raw, self.flavour, self.node)
                 try:
                     await self.call.write(raw)
                 except Exception:
