@@ -59,6 +59,8 @@ class Counter(_Metric):
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[LabelValues, float] = {}
+        if not self.label_names:  # exported as 0 before its first event, as Prometheus expects
+            self._values[()] = 0.0
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels)
@@ -97,6 +99,9 @@ class Histogram(_Metric):
         self.buckets = (*tuple(sorted(buckets)), math.inf)
         self._counts: dict[LabelValues, list[int]] = {}
         self._sums: dict[LabelValues, float] = {}
+        if not self.label_names:  # exported (all zero) before the first observation
+            self._counts[()] = [0] * len(self.buckets)
+            self._sums[()] = 0.0
 
     def observe(self, value: float, **labels: str) -> None:
         key = self._key(labels)
