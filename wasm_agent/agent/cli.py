@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "cache": (_CMD + "cache", "list, verify and prune the module cache"),
     "demo": (_CMD + "demo", "run a self-contained demo on 127.0.0.1"),
+    "node": (_CMD + "node", "the trusted node service: a CSI driver placing modules in pods"),
 }
 
 

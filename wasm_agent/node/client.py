@@ -111,6 +111,10 @@ class NodeModuleSource:
     def close(self) -> None:
         """Nothing to release."""
 
+    async def purge_periodically(self) -> None:
+        """Nothing to purge here (the node service purges its cache); waits until cancelled."""
+        await asyncio.Event().wait()
+
 
 def _error(url: str, answer: Answer) -> FetchError:
     message = f"node service: {answer.error}"

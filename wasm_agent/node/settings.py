@@ -6,9 +6,18 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wasm_agent.core import config
 from wasm_agent.core.settings import CacheSettings, FetchSettings
 
 DEFAULT_PODS_DIR = Path("/var/lib/kubelet/pods")
+
+# The pod side: ``proxy`` and ``prefetch`` add this row to their flags.
+NODE_SOCKET = config.Option(
+    "node_socket", "WASM_AGENT_NODE_SOCKET", config.text, None,
+    "ask the node service on this socket (in the pod's csi.wasm-agent.io volume) for modules "
+    "instead of fetching them; the answered paths are inside that volume",
+    "--node-socket", "PATH",
+)  # fmt: skip
 
 
 class NodeSettingsError(ValueError):

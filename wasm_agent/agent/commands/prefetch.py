@@ -76,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="allow plain HTTP / unverified TLS to this registry ('*' for all); repeatable",
     )
-    config.add_flags(parser, (config.CACHE_DIR, config.VERIFY_POLICY), os.environ)
+    from wasm_agent.node.settings import NODE_SOCKET
+
+    config.add_flags(parser, (config.CACHE_DIR, config.VERIFY_POLICY, NODE_SOCKET), os.environ)
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
 
@@ -117,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
     fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
     fetch_settings = with_insecure_registries(fetch_settings, args.insecure_registry)
     cache_settings = cache_settings_from_env(args.cache_dir)
-    cache = ModuleCache(cache_settings, fetch_settings)
+    if args.node_socket:  # modules from the node service, in the pod's CSI volume
+        from wasm_agent.node.client import NodeModuleSource
+
+        cache = NodeModuleSource(args.node_socket)
+    else:
+        cache = ModuleCache(cache_settings, fetch_settings)
     results: list[Result | None] = [None] * len(requests)
     for i, request in enumerate(requests):  # warm path: no event loop, no network
         try:

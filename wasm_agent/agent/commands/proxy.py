@@ -19,7 +19,9 @@ SHUTDOWN_GRACE = 3.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags from the configuration table (defaults from the environment)."""
-    config.add_flags(parser, config.PROXY, os.environ)
+    from wasm_agent.node.settings import NODE_SOCKET
+
+    config.add_flags(parser, (*config.PROXY, NODE_SOCKET), os.environ)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +79,12 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
 
     log = logging.getLogger("wasm_agent.proxy")
     fetch_settings = fetch_settings_from_env(verify_policy=getattr(args, "verify_policy", None))
-    cache = ModuleCache(cache_settings_from_env(args.cache_dir), fetch_settings)
+    if args.node_socket:  # modules from the node service, in the pod's CSI volume
+        from wasm_agent.node.client import NodeModuleSource
+
+        cache = NodeModuleSource(args.node_socket)
+    else:
+        cache = ModuleCache(cache_settings_from_env(args.cache_dir), fetch_settings)
     proxy = XdsProxy(
         ListenSettings(
             address=args.listen,
