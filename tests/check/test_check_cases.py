@@ -1,5 +1,7 @@
 """Spec cases run in the reference host: passing expectations and readable differences."""
 
+# ruff: noqa: E501  (inline WAT and YAML read better unwrapped)
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -188,3 +190,115 @@ def test_traps_fail_a_case_unless_expected(tmp_path: Path) -> None:
     assert cases["expected but absent"].message == (
         "load error: expected one containing 'nope', but the plugin loaded"
     )
+
+
+# -- case kinds beyond one HTTP exchange (issue 15) --------------------------------------------
+
+KINDS_SPEC = """\
+cases:
+  - name: tcp session
+    tcp: {downstream: [hello, " world"], upstream: ECHO}
+    expect:
+      tcp: {upstream: HELLO WORLD, downstream: 3CHO, closed: false}
+      logs: ["tcp: new connection"]
+  - name: callout answered from the spec
+    request: {headers: {x-callout: /auth}}
+    callouts:
+      - {cluster: callout, path: /auth, status: 202, headers: {x-callout: "yes"}, body: fine}
+    expect:
+      calls: [{cluster: callout, path: /auth, method: GET}]
+      upstream:
+        headers: {x-callout-status: "202", x-callout-header: "yes", x-callout-body: fine}
+  - name: callout that times out
+    request: {headers: {x-callout: /slow}}
+    callouts: [{path: /slow, timeout: true}]
+    expect:
+      upstream: {headers: {x-callout-status: "504", x-callout-body: upstream request timeout}}
+"""
+
+
+def test_tcp_sessions_and_http_callouts(tmp_path: Path) -> None:
+    tcp = run_spec(tmp_path, built("c/tcp"), KINDS_SPEC.split("  - name: callout answered")[0])
+    assert tcp["tcp session"].status is Status.PASS, tcp["tcp session"].detail_lines
+    callout_spec = (
+        "cases:\n  - name: callout answered" + KINDS_SPEC.split("  - name: callout answered")[1]
+    )
+    checks = run_spec(tmp_path, built("c/callout"), callout_spec)
+    for name, check in checks.items():
+        assert check.status is Status.PASS, (name, check.detail_lines)
+
+
+GRPC_TICKS = """\
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $proxy_set_tick_period_milliseconds (i32.const 500))) (i32.const 1))
+  (func (export "proxy_on_tick") (param i32) (drop (call $proxy_log (i32.const 2) (i32.const 1060) (i32.const 4))))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $proxy_grpc_call (i32.const 0) (i32.const 0) (i32.const 1024) (i32.const 3) (i32.const 1030) (i32.const 4)
+                    (i32.const 0) (i32.const 0) (i32.const 1040) (i32.const 3) (i32.const 100) (i32.const 44)))
+    (i32.const 0))
+  (func (export "proxy_on_grpc_receive") (param $c i32) (param $t i32) (param $n i32)
+    (drop (call $proxy_get_buffer_bytes (i32.const 5) (i32.const 0) (local.get $n) (i32.const 32) (i32.const 36)))
+    (drop (call $proxy_log (i32.const 2) (i32.load (i32.const 32)) (i32.load (i32.const 36)))))
+"""
+
+
+def test_grpc_replies_ticks_and_benchmark(tmp_path: Path) -> None:
+    from tests.host.wat import BASIC
+    from tests.host.wat import plugin as wat_plugin
+
+    data = wat_plugin(
+        BASIC + GRPC_TICKS, data={1024: "svc", 1030: "Meth", 1040: "req", 1060: "tick"}
+    )
+    spec = """\
+cases:
+  - name: grpc, then two ticks
+    grpc: [{service: svc, method: Meth, message: pong}]
+    ticks: 2
+    benchmark: 20
+    expect:
+      logs: [pong, tick]
+  - name: no tick period
+    ticks: 1
+    expect: {}
+"""
+    checks = run_spec(tmp_path, data, spec)
+    first = checks["grpc, then two ticks"]
+    assert first.status is Status.PASS, first.detail_lines
+    bench = first.details["benchmark"]
+    assert bench["exchanges"] == 20 and 0 < bench["p50_us"] <= bench["p99_us"]
+    assert "benchmark: p50" in first.message
+    logs = [e for e in first.details["exchange"]["logs"]]
+    assert logs  # the exchange's own logs are kept in the details
+
+
+def test_capability_allow_list_in_the_spec(tmp_path: Path) -> None:
+    spec = """\
+capabilities: [proxy_log, proxy_on_context_create, proxy_on_vm_start, proxy_on_configure,
+               proxy_on_request_headers, proxy_on_memory_allocate, proxy_get_header_map_value]
+cases:
+  - name: local reply refused
+    request: {path: /local}
+    expect:
+      local_reply: false
+"""
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec)
+    report = check_bytes(built("wat/golden"), b"", options=Options(spec=load_spec(path)))
+    checks = {c.id: c for c in report.checks}
+    caps = checks["compat.capabilities"]
+    assert caps.status is Status.FAIL
+    assert "proxy_send_local_response" in caps.details["not_allowed"]
+    assert checks["spec.local reply refused"].status is Status.PASS
+
+
+def test_unknown_case_key_is_a_usage_error_with_file_and_line(tmp_path: Path) -> None:
+    import pytest
+
+    from wasm_agent.check.spec import SpecError
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        "cases:\n  - name: x\n    tcp: {downstream: a, clse: upstream}\n    expect: {}\n"
+    )
+    with pytest.raises(SpecError, match=r"spec.yaml:3: unknown key 'clse' in cases\[0\]\.tcp"):
+        load_spec(path)

@@ -13,12 +13,21 @@ from typing import Any
 
 from wasm_agent.check.model import Check, Status
 from wasm_agent.check.spec import Case, LocalReplyExpect, MessageExpect
-from wasm_agent.host.harness import LoadError, LogLevel, start_plugin
+from wasm_agent.check.specx import CallExpect, CalloutReply, GrpcReply
+from wasm_agent.host.callouts import GrpcCall, HttpCallout
+from wasm_agent.host.exchange import Exchange, GrpcResponder, Responder
+from wasm_agent.host.harness import HostedPlugin, LoadError, LogLevel, start_plugin
 
 _LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "error": 4, "critical": 5}
 
 
-def run_case(data: bytes, case: Case, default_config: bytes, root_id: str = "") -> Check:
+def run_case(
+    data: bytes,
+    case: Case,
+    default_config: bytes,
+    root_id: str = "",
+    capabilities: frozenset[str] | None = None,
+) -> Check:
     """One case: a :class:`Check` in section ``spec`` that passes or lists the differences."""
 
     started = time.perf_counter()
@@ -26,7 +35,8 @@ def run_case(data: bytes, case: Case, default_config: bytes, root_id: str = "") 
     diffs: list[str] = []
     details: dict[str, Any] = {}
     try:
-        host = start_plugin(data, plugin_config=config, root_id=root_id, log_level=LogLevel.TRACE)
+        host = start_plugin(data, plugin_config=config, root_id=root_id, log_level=LogLevel.TRACE,
+                            trace_calls=False, allowed_capabilities=capabilities)  # fmt: skip
     except LoadError as error:
         message = str(error)
         details["load_error"] = message
@@ -40,28 +50,154 @@ def run_case(data: bytes, case: Case, default_config: bytes, root_id: str = "") 
         diffs.append(f"load error: expected one containing {case.expect.load_error!r}, "
                      "but the plugin loaded")  # fmt: skip
         return _result(case, diffs, details, started)
+    if case.tcp is not None:
+        _tcp_case(host, case, diffs, details)
+    else:
+        _http_case(host, case, diffs, details)
+    if case.ticks and not diffs:
+        _ticks(host, case.ticks, diffs)
+    logs = [e for e in host.logs if e.context_id >= 0]  # load, the case, then ticks
+    details["metrics"] = host.metrics
+    _common(case, host.failed, logs, host.metrics, diffs)
+    _calls(case, host.http_callouts, diffs)
+    if case.benchmark and not diffs and case.tcp is None:
+        details["benchmark"] = _benchmark(host, case)
+    return _result(case, diffs, details, started)
+
+
+def _request_headers(case: Case) -> list[tuple[str, str]]:
     req = case.request
-    request_headers = [
+    return [
         (":method", req.method), (":path", req.path), (":authority", req.authority),
         (":scheme", req.scheme), ("x-request-id", "wasm-agent-check"), *req.headers,
     ]  # fmt: skip
-    load_logs = list(host.logs)  # what the plugin logged while starting and configuring
-    resp = case.response
-    response_headers = [(":status", str(resp.status)), *resp.headers]
-    ex = host.exchange(
-        request_headers,
-        req.body,
-        response_headers,
-        resp.body,
-        request_trailers=req.trailers,
-        response_trailers=resp.trailers,
-    )
-    logs = [e for e in load_logs if e.context_id >= 0] + [e for e in ex.logs if e.context_id >= 0]
+
+
+def _exchange(host: HostedPlugin, case: Case) -> Exchange:
+    req, resp = case.request, case.response
+    return host.exchange(
+        _request_headers(case), req.body, [(":status", str(resp.status)), *resp.headers],
+        resp.body, request_trailers=req.trailers, response_trailers=resp.trailers,
+        callout_responder=_callout_responder(host, case.callouts),
+        grpc_responder=_grpc_responder(case.grpc),
+    )  # fmt: skip
+
+
+def _http_case(host: HostedPlugin, case: Case, diffs: list[str], details: dict[str, Any]) -> None:
+    ex = _exchange(host, case)
     details["exchange"] = ex.to_dict()
-    metrics = host.metrics
-    details["metrics"] = metrics
-    _compare(case, ex, logs, metrics, diffs)
-    return _result(case, diffs, details, started)
+    _compare(case, ex, diffs)
+
+
+def _callout_responder(host: HostedPlugin, replies: list[CalloutReply]) -> Responder | None:
+    """Answer each HTTP callout with the first matching mocked reply (``timeout: true``: the
+    callout's timeout fires: Envoy's 504 reply); unmatched callouts stay unanswered."""
+    if not replies:
+        return None
+
+    def respond(callout: HttpCallout) -> tuple[Any, ...] | None:
+        path = (callout.headers.get(b":path") or b"").decode("latin-1")
+        for reply in replies:
+            if reply.cluster not in (None, callout.cluster) or reply.path not in (None, path):
+                continue
+            if reply.timeout:
+                host.timeout_http_call(callout.token)
+                return None
+            return [(":status", str(reply.status)), *reply.headers], reply.body
+        return None
+
+    return respond
+
+
+def _grpc_responder(replies: list[GrpcReply]) -> GrpcResponder | None:
+    if not replies:
+        return None
+
+    def respond(call: GrpcCall) -> dict[str, Any] | None:
+        for reply in replies:
+            if reply.service in (None, call.service_name) and reply.method in (None, call.method):
+                answer: dict[str, Any] = {}
+                if reply.message is not None:
+                    answer["message"] = reply.message
+                if reply.status is not None:
+                    answer["close"] = reply.status
+                    answer["close_message"] = reply.status_message
+                return answer
+        return None
+
+    return respond
+
+
+def _tcp_case(host: HostedPlugin, case: Case, diffs: list[str], details: dict[str, Any]) -> None:
+    session = case.tcp
+    assert session is not None
+    connection = host.tcp_connection()
+    for chunk in session.downstream:
+        connection.send_downstream_data(chunk)
+    for chunk in session.upstream:
+        connection.send_upstream_data(chunk)
+    if session.close == "upstream":
+        connection.close_upstream()
+    connection.close_downstream()
+    upstream = bytes(connection.upstream_received).decode("utf-8", "replace")
+    downstream = bytes(connection.downstream_received).decode("utf-8", "replace")
+    details["tcp"] = {"upstream": upstream, "downstream": downstream, "closed": connection.closed}
+    want = case.expect.tcp
+    if want is None:
+        return
+    for label, expected, got in (("upstream", want.upstream, upstream),
+                                 ("downstream", want.downstream, downstream)):  # fmt: skip
+        if expected is not None and expected != got:
+            diffs.append(_body_diff(f"tcp {label} data", expected, got))
+    if want.closed is not None and want.closed != connection.closed:
+        diffs.append(f"tcp closed: expected {want.closed}, got {connection.closed}")
+
+
+def _ticks(host: HostedPlugin, ticks: int, diffs: list[str]) -> None:
+    period = host.tick_period_ms
+    if period <= 0:
+        diffs.append("ticks: the plugin set no tick period (Envoy would never call proxy_on_tick)")
+        return
+    host.advance(period / 1000 * ticks)
+
+
+def _calls(case: Case, made: list[HttpCallout], diffs: list[str]) -> None:
+    """Each expected callout must match one made (in order)."""
+    rest = list(made)
+    for want in case.expect.calls:
+        match = next((c for c in rest if _call_matches(want, c)), None)
+        if match is None:
+            seen = [f"  {c.cluster} {_text(c.headers.get(b':path'))}" for c in made] or ["  none"]
+            diffs.append(f"calls: no callout matching {want}; the plugin made:\n" + "\n".join(seen))
+            continue
+        rest.remove(match)
+
+
+def _call_matches(want: CallExpect, call: HttpCallout) -> bool:
+    fields = {
+        "cluster": call.cluster,
+        "path": _text(call.headers.get(b":path")),
+        "method": _text(call.headers.get(b":method")),
+        "body": call.body.decode("utf-8", "replace"),
+    }
+    return all(getattr(want, k) in (None, v) for k, v in fields.items())
+
+
+def _benchmark(host: HostedPlugin, case: Case) -> dict[str, Any]:
+    """Time ``case.benchmark`` more exchanges of the case (like Google's service-extensions
+    test runner): p50/p99 per exchange in microseconds."""
+    samples = []
+    for _ in range(case.benchmark):
+        start = time.perf_counter()
+        _exchange(host, case)
+        samples.append((time.perf_counter() - start) * 1e6)
+    samples.sort()
+    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))]  # noqa: E731
+    return {
+        "exchanges": len(samples),
+        "p50_us": round(pick(0.5), 1),
+        "p99_us": round(pick(0.99), 1),
+    }
 
 
 def _result(case: Case, diffs: list[str], details: dict[str, Any], started: float) -> Check:
@@ -72,25 +208,21 @@ def _result(case: Case, diffs: list[str], details: dict[str, Any], started: floa
         return Check("spec", case.name, Status.FAIL, first + more, details,
                      [line for d in diffs for line in d.splitlines()],
                      elapsed, case.location)  # fmt: skip
-    return Check("spec", case.name, Status.PASS, "as expected", details, [], elapsed,
+    message = "as expected"
+    bench = details.get("benchmark")
+    if bench:
+        message += (f"; benchmark: p50 {bench['p50_us']} us, p99 {bench['p99_us']} us per "
+                    f"exchange ({bench['exchanges']} exchanges)")  # fmt: skip
+    return Check("spec", case.name, Status.PASS, message, details, [], elapsed,
                  case.location)  # fmt: skip
 
 
-def _compare(
-    case: Case, ex: Any, logs: list[Any], metrics: dict[str, Any], diffs: list[str]
-) -> None:
+def _compare(case: Case, ex: Exchange, diffs: list[str]) -> None:
     expect = case.expect
     if ex.hung:
         diffs.append(f"{ex.outcome} (the plugin never returned from a callback; the host "
                      "stopped it with its fuel/deadline bound)")  # fmt: skip
         return
-    if ex.failed:
-        if expect.trap is None:
-            diffs.append(f"plugin failed: {ex.failed}")
-        elif expect.trap not in ex.failed:
-            diffs.append(f"trap: expected one containing {expect.trap!r}, got {ex.failed!r}")
-    elif expect.trap is not None:
-        diffs.append(f"trap: expected one containing {expect.trap!r}, but the plugin did not fail")
     if expect.upstream is False:
         if ex.upstream is not None:
             diffs.append("upstream: expected the request not to reach it, but it did")
@@ -99,6 +231,20 @@ def _compare(
     if expect.response is not None:
         _message("response", expect.response, ex.client, diffs)
     _local_reply(expect.local_reply, ex.local_response, diffs)
+
+
+def _common(
+    case: Case, failed: str | None, logs: list[Any], metrics: dict[str, Any], diffs: list[str]
+) -> None:
+    """Traps, logs and metrics (HTTP and TCP cases alike)."""
+    expect = case.expect
+    if failed:
+        if expect.trap is None:
+            diffs.append(f"plugin failed: {failed}")
+        elif expect.trap not in failed:
+            diffs.append(f"trap: expected one containing {expect.trap!r}, got {failed!r}")
+    elif expect.trap is not None:
+        diffs.append(f"trap: expected one containing {expect.trap!r}, but the plugin did not fail")
     for want in expect.logs:
         floor = _LEVELS[want.level] if want.level else -1
         lines = logs
@@ -107,14 +253,14 @@ def _compare(
             seen = [f"  [{e.level.name.lower()}] {e.message}" for e in lines] or ["  (no logs)"]
             diffs.append(f"logs: no line containing {want.contains!r}{level}; the plugin logged:\n"
                          + "\n".join(seen))  # fmt: skip
-    for name, want in expect.metrics.items():
+    for name, value in expect.metrics.items():
         got = metrics.get(name)
         if got is None:
             known = ", ".join(sorted(metrics)) or "none"
-            diffs.append(f"metric {name}: expected {want!r}, but it is not defined "
+            diffs.append(f"metric {name}: expected {value!r}, but it is not defined "
                          f"(defined: {known})")  # fmt: skip
-        elif got != want:
-            diffs.append(f"metric {name}: expected {want!r}, got {got!r}")
+        elif got != value:
+            diffs.append(f"metric {name}: expected {value!r}, got {got!r}")
 
 
 def _message(label: str, want: MessageExpect, got: Any, diffs: list[str]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from wasm_agent.check.model import Check, Status
-from wasm_agent.host.harness import LoadError, start_plugin
+from wasm_agent.host.harness import HostedPlugin, LoadError, start_plugin
 
 STAGES = ("instantiate", "start", "on_vm_start", "on_configure")
 _START_FUNCS = ("_initialize", "main", "_start")
@@ -35,13 +35,19 @@ def failed_stage(message: str) -> str:
 
 
 def load_checks(
-    data: bytes, config: bytes, exports: set[str], root_id: str = "", start_section: bool = False
-) -> tuple[list[Check], object | None]:
+    data: bytes,
+    config: bytes,
+    exports: set[str],
+    root_id: str = "",
+    start_section: bool = False,
+    capabilities: frozenset[str] | None = None,
+) -> tuple[list[Check], HostedPlugin | None]:
     """Start the plugin with ``config``; return one check per stage and the running plugin."""
 
     started = time.perf_counter()
     try:
-        hosted = start_plugin(data, plugin_config=config, root_id=root_id)
+        hosted = start_plugin(data, plugin_config=config, root_id=root_id,
+                              allowed_capabilities=capabilities)  # fmt: skip
         failure = None
     except LoadError as error:
         hosted, failure = None, str(error)
@@ -88,7 +94,7 @@ def load_checks(
     if hosted is not None:
         logs = [
             {"level": e.level.name.lower(), "message": e.message}
-            for e in hosted.logs  # type: ignore[attr-defined]
+            for e in hosted.logs
             if e.context_id >= 0
         ]
     checks[-1].details["plugin_logs"] = logs

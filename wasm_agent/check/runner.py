@@ -39,6 +39,8 @@ class Options:
 
     envoy_abi: str = "0.2.1"
     spec: Spec | None = None
+    # Envoy's capability allow-list (``--allow-capability``); None: the spec's, else all
+    allowed_capabilities: frozenset[str] | None = None
 
 
 def read_local(path: Path, limit: int) -> bytes:
@@ -125,8 +127,16 @@ def _check(
         )
         return
 
+    allowed = options.allowed_capabilities
+    if allowed is None and options.spec is not None and options.spec.capabilities is not None:
+        allowed = frozenset(options.spec.capabilities)
+    capabilities = capability_check(info, allowed)
+    if allowed is not None:  # without an allow-list the list goes into load.instantiate
+        report.add(capabilities)
     exports = {e.name for e in info.exports}
-    load, _hosted = load_checks(data, config, exports, root_id, info.start is not None)
+    load, _hosted = load_checks(data, config, exports, root_id, info.start is not None,
+                                capabilities=allowed)  # fmt: skip
+    load[0].details["capabilities"] = capabilities.details
     report.checks.extend(load)
     if options.spec is None:
         return
@@ -138,7 +148,28 @@ def _check(
             report.add(Check("spec", case.name, Status.SKIP, "not run: the module does not load",
                              location=case.location))  # fmt: skip
             continue
-        report.add(run_case(data, case, spec_config, root_id))
+        report.add(run_case(data, case, spec_config, root_id, capabilities=allowed))
+
+
+def capability_check(info: ModuleInfo, allowed: frozenset[str] | None) -> Check:
+    """The capabilities the module uses (host functions it imports, callbacks it exports), and
+    the ones outside ``allowed`` (Envoy's capability_restriction_config)."""
+    imported = sorted({i.name for i in info.imports if i.kind == "func"})
+    callbacks = sorted(e.name for e in info.exports if e.name.startswith("proxy_on_"))
+    used = imported + callbacks
+    details = {"imports": imported, "callbacks": callbacks}
+    text = f"{len(imported)} host functions, {len(callbacks)} callbacks: {', '.join(used)}"
+    if allowed is None:
+        return Check("compat", "capabilities", Status.PASS, text, details)
+    outside = [name for name in used if name not in allowed]
+    details["not_allowed"] = outside
+    if not outside:
+        return Check("compat", "capabilities", Status.PASS, f"all allowed; {text}", details)
+    lines = [f"{name}: " + ("calls fail with INTERNAL_FAILURE and Envoy logs 'Attempted call to "
+                            "restricted proxy-wasm capability'" if name in imported
+                            else "never called by Envoy") for name in outside]  # fmt: skip
+    return Check("compat", "capabilities", Status.FAIL,
+                 f"outside the allow-list: {', '.join(outside)}", details, lines)  # fmt: skip
 
 
 def _compile(data: bytes) -> tuple[object | None, Check]:

@@ -14,10 +14,22 @@ from typing import Any
 
 import yaml
 
+from wasm_agent.check import specx
+from wasm_agent.check.specx import (
+    CallExpect,
+    CalloutReply,
+    GrpcReply,
+    TcpExpect,
+    TcpSession,
+)
 from wasm_agent.core.errors import WasmAgentError
 
 MAX_SPEC_BYTES = 16 * 1024 * 1024
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
+
+
+CASE_KEYS = ("name", "config", "request", "response", "expect", "tcp", "callouts", "grpc",
+             "ticks", "benchmark")  # fmt: skip
 
 
 class SpecError(WasmAgentError, ValueError):
@@ -74,6 +86,8 @@ class Expect:
     metrics: dict[str, int | list[int]] = field(default_factory=dict)
     load_error: str | None = None
     trap: str | None = None
+    calls: list[CallExpect] = field(default_factory=list)  # HTTP callouts the plugin makes
+    tcp: TcpExpect | None = None
 
 
 @dataclass
@@ -84,6 +98,11 @@ class Case:
     request: Request
     response: Response
     expect: Expect
+    tcp: TcpSession | None = None  # a TCP session instead of an HTTP exchange
+    callouts: list[CalloutReply] = field(default_factory=list)
+    grpc: list[GrpcReply] = field(default_factory=list)
+    ticks: int = 0  # tick periods to let pass after the exchange
+    benchmark: int = 0  # then time this many more exchanges (p50/p99)
 
 
 @dataclass
@@ -91,6 +110,7 @@ class Spec:
     path: Path
     config: bytes | None
     cases: list[Case]
+    capabilities: list[str] | None = None  # Envoy's capability allow-list for every case
 
 
 def load_spec(path: Path) -> Spec:
@@ -183,12 +203,15 @@ class _Reader:
         if root is None:
             raise SpecError(f"{self.path}: empty spec file (expected a list of cases)")
         config = None
+        capabilities = None
         cases_node = root
         if isinstance(root, yaml.MappingNode):
-            top = self.mapping(root, "the spec", ("config", "cases"))
+            top = self.mapping(root, "the spec", ("config", "capabilities", "cases"))
             if "cases" not in top:
                 raise self.error(root, "the spec has no 'cases' list")
             config = self.config(top["config"], "config") if "config" in top else None
+            if "capabilities" in top:
+                capabilities = specx.names(self, top["capabilities"], "capabilities")
             cases_node = top["cases"]
         if not isinstance(cases_node, yaml.SequenceNode):
             raise self.error(cases_node, "cases must be a list")
@@ -203,18 +226,18 @@ class _Reader:
                     f"{case.location}: duplicate case name {case.name!r} (first: {first})"
                 )
             seen[case.name] = case.location
-        return Spec(self.path, config, cases)
+        return Spec(self.path, config, cases, capabilities)
 
     def case(self, node: Any, index: int) -> Case:
         where = f"cases[{index}]"
-        keys = self.mapping(node, where, ("name", "config", "request", "response", "expect"))
+        keys = self.mapping(node, where, CASE_KEYS)
         name = self.string(keys["name"], f"{where}.name") if "name" in keys else f"case {index + 1}"
         if not name.strip():
             raise self.error(node, f"{where}.name is empty")
         config = self.config(keys["config"], f"{where}.config") if "config" in keys else None
         if "expect" not in keys:
             raise self.error(node, f"{where} ({name!r}) has no 'expect'")
-        return Case(
+        case = Case(
             name=name,
             location=f"{self.path}:{node.start_mark.line + 1}",
             config=config,
@@ -222,6 +245,8 @@ class _Reader:
             response=self.response(keys.get("response"), f"{where}.response"),
             expect=self.expect(keys["expect"], f"{where}.expect"),
         )
+        specx.case_kinds(self, case, keys, where)
+        return case
 
     def headers(self, node: Any, where: str) -> list[tuple[str, str]]:
         pairs = []
@@ -283,8 +308,9 @@ class _Reader:
         keys = self.mapping(
             node,
             where,
-            ("upstream", "response", "local_reply", "logs", "metrics", "load_error", "trap"),
-        )
+            ("upstream", "response", "local_reply", "logs", "metrics", "load_error", "trap",
+             "calls", "tcp"),
+        )  # fmt: skip
         expect = Expect()
         if "upstream" in keys:
             value = self.value(keys["upstream"])
@@ -303,6 +329,10 @@ class _Reader:
         for name in ("load_error", "trap"):
             if name in keys:
                 setattr(expect, name, self.string(keys[name], f"{where}.{name}"))
+        if "calls" in keys:
+            expect.calls = specx.call_expects(self, keys["calls"], f"{where}.calls")
+        if "tcp" in keys:
+            expect.tcp = specx.tcp_expect(self, keys["tcp"], f"{where}.tcp")
         return expect
 
     def message(self, node: Any, where: str, status: bool) -> MessageExpect:
