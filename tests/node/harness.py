@@ -1,6 +1,6 @@
 """The node service as a real process, and kubelet's side of the CSI API, for tests/node.
 
-:class:`NodeProcess` runs ``python -m wasm_agent.node`` with a cache and a kubelet pods
+:class:`NodeProcess` runs ``wasm-agent node`` with a cache and a kubelet pods
 directory in the test's tmp_path; :class:`Kubelet` calls the CSI Identity and Node services on
 its real Unix socket the way kubelet does for a CSI ephemeral inline volume (volume handle
 ``csi-<sha256(pod uid + volume name)>``, target path under ``<pods>/<uid>/volumes/
@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 class NodeProcess:
-    """``python -m wasm_agent.node`` in ``workdir`` (cache ``workdir/cache``)."""
+    """``wasm-agent node`` in ``workdir`` (cache ``workdir/cache``)."""
 
     def __init__(self, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
@@ -48,7 +48,7 @@ class NodeProcess:
         self.log_path = workdir / "node.log"
         self.status_port = free_port()
         self.args = [
-            sys.executable, "-m", "wasm_agent.node",
+            sys.executable, "-m", "wasm_agent", "node",
             "--csi-endpoint", f"unix:{self.csi_socket}",
             "--cache-dir", str(self.cache_dir),
             "--kubelet-pods-dir", str(self.pods_dir),

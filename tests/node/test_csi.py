@@ -106,3 +106,27 @@ def test_block_volumes_and_traversal_refused(kubelet: Kubelet, node: NodeProcess
         kubelet.csi.NodePublishVolume(kubelet.publish_request(pod, target_path=escape), timeout=10)
     assert "must lie under" in error.value.details()
     assert not (node.workdir / "escape").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--csi-endpoint is required"),
+        (["--csi-endpoint", "tcp://1.2.3.4:5"], "expected unix:PATH"),
+        (["--csi-endpoint", "unix:relative.sock"], "must be absolute"),
+        (["--csi-endpoint", "unix:/tmp/x.sock", "--access-ttl", "soon"], "--access-ttl"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.node.harness import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "wasm_agent", "node", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CSI_ENDPOINT": ""},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr

@@ -74,7 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="cosign signatures required per repository (default $WASM_AGENT_VERIFY_POLICY)",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
 
 
 def settings_from_args(args: argparse.Namespace) -> NodeSettings:
@@ -112,5 +111,8 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m wasm_agent.node``: the same as ``wasm-agent node``."""
     parser = argparse.ArgumentParser(prog="wasm-agent node", description=__doc__)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )  # the agent CLI adds this flag to every command itself
     add_arguments(parser)
     return run(parser.parse_args(argv))
