@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -251,14 +250,7 @@ def settings_for(registry: Registry, config_dir: Path, **kw: Any) -> FetchSettin
         "docker_config_dir": config_dir,
     }
     base.update(kw)
-    return Settings(**base)
-
-
-@dataclass(frozen=True)
-class Settings(FetchSettings):
-    """FetchSettings with the helper timeout the CLI sets."""
-
-    credential_helper_timeout: float = 10.0
+    return FetchSettings(**base)
 
 
 @pytest.fixture(scope="module")

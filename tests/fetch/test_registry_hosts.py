@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, free_port, unique_repo
 from tests.support.tls import TlsFiles, generate
 from tests.support.wasm import padded_module, sha256_hex
-from wasm_agent.core.settings import FetchSettings
+from wasm_agent.core.config import ConfigError
+from wasm_agent.core.settings import FetchSettings, build_fetch_settings
 from wasm_agent.fetch.errors import DownloadFailure
 from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.fetch.oci import fetch_oci
@@ -139,13 +141,6 @@ def test_unloadable_ca_names_the_file(tmp_path: Path) -> None:
 # -- against real registries --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Settings(FetchSettings):
-    """FetchSettings with ``registry_config_dir`` (the field the CLI fills)."""
-
-    registry_config_dir: Path | None = None
-
-
 def settings_for(config_dir: Path | None, *insecure: str, **kw: Any) -> FetchSettings:
     base: dict[str, Any] = {
         "registry_config_dir": config_dir,
@@ -154,7 +149,7 @@ def settings_for(config_dir: Path | None, *insecure: str, **kw: Any) -> FetchSet
         "http_max_retries": 2,
     }
     base.update(kw)
-    return Settings(**base)
+    return FetchSettings(**base)
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +320,37 @@ async def test_bad_hosts_toml_fails_the_fetch_naming_the_registry(
     with pytest.raises(DownloadFailure) as info:
         await fetch_oci(FetchRequest(upstream.oci_url("x/y", "v1")), settings_for(tmp_path))
     assert upstream.host in str(info.value) and "not valid TOML" in str(info.value)
+
+
+def test_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
+    env = {
+        "WASM_AGENT_REGISTRY_CONFIG_DIR": str(tmp_path),
+        "WASM_AGENT_CREDENTIAL_HELPER_TTL": "2m",
+        "WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT": "3s",
+    }
+    settings = build_fetch_settings(env)
+    assert settings.registry_config_dir == tmp_path
+    assert (settings.credential_helper_ttl, settings.credential_helper_timeout) == (120.0, 3.0)
+    defaults = build_fetch_settings({})
+    assert defaults.registry_config_dir is None
+    assert (defaults.credential_helper_ttl, defaults.credential_helper_timeout) == (900.0, 10.0)
+    with pytest.raises(ConfigError, match="WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT"):
+        build_fetch_settings({"WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="WASM_AGENT_CREDENTIAL_HELPER_TTL"):
+        build_fetch_settings({"WASM_AGENT_CREDENTIAL_HELPER_TTL": "soon"})
+
+
+def test_check_help_names_the_flags_and_variables() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "wasm_agent", "check", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for flag, env in (
+        ("--registry-config-dir", "WASM_AGENT_REGISTRY_CONFIG_DIR"),
+        ("--credential-helper-ttl", "WASM_AGENT_CREDENTIAL_HELPER_TTL"),
+        ("--credential-helper-timeout", "WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT"),
+    ):
+        assert flag in out and env in " ".join(out.split())

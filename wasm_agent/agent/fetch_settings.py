@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from wasm_agent.core.settings import FetchSettings, build_fetch_settings, verify_policy_path
 
 
 def fetch_settings_from_env(
-    env: Mapping[str, str] | None = None, *, verify_policy: str | Path | None = None
+    env: Mapping[str, str] | None = None,
+    *,
+    verify_policy: str | Path | None = None,
+    flags: argparse.Namespace | None = None,
 ) -> FetchSettings:
     """:func:`wasm_agent.fetch.trust_policy.fetch_settings_from_env`, without importing the
     policy parser (cryptography, yaml: about 35 ms) unless a policy is configured, so a warm
-    ``prefetch`` stays fast."""
+    ``prefetch`` stays fast. ``flags``: the parsed ``config.REGISTRY`` flags, which win."""
     env = os.environ if env is None else env
     path = verify_policy_path(env, verify_policy)
     if not path:
-        return build_fetch_settings(env)
+        return with_registry_flags(build_fetch_settings(env), flags)
     from wasm_agent.fetch.trust_policy import load_verify_policy
 
-    return build_fetch_settings(env, verify_policy=load_verify_policy(path))
+    settings = build_fetch_settings(env, verify_policy=load_verify_policy(path))
+    return with_registry_flags(settings, flags)
+
+
+def with_registry_flags(settings: FetchSettings, flags: argparse.Namespace | None) -> FetchSettings:
+    """Apply ``--registry-config-dir`` and the credential helper flags (when parsed)."""
+    if flags is None or not hasattr(flags, "registry_config_dir"):
+        return settings
+    directory = flags.registry_config_dir
+    return replace(
+        settings,
+        registry_config_dir=Path(directory) if directory else None,
+        credential_helper_ttl=flags.credential_helper_ttl,
+        credential_helper_timeout=flags.credential_helper_timeout,
+    )

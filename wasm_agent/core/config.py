@@ -212,6 +212,32 @@ VERIFY_POLICY = Option(
     "require cosign signatures per this policy (docs/signing.md)", "--verify-policy", "FILE",
 )  # fmt: skip
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG: tuple[Option, ...] = (  # every command has these
+    Option("log_level", "WASM_AGENT_LOG_LEVEL", choice(*LOG_LEVELS), None,
+           "log verbosity (default info; warning when stderr is a terminal, except for proxy "
+           "and demo)", "--log-level", "|".join(LOG_LEVELS)),
+    Option("log_format", "WASM_AGENT_LOG_FORMAT", choice("text", "json"), "text",
+           "log lines as key=value text or one JSON object per line (default text)",
+           "--log-format", "text|json"),
+)  # fmt: skip
+ENVOY = Option(
+    "envoy", "WASM_AGENT_ENVOY", text, None,
+    "the envoy binary to run (default: next to this Python, then on PATH)", "--envoy", "PATH",
+)  # fmt: skip
+
+REGISTRY: tuple[Option, ...] = (  # docs/registries.md
+    Option("registry_config_dir", "WASM_AGENT_REGISTRY_CONFIG_DIR", text, None,
+           "registry hosts directory, <DIR>/<host>/hosts.toml as containerd's certs.d: "
+           "mirrors, CAs, client certificates", "--registry-config-dir", "DIR"),
+    Option("credential_helper_ttl", "WASM_AGENT_CREDENTIAL_HELPER_TTL", duration, 900.0,
+           "reuse a Docker credential helper's answer this long per registry (default 15m, "
+           "0 never)", "--credential-helper-ttl", "DURATION"),
+    Option("credential_helper_timeout", "WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT",
+           positive_duration, 10.0, "kill a Docker credential helper running longer "
+           "(default 10s)", "--credential-helper-timeout", "DURATION"),
+)  # fmt: skip
+
 FETCH: tuple[Option, ...] = (
     Option("insecure_registries", "WASM_INSECURE_REGISTRIES", host_list, frozenset(),
            "registries reached over plain HTTP or unverified TLS (comma-separated, * for all)"),
@@ -225,6 +251,7 @@ FETCH: tuple[Option, ...] = (
            "networks no fetch may reach, besides link-local and cloud metadata"),
     Option("docker_config_dir", "DOCKER_CONFIG", text, None,
            "directory of the Docker config.json with registry credentials"),
+    *REGISTRY,
     VERIFY_POLICY,
 )  # fmt: skip
 
@@ -272,7 +299,9 @@ PROXY: tuple[Option, ...] = (
     VERIFY_POLICY,
 )  # fmt: skip
 
-ALL: tuple[Option, ...] = tuple({o.env: o for o in (*FETCH, *CACHE, *HOST, *PROXY)}.values())
+ALL: tuple[Option, ...] = tuple(
+    {o.env: o for o in (*FETCH, *CACHE, *HOST, *PROXY, *LOG, ENVOY)}.values()
+)
 
 
 # -- reading -----------------------------------------------------------------------------------

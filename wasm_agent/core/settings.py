@@ -87,6 +87,9 @@ class FetchSettings:
     default_fetch_timeout: float = 5.0  # whole-fetch deadline when the config names none
     max_redirects: int = 10
     verify_policy: VerifyPolicy | None = None  # cosign signatures required (docs/signing.md)
+    registry_config_dir: Path | None = None  # <dir>/<host>/hosts.toml (docs/registries.md)
+    credential_helper_ttl: float = 900.0  # a Docker credential helper's answer is reused
+    credential_helper_timeout: float = 10.0  # a helper running longer is killed
 
     def is_insecure(self, host: str) -> bool:
         """True if ``host`` (``name`` or ``name:port``) may use plain HTTP or unverified TLS."""
@@ -138,6 +141,7 @@ def build_fetch_settings(
     env = os.environ if env is None else env
     found = config.values(config.FETCH, env)
     docker_config = found["docker_config_dir"]
+    hosts_dir = found["registry_config_dir"]
     return FetchSettings(
         insecure_registries=found["insecure_registries"],
         http_request_timeout=found["http_request_timeout"],
@@ -146,6 +150,9 @@ def build_fetch_settings(
         blocked_networks=FetchSettings().blocked_networks + found["blocked_networks"],
         docker_config_dir=Path(docker_config) if docker_config else None,
         verify_policy=verify_policy,
+        registry_config_dir=Path(hosts_dir) if hosts_dir else None,
+        credential_helper_ttl=found["credential_helper_ttl"],
+        credential_helper_timeout=found["credential_helper_timeout"],
     )
 
 

@@ -18,12 +18,10 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import TypeVar
 
 from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch import checks, oci_layers
-from wasm_agent.fetch import credential_helpers as helpers
 from wasm_agent.fetch.credential_helpers import CredentialHelperError, CredentialSource
 from wasm_agent.fetch.dockerconfig import DockerConfigError
 from wasm_agent.fetch.errors import (
@@ -102,9 +100,8 @@ async def _with_session(
     except InvalidReference as exc:
         raise ManifestFailure(url, f"invalid image reference: {exc}") from None
     timeout = request.timeout or settings.default_fetch_timeout
-    config_dir: Path | None = getattr(settings, "registry_config_dir", None)
     try:
-        hosts = load_hosts(config_dir, ref.registry)
+        hosts = load_hosts(settings.registry_config_dir, ref.registry)
     except HostsConfigError as exc:
         raise DownloadFailure(
             url, f"registry host configuration for {ref.registry}: {exc}"
@@ -112,8 +109,8 @@ async def _with_session(
     source = CredentialSource(
         request.pull_secret,
         settings.docker_config_dir,
-        ttl=getattr(settings, "credential_helper_ttl", helpers.DEFAULT_TTL),
-        timeout=getattr(settings, "credential_helper_timeout", helpers.DEFAULT_TIMEOUT),
+        ttl=settings.credential_helper_ttl,
+        timeout=settings.credential_helper_timeout,
     )
     try:
         async with asyncio.timeout(timeout):

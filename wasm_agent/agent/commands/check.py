@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"deadline for each module's fetch (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
     add("--insecure-registry", action="append", default=[], metavar="HOST",
         help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
-    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY), os.environ)
+    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY, *table.REGISTRY), os.environ)
 
 
 def _read_value(spec: str, flag: str) -> bytes:
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec) if args.spec is not None else None
     except SpecError as error:
         raise UsageError(str(error)) from None
-    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     secret = None
     if args.pull_secret is not None:
         secret = _read_value(f"@{args.pull_secret}", "--pull-secret")
