@@ -3,15 +3,20 @@
 Run: ``python bench/host.py`` (from the repository root). Prints:
 
 1. One HTTP exchange (request headers -> plugin -> response headers -> plugin, then on_log,
-   on_done, on_delete: 6 callbacks and 2 host calls) through a minimal header plugin, against the
-   floor of 6 bare ``wasmtime.Func`` export calls on the same instance. Target: <= 2x the floor.
+   on_done, on_delete: 6 callbacks and 2 host calls) through a minimal header plugin, with
+   Envoy's front-end model on (the default) and off, against the floor of 6 bare
+   ``wasmtime.Func`` export calls on the same instance. Target: <= 2x the floor.
 2. Compiled-module cache: a ~160 KB plugin-sized module compiled cold vs a disk-cache hit
    (``Module.deserialize``) vs an in-process hit.
+3. The pytest plugin's cost per test: a separate pytest run of N tests that each take the
+   ``wasm_plugin`` fixture (load + start as Envoy --concurrency 2, one exchange, shutdown)
+   against N tests doing the same exchange on one plugin started once, and N empty tests.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,11 +96,15 @@ def bench_exchange() -> None:
     raw_floor = per_call_us(bare_raw, 2000)
     fueled = start_plugin(wasm)
     with_fuel = per_call_us(lambda: fueled.exchange(REQUEST, b"", RESPONSE, b""), 2000)
+    bare_front = per_call_us(
+        lambda: host.exchange(REQUEST, b"", RESPONSE, b"", frontend=False), 2000
+    )
     rows = [
         ("floor: 6 bare wasmtime-py export calls", floor, ""),
         ("floor: 6 raw unchecked export calls", raw_floor, "  (the host's own call path)"),
-        ("exchange (no fuel)", exchange, f"  ratio {exchange / floor:.2f}x"),
-        ("exchange (default fuel metering)", with_fuel, f"  ratio {with_fuel / floor:.2f}x"),
+        ("exchange (front end on, no fuel)", exchange, f"  ratio {exchange / floor:.2f}x"),
+        ("exchange (front end on, default fuel)", with_fuel, f"  ratio {with_fuel / floor:.2f}x"),
+        ("exchange (front end off, no fuel)", bare_front, f"  ratio {bare_front / floor:.2f}x"),
     ]
     print("1. one HTTP exchange through a header plugin (6 callbacks, 2 host calls)")
     for label, value, note in rows:
@@ -127,6 +136,70 @@ def bench_cache() -> None:
     )
 
 
+PLUGIN_TESTS = """
+import pytest
+
+REQ = {{":method": "GET", ":path": "/", ":authority": "h"}}
+ONCE = []
+
+
+def _once():
+    if not ONCE:
+        from wasm_agent.host.harness import start_plugin
+        ONCE.append(start_plugin({module!r}))
+    return ONCE[0]
+
+
+@pytest.mark.parametrize("i", range({n}))
+def test_fixture(wasm_plugin, i):
+    assert wasm_plugin.exchange(REQ).client is not None
+
+
+@pytest.mark.parametrize("i", range({n}))
+def test_shared(i):
+    assert _once().exchange(REQ).client is not None
+
+
+@pytest.mark.parametrize("i", range({n}))
+def test_empty(i):
+    pass
+"""
+
+
+def _pytest_seconds(project: Path, selection: str) -> float:
+    """Wall time of the tests in ``selection`` as pytest reports them (--durations)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-p", "wasm_agent.host.pytest_plugin", "--durations=0", "--durations-min=0", "-k",
+         selection, "--wasm-plugin", "plugin.wasm"],
+        cwd=project, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    total = 0.0
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("s") and parts[1] in ("call", "setup", "teardown"):
+            total += float(parts[0][:-1])
+    return total
+
+
+def bench_pytest_plugin(n: int = 200) -> None:
+    wasm = plugin(HEADER_PLUGIN, data={1024: "x-hdr", 1030: "on"})
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "plugin.wasm").write_bytes(wasm)
+        module = str(project / "plugin.wasm")
+        (project / "test_bench.py").write_text(PLUGIN_TESTS.format(module=module, n=n))
+        fixture = _pytest_seconds(project, "test_fixture") / n * 1e3
+        shared = _pytest_seconds(project, "test_shared") / n * 1e3
+        empty = _pytest_seconds(project, "test_empty") / n * 1e3
+    print(f"3. pytest plugin, per test ({n} tests each, setup + call + teardown)")
+    print(f"   empty test                               {empty:8.3f} ms")
+    print(f"   one exchange on a shared plugin          {shared:8.3f} ms")
+    print(f"   wasm_plugin fixture + one exchange       {fixture:8.3f} ms"
+          f"  overhead {fixture - shared:.3f} ms per test (a fresh plugin, 4 VMs)")  # fmt: skip
+
+
 if __name__ == "__main__":
     bench_exchange()
     bench_cache()
+    bench_pytest_plugin()
