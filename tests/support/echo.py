@@ -20,7 +20,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode(errors="replace"),
         }
-        self.server.requests.append(seen)  # type: ignore[attr-defined]
+        assert isinstance(self.server, _EchoServer)
+        self.server.requests.append(seen)
         payload = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -35,12 +36,19 @@ class _EchoHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _EchoServer(ThreadingHTTPServer):
+    requests: list[dict[str, Any]]
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.requests = []
+
+
 class EchoServer:
     """Start with ``with EchoServer() as echo:``; ``echo.port``, ``echo.requests``."""
 
     def __init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
-        self.server.requests = []  # type: ignore[attr-defined]
+        self.server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -49,7 +57,7 @@ class EchoServer:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        return self.server.requests  # type: ignore[attr-defined]
+        return self.server.requests
 
     def __enter__(self) -> EchoServer:
         self.thread.start()

@@ -40,6 +40,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 _REASONS = {
@@ -163,8 +164,8 @@ class ModServer:
             self.routes[path] = route
         return self.url(path)
 
-    def serve(self, path: str, data: bytes, **fields: object) -> str:
-        return self.route(path, Route(data=data, **fields))  # type: ignore[arg-type]
+    def serve(self, path: str, data: bytes, **fields: Any) -> str:
+        return self.route(path, Route(data=data, **fields))
 
     def fail(self, path: str, status: int, *, times: int | None = None, then: bytes = b"") -> str:
         return self.route(path, Route(data=then, fail_status=status, fail_times=times))

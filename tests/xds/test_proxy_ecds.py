@@ -51,7 +51,6 @@ def _proxy_fixture(mode: str):
             UpstreamSettings(address=istiod.address, plaintext=True),
             WasmConverter(cache, mode),
         )
-        running.sock = sock  # type: ignore[attr-defined]
         yield running
         await running.stop(grace=1)
         cache.close()
@@ -64,7 +63,7 @@ deny_proxy = _proxy_fixture("deny")
 
 
 async def connect(proxy: XdsProxy, istiod: FakeIstiod, delta: bool = False):
-    ads = AdsClient(f"unix:{proxy.sock}", delta=delta)  # type: ignore[attr-defined]
+    ads = AdsClient(proxy.listen.address, delta=delta)
     await ads.request(ECDS_TYPE, node=True)
     streams = await istiod.until(lambda: istiod.open_streams(), what="upstream stream")
     return ads, streams[-1]

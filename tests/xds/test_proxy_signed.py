@@ -49,11 +49,10 @@ async def proxy(request, istiod: FakeIstiod, oci_registry: Registry, tmp_path: P
         UpstreamSettings(address=istiod.address, plaintext=True),
         WasmConverter(cache, request.param),
     )
-    running.mode = request.param  # type: ignore[attr-defined]
     ads = AdsClient(f"unix:{sock}")
     await ads.request(ECDS_TYPE, node=True)
     streams = await istiod.until(lambda: istiod.open_streams(), what="upstream stream")
-    yield running, ads, streams[-1]
+    yield running, ads, streams[-1], request.param
     await ads.close()
     await running.stop(grace=1)
     cache.close()
@@ -62,14 +61,14 @@ async def proxy(request, istiod: FakeIstiod, oci_registry: Registry, tmp_path: P
 async def test_unsigned_module_fails_and_signed_one_is_forwarded(
     proxy: tuple, istiod: FakeIstiod, oci_registry: Registry, oci_pusher: RawPusher
 ) -> None:
-    running, ads, stream = proxy
-    data = padded_module(3000, seed=91 if running.mode == "nack" else 92)
+    _, ads, stream, mode = proxy
+    data = padded_module(3000, seed=91 if mode == "nack" else 92)
     repo = unique_repo("xds-signed")
     pushed = oci_pusher.push_wasm_artifact(repo, "v1", data)
     url = oci_registry.oci_url(repo, "v1")
     istiod.send_response(sotw_response(ECDS_TYPE, [wasm_extension(url)], "v1", "U"))
     repository = f"{oci_registry.host}/{repo}"
-    if running.mode == "nack":
+    if mode == "nack":
         nacks = await istiod.until(lambda: [r for r in stream.requests if r.response_nonce == "U"])
         message = nacks[0].error_detail.message
         assert nacks[0].error_detail.code == 13
