@@ -208,3 +208,29 @@ def test_trace_lines_in_envoy_format() -> None:
     assert "[vm<-host] env.proxy_get_header_map_value return: 0" in texts
     quiet = start_plugin(built("wat/golden"), log_level=LogLevel.TRACE, trace_calls=False)
     assert not [line for line in quiet.envoy_log_lines() if line.text.startswith("[")]
+
+
+TCP_CLOSE = (
+    BASIC
+    + """
+  (func (export "proxy_on_upstream_connection_close") (param $c i32) (param $peer i32)
+    (call $st (local.get $peer)))
+  (func (export "proxy_on_downstream_connection_close") (param $c i32) (param $peer i32)
+    (call $st (i32.add (i32.const 10) (local.get $peer))))
+"""
+)
+
+
+def test_tcp_close_semantics_are_settable() -> None:
+    from wasm_agent.host.abi import PeerType
+
+    host = start_plugin(plugin(TCP_CLOSE))
+    auto = host.tcp_connection()
+    auto.send_upstream_data(b"x", end_stream=True)  # Envoy closes the upstream: peer UNKNOWN
+    assert host.log_messages()[-1:] == ["0"]
+    manual = host.tcp_connection(upstream_close_on_end=False)
+    manual.send_upstream_data(b"x", end_stream=True)
+    assert host.log_messages()[-1:] == ["0"]  # nothing new
+    manual.close_upstream(PeerType.LOCAL)
+    manual.close_downstream(PeerType.REMOTE)
+    assert host.log_messages()[-2:] == ["1", chr(48 + 12)]

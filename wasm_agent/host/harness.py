@@ -274,9 +274,15 @@ class HostedPlugin:
         overrides = {normalize_path(k): encode_value(v) for k, v in (properties or {}).items()}
         return HttpStream(self.plugin, overrides)
 
-    def tcp_connection(self) -> TcpConnection:
-        """A new downstream connection (``proxy_on_new_connection`` runs now)."""
-        return TcpConnection(self.plugin)
+    def tcp_connection(self, *, upstream_close_on_end: bool = True) -> TcpConnection:
+        """A new downstream connection (``proxy_on_new_connection`` runs now).
+
+        ``close_downstream(peer)``/``close_upstream(peer)`` close a side (``PeerType``: REMOTE
+        by default, LOCAL, UNKNOWN); ``send_upstream_data(data, end_stream=True)`` also closes
+        the upstream with peer UNKNOWN, as Envoy's tcp_proxy does, unless
+        ``upstream_close_on_end=False``.
+        """
+        return TcpConnection(self.plugin, upstream_close_on_end=upstream_close_on_end)
 
     def exchange(
         self,

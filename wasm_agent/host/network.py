@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 class TcpConnection:
     """One downstream connection through a network-filter plugin."""
 
-    def __init__(self, plugin: Plugin) -> None:
+    def __init__(self, plugin: Plugin, *, upstream_close_on_end: bool = True) -> None:
         self.plugin = plugin
+        # Envoy's tcp_proxy: the upstream's end of stream closes the upstream connection
+        # (proxy_on_upstream_connection_close with peer UNKNOWN) right after the data callback
+        self.upstream_close_on_end = upstream_close_on_end
         self.vm = plugin.vm_for_stream()
         self.connection_id = plugin.next_connection_id()
         self.overrides: dict[bytes, bytes] = {}
@@ -103,7 +106,7 @@ class TcpConnection:
     def send_upstream_data(self, data: bytes, end_stream: bool = False) -> str:
         """Upstream -> client bytes through ``proxy_on_upstream_data``."""
         result = self._data(BufferType.UPSTREAM_DATA, data, end_stream)
-        if end_stream:
+        if end_stream and self.upstream_close_on_end:
             self.close_upstream(PeerType.UNKNOWN)
         return result
 
