@@ -10,6 +10,8 @@ import base64
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +27,11 @@ from tests.support.registry import (
     REGISTRY_PASSWORD,
     REGISTRY_USER,
     Registry,
+    free_port,
     unique_repo,
 )
 from tests.support.tokenserver import TokenServer
-from tests.support.wasm import padded_module
+from tests.support.wasm import padded_module, sha256_hex
 from wasm_agent.core.settings import FetchSettings
 from wasm_agent.fetch.credential_helpers import (
     HELPERS,
@@ -43,6 +46,7 @@ from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.fetch.oci import fetch_oci
 
 SECRET = "planted-S3cret-do-not-log"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -395,3 +399,43 @@ async def test_failing_helper_fails_the_fetch_clearly(
     message = str(info.value)
     assert expected in message and "docker-credential-broken" in message and host in message
     assert SECRET not in message and SECRET not in logged(caplog)
+
+
+@pytest.mark.registry
+def test_prefetch_cli_with_helper_and_mirror_from_the_environment(
+    oci_registry_basic: Registry,
+    basic_repo: tuple[str, bytes],
+    helpers: HelperDir,
+    tmp_path: Path,
+) -> None:
+    """The real CLI: DOCKER_CONFIG names a helper, WASM_AGENT_REGISTRY_CONFIG_DIR a dead
+    mirror first; the module arrives from the registry and the secret is printed nowhere."""
+    repo, module = basic_repo
+    host = oci_registry_basic.host
+    helpers.add("cli", username=REGISTRY_USER, secret=REGISTRY_PASSWORD)
+    docker = write_config(tmp_path / "docker", {"credHelpers": {host: "cli"}})
+    hosts = tmp_path / "hosts" / host
+    hosts.mkdir(parents=True)
+    dead = f"http://127.0.0.1:{free_port()}"
+    (hosts / "hosts.toml").write_text(f'server = "{oci_registry_basic.url}"\n[host."{dead}"]\n')
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DOCKER_CONFIG": str(docker),
+        "WASM_AGENT_REGISTRY_CONFIG_DIR": str(tmp_path / "hosts"),
+        "WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT": "5s",
+    }
+    url = oci_registry_basic.oci_url(repo, "v1")
+    command = [sys.executable, "-m", "wasm_agent", "prefetch", "--log-level", "debug", url]
+    result = subprocess.run(
+        [*command, "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cache" / "modules" / f"{sha256_hex(module)}.wasm").read_bytes() == module
+    assert helpers.runs("cli") == 1 and helpers.stdin("cli") == host
+    assert "registry host failed" in result.stderr  # the dead mirror was tried first
+    assert REGISTRY_PASSWORD not in result.stdout + result.stderr
