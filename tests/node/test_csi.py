@@ -130,3 +130,14 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_unpublish_of_an_unknown_volume_never_deletes_foreign_files(kubelet: Kubelet) -> None:
+    pod = kubelet.pod("stranger")
+    pod.target.mkdir(parents=True)
+    (pod.target / "data").write_text("not ours")
+    kubelet.unpublish(pod)  # OK, as the spec asks for a volume it does not know
+    assert (pod.target / "data").read_text() == "not ours"
+    (pod.target / "data").unlink()
+    kubelet.unpublish(pod)
+    assert not pod.target.exists()  # an empty directory is removed

@@ -131,7 +131,7 @@ class NodeService:
                 if target_path:
                     self._check_target(target_path)
                     probe = VolumeRecord(volume_id, target_path, PodIdentity())
-                    self._view(probe).remove()
+                    self._view(probe).remove(ours=False)
                 return
             server = self._servers.pop(volume_id, None)
             if server is not None:

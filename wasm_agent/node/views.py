@@ -98,16 +98,30 @@ class View:
             return seen in mount_points(seen)
         return seen.is_file()
 
-    def remove(self) -> None:
-        """Unmount and delete the view and the target directory (idempotent)."""
-        if self.target.exists() or self.use_mounts:
-            for _ in range(8):  # stacked mounts at one point need one detach each
-                if not unmount_all(self.target):
-                    break
+    def remove(self, ours: bool = True) -> None:
+        """Unmount and delete the view and the target directory (idempotent).
+
+        ``ours=False`` (a volume without a record): detach mounts, delete the backing
+        directory, and remove the target only if it is then an empty directory, so an
+        unpublish call can never delete files the node service did not create.
+        """
+        for _ in range(8):  # stacked mounts at one point need one detach each
+            if not unmount_all(self.target):
+                break
         if self.use_mounts:
             _remove_tree(self.root)
-        if self.target.is_dir() and not is_mount_point(self.target):
+        if not self.target.is_dir() or is_mount_point(self.target):
+            return
+        if ours and not self.use_mounts:
             _remove_tree(self.target)
+            return
+        try:
+            self.target.rmdir()
+        except OSError as error:
+            log.warning(
+                "left a non-empty target path in place",
+                extra={"target_path": str(self.target), "error": error.strerror},
+            )
 
 
 def _remove_tree(path: Path) -> None:
