@@ -283,3 +283,31 @@ async def test_pods_may_not_ask_for_node_files(tmp_path: Path) -> None:
                 await NodeModuleSource(pod.socket).get(ModuleRequest(url="oci://x/y", timeout=-1))
     finally:
         node.cleanup()
+
+
+async def test_bad_lines_and_too_many_connections_are_refused(tmp_path: Path) -> None:
+    from wasm_agent.node.protocol import decode_answer
+    from wasm_agent.node.unixsock import connect_unix
+
+    node = start_node(tmp_path)
+    held = []
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            with connect_unix(pod.socket, 10) as sock:
+                for line in (b"not json\n", b"[1]\n", b'{"url": 5}\n', b'{"timeout": 1}\n'):
+                    sock.sendall(line)
+                    answer = decode_answer(sock.makefile("rb").readline())
+                    assert answer.reason == "bad_request", answer
+            held = [connect_unix(pod.socket, 10) for _ in range(16)]
+            for sock in held:  # each one is served: the node answers a request on it
+                sock.sendall(b"{}\n")
+                assert decode_answer(sock.makefile("rb").readline()).reason == "bad_request"
+            with connect_unix(pod.socket, 10) as extra:
+                answer = decode_answer(extra.makefile("rb").readline())
+            assert answer.reason == "unavailable" and "too many connections" in answer.error
+            assert 'wasm_node_module_requests{result="bad_request"}' in node.metrics()
+    finally:
+        for sock in held:
+            sock.close()
+        node.cleanup()

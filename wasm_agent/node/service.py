@@ -22,6 +22,9 @@ from wasm_agent.node.views import View, ViewError
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 16  # open node.sock connections per pod
+IDLE_TIMEOUT = 300.0  # a connection waiting this long for a request is closed
+
 
 class PublishError(Exception):
     """A publish or unpublish request that cannot be served; ``code`` is the CSI/gRPC status
@@ -51,6 +54,7 @@ class NodeService:
         self._servers: dict[str, asyncio.Server] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: set[str] = set()
+        self._connections: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -191,14 +195,20 @@ class NodeService:
     async def _connection(
         self, record: VolumeRecord, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        count = self._connections.get(record.volume_id, 0)
+        if count >= MAX_CONNECTIONS:  # one pod cannot tie up the node with idle connections
+            writer.write(_refuse("unavailable", "too many connections from this pod").encode())
+            writer.close()
+            return
+        self._connections[record.volume_id] = count + 1
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b"\n")
+                    line = await asyncio.wait_for(reader.readuntil(b"\n"), IDLE_TIMEOUT)
                 except asyncio.LimitOverrunError:
                     writer.write(_refuse("bad_request", "request line too long").encode())
                     break
-                except asyncio.IncompleteReadError:
+                except (asyncio.IncompleteReadError, TimeoutError):
                     break
                 answer = await self.request(record, line)
                 writer.write(answer.encode())
@@ -206,6 +216,7 @@ class NodeService:
         except ConnectionError:
             pass
         finally:
+            self._connections[record.volume_id] -= 1
             writer.close()
 
     async def request(self, record: VolumeRecord, line: bytes) -> Answer:
