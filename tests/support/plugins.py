@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,7 +81,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _cached(stem: str, key: str, build: callable) -> Path:  # type: ignore[valid-type]
+def _cached(stem: str, key: str, build: Callable[[Path], object]) -> Path:
     """Return the cached output for ``key``, building it with ``build(tmp_path)`` if absent."""
     out = cache_dir() / f"{stem}-{key}.wasm"
     if out.exists():
