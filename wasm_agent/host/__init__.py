@@ -3,13 +3,17 @@
 A layer of its own: it imports only ``wasm_agent.core`` and shares no code with the xDS proxy,
 the fetcher or the cache (``wasm-agent run`` and ``check`` use it). The public API is exported
 here (``from wasm_agent.host import start_plugin``). Modules, split by area like proxytest:
-``abi`` (versions, enums, host-function registry), ``compile`` (engines, compiled-module cache),
-``vm`` (load/link/start/call, fuel, memory cap), ``traps`` (V8-worded failures), ``fastcall``
-(raw calls across the boundary), ``memory``, ``context``, ``maps``, ``messages``, ``buffers``,
-``properties``/``streaminfo``, ``general`` (log, time, status, foreign functions), ``control``
-(local response, continue/close), ``http`` (HTTP stream driver), ``network`` (TCP),
+``abi`` (versions, enums, tables), ``hostfn`` (the ``@host`` marker, ``VmLike``, the current VM),
+``registry`` (the host functions, from an explicit module list), ``compile`` (engines,
+compiled-module cache), ``vm``/``vmtypes``/``link`` (load, link, start, call, fuel, memory cap),
+``traps`` (V8-worded failures), ``envoylog`` (Envoy's ``[wasm]`` lines), ``fastcall`` (raw calls
+across the boundary), ``memory``, ``context``, ``maps``, ``messages``, ``buffers``,
+``properties``/``streaminfo``/``celmap``, ``general`` (log, time, status, foreign functions),
+``control`` (local response, continue/close), ``http`` (HTTP stream driver), ``network`` (TCP),
 ``callouts`` (HTTP/gRPC), ``shared`` (shared data and queues), ``metrics``, ``wasi``,
-``failure`` (failure policies) and ``harness`` (the pytest-facing API; start there).
+``failure`` (failure policies, Envoy's VM count), ``frontend`` (Envoy's HCM/codec model),
+``clock`` (virtual time), ``exchange``/``startup``/``harness`` (the test-facing API; start
+there) and ``pytest_plugin`` (fixtures).
 """
 
 from __future__ import annotations
