@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     from wasm_agent.node.settings import NODE_SOCKET
 
-    config.add_flags(parser, (config.CACHE_DIR, config.VERIFY_POLICY, NODE_SOCKET), os.environ)
+    rows = (config.CACHE_DIR, config.VERIFY_POLICY, *config.REGISTRY, NODE_SOCKET)
+    config.add_flags(parser, rows, os.environ)
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
 
@@ -116,7 +117,7 @@ def _manifest_requests(path: Path, common: dict) -> list[ModuleRequest]:
 def run(args: argparse.Namespace) -> int:
     """Prefetch every module; print one result per module."""
     requests = _requests(args)  # usage errors: cli.main exits 2
-    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     fetch_settings = with_insecure_registries(fetch_settings, args.insecure_registry)
     cache_settings = cache_settings_from_env(args.cache_dir)
     if args.node_socket:  # modules from the node service, in the pod's CSI volume

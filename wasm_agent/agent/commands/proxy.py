@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the flags from the configuration table (defaults from the environment)."""
     from wasm_agent.node.settings import NODE_SOCKET
 
-    config.add_flags(parser, (*config.PROXY, NODE_SOCKET), os.environ)
+    config.add_flags(parser, (*config.PROXY, *config.REGISTRY, NODE_SOCKET), os.environ)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,7 +78,9 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     from wasm_agent.xds.upstream import Upstream
 
     log = logging.getLogger("wasm_agent.proxy")
-    fetch_settings = fetch_settings_from_env(verify_policy=getattr(args, "verify_policy", None))
+    fetch_settings = fetch_settings_from_env(
+        verify_policy=getattr(args, "verify_policy", None), flags=args
+    )
     if args.node_socket:  # modules from the node service, in the pod's CSI volume
         from wasm_agent.node.client import NodeModuleSource
 
