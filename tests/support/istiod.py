@@ -25,8 +25,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from tests.support.tls import TlsFiles
+from wasm_agent.xds.upstream import ADS_SERVICE
 
-SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 MAX_MESSAGE = 256 * 1024 * 1024
 _CLOSE = object()
 
@@ -108,7 +108,7 @@ class FakeIstiod:
             ),
         }
         self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+            (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
         )
         address = self.address
         if self.tls is None:
