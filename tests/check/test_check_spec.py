@@ -142,3 +142,16 @@ def test_the_documented_example_parses(tmp_path: Path) -> None:
     ]
     assert spec.cases[0].request.headers[1:] == [("cookie", "a=1"), ("cookie", "b=2")]
     assert spec.cases[1].expect.local_reply == LocalReplyExpect(403, "denied\n", "denied_by_plugin")
+
+
+def test_the_documented_case_kinds_parse(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "check.md").read_text()
+    example = doc.split("### Beyond one HTTP exchange\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_spec(write(tmp_path, example))
+    assert spec.capabilities == ["proxy_log", "proxy_on_request_headers", "proxy_http_call"]
+    tcp, http = spec.cases
+    assert tcp.tcp is not None and tcp.tcp.downstream == [b"hello", b" world"]
+    assert [r.timeout for r in http.callouts] == [False, True]
+    assert [r.status for r in http.grpc] == [None, 14]
+    assert (http.ticks, http.benchmark) == (2, 1000)
+    assert http.expect.calls[0].cluster == "callout"
