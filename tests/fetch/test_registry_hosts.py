@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ssl
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, free_port, unique_repo
 from tests.support.tls import TlsFiles, generate
 from tests.support.wasm import padded_module, sha256_hex
+from wasm_agent.agent.fetch_settings import fetch_settings_from_env
+from wasm_agent.core import config
 from wasm_agent.core.config import ConfigError
 from wasm_agent.core.settings import FetchSettings, build_fetch_settings
 from wasm_agent.fetch.errors import DownloadFailure
@@ -338,6 +341,19 @@ def test_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
         build_fetch_settings({"WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="WASM_AGENT_CREDENTIAL_HELPER_TTL"):
         build_fetch_settings({"WASM_AGENT_CREDENTIAL_HELPER_TTL": "soon"})
+
+
+def test_flags_win_over_the_variables(tmp_path: Path) -> None:
+    env = {"WASM_AGENT_CREDENTIAL_HELPER_TTL": "2m", "WASM_AGENT_REGISTRY_CONFIG_DIR": "/nowhere"}
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, config.REGISTRY, env)
+    args = parser.parse_args(["--registry-config-dir", str(tmp_path)])
+    settings = fetch_settings_from_env(env, flags=args)
+    assert settings.registry_config_dir == tmp_path and settings.credential_helper_ttl == 120.0
+    args = parser.parse_args(["--credential-helper-ttl", "0", "--credential-helper-timeout", "1s"])
+    settings = fetch_settings_from_env(env, flags=args)
+    assert settings.registry_config_dir == Path("/nowhere")
+    assert (settings.credential_helper_ttl, settings.credential_helper_timeout) == (0.0, 1.0)
 
 
 def test_check_help_names_the_flags_and_variables() -> None:
