@@ -2,9 +2,10 @@
 
 Start-up time matters (a warm ``prefetch`` must finish in well under 100 ms), so this module
 imports nothing heavy: each subcommand's module is imported only when that subcommand runs.
-Exit codes: 0 success, 1 failed operation, 2 usage error: a command raises
-:class:`~wasm_agent.core.errors.UsageError` (settings errors are usage errors too) and
-:func:`main` prints it and exits 2; argparse exits 2 for bad flags itself.
+Exit codes (:data:`EXIT_RULE`, printed at the end of every ``--help``): 0 success, 1 the
+operation on usable inputs failed, 2 the command line, a variable or a file it names cannot be
+used: a command raises :class:`~wasm_agent.core.errors.UsageError` (settings errors are usage
+errors too) and :func:`main` prints it and exits 2; argparse exits 2 for bad flags itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from collections.abc import Sequence
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_RULE = (
+    "Exit status: 0 success; 1 the operation failed on usable inputs (a module failed a check, "
+    "could not be fetched, verified or loaded, a plugin trapped, the cache could not be "
+    "changed); 2 the command line, an environment variable or a file it names cannot be used "
+    "(missing, unreadable or malformed: a --config @FILE, --pull-secret, --spec, -f manifest, "
+    "TLS or token file, or a local MODULE path)."
+)
+# long-running commands keep ``info`` on a terminal (their start-up line says they run)
+_INFO_ON_TERMINAL = frozenset({"proxy", "demo", "node"})
 
 # name -> (module implementing it, one-line summary)
 _CMD = "wasm_agent.agent.commands."
@@ -66,15 +76,41 @@ def _command_parser(name: str, module) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"wasm-agent {name}",
         description=(module.__doc__ or COMMANDS[name][1]).strip().splitlines()[0],
+        epilog=EXIT_RULE,
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default: info)",
-    )
+    add_log_flags(parser)
     module.add_arguments(parser)
     return parser
+
+
+def add_log_flags(parser: argparse.ArgumentParser, *, again: bool = False) -> None:
+    """``--log-level`` and ``--log-format`` (from the configuration table).
+
+    ``again``: for a subcommand's own parser (``cache ls --log-level debug``); its flags do not
+    overwrite a value given before the subcommand when they are absent.
+    """
+    import os
+
+    from wasm_agent.core import config
+
+    if not again:
+        config.add_flags(parser, config.LOG, os.environ)
+        return
+    sub = argparse.ArgumentParser(add_help=False)
+    config.add_flags(sub, config.LOG, os.environ)
+    for action in sub._actions:  # same flags, no defaults: absent keeps the earlier value
+        parser.add_argument(
+            *action.option_strings, dest=action.dest, metavar=action.metavar,
+            type=action.type, default=argparse.SUPPRESS, help=action.help,
+        )  # fmt: skip
+
+
+def log_level(name: str, given: str | None, stderr_is_terminal: bool) -> str:
+    """The level to log at: ``given`` (flag or variable), else ``warning`` on a terminal for the
+    one-shot commands (info lines would break ``prefetch``'s progress bars), else ``info``."""
+    if given:
+        return given
+    return "warning" if stderr_is_terminal and name not in _INFO_ON_TERMINAL else "info"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,13 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = _command_parser(name, module).parse_args(rest)
         from wasm_agent.core.logs import setup_logging
 
-        setup_logging(options.log_level)
+        options.log_level = log_level(name, options.log_level, _stderr_is_terminal())
+        setup_logging(options.log_level, options.log_format)
         return int(module.run(options))
     except UsageError as error:  # the one place a usage error becomes exit status 2
         print(f"wasm-agent {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ It also checks the index against the files (every entry's MAC, every URL's check
 directory's permissions, and reports every mismatch.
 ``prune`` removes modules unused for ``WASM_MODULE_EXPIRY`` (24h; ``--older-than`` overrides,
 ``--all-unused`` means any age) that no process holds: in-use modules are always kept.
-Exit status: 0 ok, 1 corrupt files found or the cache could not be changed, 2 usage error.
+Exit status: 0 ok, 1 corrupt files found, the cache directory is not a directory or cannot be
+read or changed, 2 usage error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
+from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_RULE, add_log_flags
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache-dir", metavar="DIR", help=cache_dir_help)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_log_flags(common, again=True)  # ``cache ls --log-level debug`` as well as before ``ls``
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("ls", parents=[common], help="list cached modules")
-    verify = sub.add_parser("verify", parents=[common], help="re-check every module's sha256")
+    sub.add_parser("ls", parents=[common], help="list cached modules", epilog=EXIT_RULE)
+    verify = sub.add_parser(
+        "verify", parents=[common], help="re-check every module's sha256", epilog=EXIT_RULE
+    )
     verify.add_argument(
         "--no-quarantine",
         action="store_true",
         help="only report corrupt files (default: move them to <cache dir>/quarantine/)",
     )
     prune = sub.add_parser(
-        "prune", parents=[common], help="remove expired modules that nothing uses"
+        "prune", parents=[common], help="remove expired modules that nothing uses", epilog=EXIT_RULE
     )
     age = prune.add_mutually_exclusive_group()
     age.add_argument(
@@ -70,20 +74,44 @@ def run(args: argparse.Namespace) -> int:
         settings = replace(settings, module_expiry=expiry)
     elif getattr(args, "all_unused", False):
         settings = replace(settings, module_expiry=0.0)
-    cache = ModuleCache(settings, fetch_settings_from_env())
+    problem = _not_a_directory(settings.directory)
+    if problem:
+        print(f"wasm-agent cache {args.action}: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     try:
+        cache = ModuleCache(settings, fetch_settings_from_env())
         if args.action == "ls":
             return _ls(cache, args.json)
         if args.action == "verify":
             return _verify(cache, args.json, not args.no_quarantine)
         return _prune(cache, args.json, args.dry_run)
     except OSError as error:
-        print(f"wasm-agent cache {args.action}: {settings.directory}: {error}", file=sys.stderr)
+        print(f"wasm-agent cache {args.action}: {_os_error(error)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # FetchError (CacheWriteError) and friends: a clear message
         cause = getattr(error, "cause", None) or str(error)
         print(f"wasm-agent cache {args.action}: {cause}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _not_a_directory(directory: Any) -> str | None:
+    """Why the cache directory cannot be one (it, or a parent, is a file), else None."""
+    from pathlib import Path
+
+    path = Path(directory)
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            if candidate.is_dir():
+                return None
+            what = "" if candidate == path else f"cannot be a directory: {candidate} is "
+            return f"{path}: {what}not a directory"
+    return None
+
+
+def _os_error(error: OSError) -> str:
+    """``PATH: reason`` without the errno number."""
+    reason = error.strerror or str(error)
+    return f"{error.filename}: {reason}" if error.filename else reason
 
 
 # -- ls -------------------------------------------------------------------------------------
