@@ -53,6 +53,7 @@ _LINE = re.compile(
 class Request:
     path: str
     headers: tuple[tuple[str, str], ...] = BASE_HEADERS
+    wait: float = 0.0  # seconds to let pass before sending it (host: ``advance``)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,12 @@ CASES: dict[str, Case] = {
             for where, path in (("request", "/trap"), ("response", "/trap-resp"))
             for policy in ("FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD", None)
         ),
+        Case(
+            "trap_request_fail_reload_after_backoff",
+            "trap",
+            (Request("/trap"), Request("/", wait=1.8), Request("/")),
+            failure_policy="FAIL_RELOAD",
+        ),
         Case("props_headers", "properties", (Request("/props", PROPS_HEADERS),)),
         Case("props_twice", "properties", (Request("/props"), Request("/props?x=1"))),
         Case("local_empty_body", "local_reply", _reqs("/local")),
@@ -95,6 +102,7 @@ CASES: dict[str, Case] = {
         Case("lifecycle_c1", "lifecycle", _reqs("/")),
         Case("lifecycle_c2", "lifecycle", concurrency=2),
         Case("lifecycle_c2_request", "lifecycle", _reqs("/"), concurrency=2),
+        Case("lifecycle_c3", "lifecycle", concurrency=3),
         Case("runaway_c1", "runaway", _reqs("/loop")),
         Case("trace_request", "trace", _reqs("/"), log_level="trace"),
         Case("trace_trap", "trace", _reqs("/trap"), failure_policy="FAIL_OPEN", log_level="trace"),
@@ -250,7 +258,10 @@ def record(case: Case, workdir: Path) -> Observed:
         try:
             port = _wait_for_port(admin_file, process, 30)
             time.sleep(0.3)  # every worker has started its VM
-            responses = [_send(port, request) for request in case.requests]
+            responses = []
+            for request in case.requests:
+                time.sleep(request.wait)
+                responses.append(_send(port, request))
             time.sleep(0.2)
         finally:
             process.send_signal(signal.SIGTERM)
@@ -279,6 +290,7 @@ def observe_host(case: Case) -> Observed:
     )  # fmt: skip
     responses = []
     for request in case.requests:
+        host.advance(request.wait)
         ex = host.exchange(
             [(":authority", HOST), (":path", request.path), (":method", "GET"),
              *((k.lower(), v) for k, v in request.headers)],
@@ -329,7 +341,8 @@ def golden_document(case: Case, observed: Observed, envoy_version: str) -> dict[
         "failure_policy": case.failure_policy,
         "wasm_log_level": case.log_level,
         "requests": [
-            {"path": r.path, "headers": [list(h) for h in r.headers]} for r in case.requests
+            {"path": r.path, "headers": [list(h) for h in r.headers], "wait": r.wait}
+            for r in case.requests
         ],
         "expected": observed.to_json(),
     }
