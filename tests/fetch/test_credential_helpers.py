@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.support.credhelper import HelperDir
 from tests.support.oci_push import RawPusher
@@ -37,6 +40,7 @@ from wasm_agent.fetch.credential_helpers import (
     HELPERS,
     CredentialHelperError,
     CredentialHelpers,
+    parse_helper_output,
     parse_helpers,
     resolve_credentials,
 )
@@ -439,3 +443,14 @@ def test_prefetch_cli_with_helper_and_mirror_from_the_environment(
     assert helpers.runs("cli") == 1 and helpers.stdin("cli") == host
     assert "registry host failed" in result.stderr  # the dead mirror was tried first
     assert REGISTRY_PASSWORD not in result.stdout + result.stderr
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(before=st.binary(max_size=100), after=st.binary(max_size=100))
+def test_any_helper_output_is_credentials_or_a_clear_error(before: bytes, after: bytes) -> None:
+    out = before + SECRET.encode() + after
+    try:
+        parse_helper_output(out, "docker-credential-x", "r.example")
+    except CredentialHelperError as error:
+        assert "docker-credential-x" in str(error) and "r.example" in str(error)
+        assert SECRET not in str(error)

@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.support.mirror import PullThroughRegistry, TlsRegistry
 from tests.support.oci_push import RawPusher
@@ -370,3 +373,17 @@ def test_check_help_names_the_flags_and_variables() -> None:
         ("--credential-helper-timeout", "WASM_AGENT_CREDENTIAL_HELPER_TIMEOUT"),
     ):
         assert flag in out and env in " ".join(out.split())
+
+
+@hypothesis_settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=300))
+def test_any_hosts_file_text_is_read_or_refused_clearly(tmp_path: Path, text: str) -> None:
+    path = write_hosts(tmp_path, "reg.example", text)
+    try:
+        hosts = load_hosts(tmp_path, "reg.example")
+    except HostsConfigError as error:
+        assert str(path) in str(error)
+    else:
+        assert hosts.endpoints[-1].mirror is False
