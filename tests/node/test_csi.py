@@ -141,3 +141,33 @@ def test_unpublish_of_an_unknown_volume_never_deletes_foreign_files(kubelet: Kub
     (pod.target / "data").unlink()
     kubelet.unpublish(pod)
     assert not pod.target.exists()  # an empty directory is removed
+
+
+def test_the_target_must_be_in_the_pods_own_directory(kubelet: Kubelet) -> None:
+    pod, other = kubelet.pod("a"), kubelet.pod("b")
+    request = kubelet.publish_request(pod)
+    request.volume_context["csi.storage.k8s.io/pod.uid"] = other.uid
+    with pytest.raises(grpc.RpcError) as error:
+        kubelet.csi.NodePublishVolume(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "directory of the pod" in error.value.details()
+
+
+def test_a_view_of_a_pod_removed_while_the_node_was_down_is_dropped(
+    kubelet: Kubelet, node: NodeProcess
+) -> None:
+    import shutil
+
+    gone, kept = kubelet.pod("gone"), kubelet.pod("kept")
+    kubelet.publish(gone)
+    kubelet.publish(kept)
+    node.kill()
+    from wasm_agent.node.mounts import unmount_all
+
+    unmount_all(gone.target)  # kubelet cleans up the pod's directory without us
+    shutil.rmtree(node.pods_dir / gone.uid)
+    node.start()
+    assert "wasm_node_volumes 1" in node.metrics()
+    assert mounted(kept.target) and (kept.target / "node.sock").exists()
+    assert not (node.pods_dir / gone.uid).exists()  # nothing recreated for the dead pod
+    assert len(list((node.cache_dir / "node" / "volumes").glob("*.json"))) == 1

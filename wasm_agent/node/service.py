@@ -62,6 +62,14 @@ class NodeService:
         """Restore every recorded view: its mounts, its socket, its holds."""
         self.store.ensure()
         for record in self.store.load_all():
+            if not Path(record.target_path).parent.is_dir():  # kubelet removed the pod meanwhile
+                log.info(
+                    "dropping the view of a pod that is gone",
+                    extra={"volume_id": record.volume_id, "pod": record.pod.label()},
+                )
+                self._view(record).remove(ours=False)
+                self.store.delete(record)
+                continue
             try:
                 await self._serve(record)
             except (OSError, PublishError) as error:
@@ -111,6 +119,11 @@ class NodeService:
         if not volume_id:
             raise PublishError("INVALID_ARGUMENT", "volume_id is required")
         target = self._check_target(target_path)
+        if not target.is_relative_to(self.settings.pods_dir / pod.uid):
+            raise PublishError(
+                "INVALID_ARGUMENT", "target_path is not in the directory of the pod named by "
+                "csi.storage.k8s.io/pod.uid"
+            )  # fmt: skip
         async with self._lock(volume_id):
             record = self.volumes.get(volume_id)
             if record is not None and record.target_path != str(target):
