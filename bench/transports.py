@@ -356,6 +356,42 @@ async def main(quick: bool, reps: int, only: list[str]) -> dict:
     }
 
 
+TARGETS = {"agent_added_p50_1KB_vs_aio": "<= 1.1", "agent_throughput_1MB_vs_aio": ">= 1.0"}
+
+
+def summary(report: dict) -> dict:
+    """The one-line result: the shipped agent against the bare grpc.aio forwarder with the same
+    ``GRPC_EXPERIMENTS`` (``aio_noee``; ``aio`` if that was not run), same run, same reps."""
+    rows = report["results"]
+    floor = "aio_noee" if "aio_noee" in rows else "aio"
+    ratios: dict[str, float] = {}
+    if "agent" in rows and floor in rows:
+        agent, bare = rows["agent"], rows[floor]
+        if bare["added_p50_1KB_ms"] > 0:
+            ratios["agent_added_p50_1KB_vs_aio"] = round(
+                agent["added_p50_1KB_ms"] / bare["added_p50_1KB_ms"], 3
+            )
+        ratios["agent_throughput_1MB_vs_aio"] = round(
+            agent["throughput_ratio"] / bare["throughput_ratio"], 3
+        )
+    for name, row in rows.items():
+        if name != "direct":
+            ratios[f"{name}.throughput_vs_direct"] = row["throughput_ratio"]
+    checked = {k: t for k, t in TARGETS.items() if k in ratios}
+    ok = len(checked) == len(TARGETS) and all(
+        ratios[k] <= float(t.split()[1]) if t.startswith("<=") else ratios[k] >= float(t.split()[1])
+        for k, t in checked.items()
+    )
+    return {
+        "bench": "transports",
+        "floor": floor,
+        "ratios": ratios,
+        "load_average": report["load_average_after"][0],
+        "targets": TARGETS,
+        "met": ok,
+    }
+
+
 def markdown(report: dict) -> str:
     """The report as a Markdown table (one row per variant)."""
     lines = [
@@ -402,3 +438,4 @@ if __name__ == "__main__":
             parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
         report = asyncio.run(main(options.quick, options.reps, chosen))
         print(markdown(report) if options.markdown else json.dumps(report, indent=2))
+        print(json.dumps(summary(report)))
