@@ -22,8 +22,10 @@ import fcntl
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.integrity import IndexKey, load_key
@@ -75,6 +77,7 @@ class Index:
         self.layout = layout
         self._key: IndexKey | None = None
         self._cached: tuple[tuple[int, ...], IndexData] | None = None
+        self._pending: list[Callable[[IndexData], None]] = []
 
     def key(self, create: bool = False) -> IndexKey:
         """The MAC key (read once; created by the first writer)."""
@@ -179,6 +182,36 @@ class Index:
         finally:
             os.close(lock_fd)
 
+    def record(self, change: Callable[[IndexData], None], *, defer: bool = False) -> None:
+        """:meth:`update` with ``change``. ``defer`` (a cache hit): inside an event loop, batch
+        it with the other hits of this loop iteration (one write, not one per hit), and only
+        log a failure (a hit in a read-only cache baked into an image is still a hit)."""
+        loop = _running_loop() if defer else None
+        if loop is None:
+            self._apply([change], quiet=defer)
+            return
+        self._pending.append(change)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the changes deferred by :meth:`record`."""
+        changes, self._pending = self._pending, []
+        if changes:
+            self._apply(changes, quiet=True)
+
+    def _apply(self, changes: list[Callable[[IndexData], None]], quiet: bool) -> None:
+        def apply(current: IndexData) -> None:
+            for change in changes:
+                change(current)
+
+        try:
+            self.update(apply)
+        except CacheWriteError as error:
+            if not quiet:
+                raise
+            log.warning("cannot record a cache hit", extra={"error": error.cause})
+
     def _write(self, data: IndexData, key: IndexKey) -> None:
         macs = {f"digest:{c}": key.mac("digest", c, s) for c, s in data.digests.items()}
         macs.update(
@@ -214,3 +247,14 @@ class Index:
             raise CacheWriteError(
                 str(self.layout.root), f"cannot write the cache index: {error.strerror}"
             ) from None
+
+
+def _running_loop() -> Any:
+    """The running asyncio loop, if any (without importing asyncio: warm ``prefetch``)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        return aio.get_running_loop()
+    except RuntimeError:
+        return None

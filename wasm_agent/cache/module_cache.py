@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from wasm_agent.cache import store
 from wasm_agent.cache.errors import CacheWriteError
@@ -64,7 +62,6 @@ class ModuleCache:
         self._holds: dict[str, list[int]] = {}
         self._ready = False
         self._prover = Prover()
-        self._pending: list[Callable[[IndexData], None]] = []
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -200,34 +197,11 @@ class ModuleCache:
                 known = current.signatures.get(key, [])
                 current.signatures[key] = sorted(set(known) | set(verified_keys))
 
-        loop = _running_loop() if defer else None
-        if loop is None:
-            self._write_index([change], quiet=defer)
-            return
-        self._pending.append(change)
-        if len(self._pending) == 1:
-            loop.call_soon(self.flush)
+        self.index.record(change, defer=defer)
 
     def flush(self) -> None:
         """Write the index changes deferred by cache hits."""
-        changes, self._pending = self._pending, []
-        if changes:
-            self._write_index(changes, quiet=True)
-
-    def _write_index(self, changes: list[Callable[[IndexData], None]], quiet: bool) -> None:
-        """Apply ``changes`` in one index write; ``quiet``: a failure is only logged (a hit
-        in a read-only cache baked into an image is still a hit)."""
-
-        def apply(current: IndexData) -> None:
-            for change in changes:
-                change(current)
-
-        try:
-            self.index.update(apply)
-        except CacheWriteError as error:
-            if not quiet:
-                raise
-            log.warning("cannot record a cache hit", extra={"error": error.cause})
+        self.index.flush()
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -394,17 +368,6 @@ class ModuleCache:
         self.flush()
         for owner in list(self._holds):
             self.release(owner)
-
-
-def _running_loop() -> Any:
-    """The running asyncio loop, if any (without importing asyncio: warm ``prefetch``)."""
-    aio = sys.modules.get("asyncio")
-    if aio is None:
-        return None
-    try:
-        return aio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _oci_name(url: str) -> str | None:
