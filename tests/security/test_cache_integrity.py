@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.faults import Agent, FakeEnvoy, assert_never_forwarded, extension, push
+from tests.support.faults import (
+    Agent,
+    FakeEnvoy,
+    assert_never_forwarded,
+    extension,
+    push,
+    wait_nack,
+)
 from tests.support.istiod import FakeIstiod
 from tests.support.modserver import ModServer
 from tests.support.wasm import padded_module, sha256_hex
@@ -211,3 +218,27 @@ async def test_proxy_hands_envoy_a_after_the_index_edit(
     envoy.wait_version("v2")
     seen = assert_never_forwarded(envoy, allowed={SHA_A})
     assert seen and all(s.content_sha256 == SHA_A for s in seen)
+
+
+@pytest.mark.timeout(90)
+def test_proxy_refuses_a_cache_others_may_write(
+    workdir: Path,
+    modserver: ModServer,
+    istiod: FakeIstiod,
+    make_agent: Callable[..., Agent],
+    fake_envoy: Callable[[], FakeEnvoy],
+) -> None:
+    """Must hold: ``wasm-agent proxy`` on a world-writable cache directory forwards no module:
+    the ECDS config is NACKed upstream with the refusal (path, reason, fix), and nothing is
+    stored there."""
+    cache_dir = workdir / "cache"
+    cache_dir.mkdir()
+    os.chmod(cache_dir, 0o777)
+    url = modserver.serve("/a.wasm", A)
+    agent = make_agent(cache_dir=cache_dir)
+    envoy = fake_envoy()
+    nonces = push(istiod, extension(url, SHA_A), "v1")
+    nack = wait_nack(istiod, nonces, agent=agent)
+    assert f"{cache_dir} is writable by other users" in nack.error_detail.message
+    assert "v1" not in envoy.versions() and modserver.count("/a.wasm") == 0
+    assert os.listdir(cache_dir) == []
