@@ -93,16 +93,7 @@ def add_log_flags(parser: argparse.ArgumentParser, *, again: bool = False) -> No
 
     from wasm_agent.core import config
 
-    if not again:
-        config.add_flags(parser, config.LOG, os.environ)
-        return
-    sub = argparse.ArgumentParser(add_help=False)
-    config.add_flags(sub, config.LOG, os.environ)
-    for action in sub._actions:  # same flags, no defaults: absent keeps the earlier value
-        parser.add_argument(
-            *action.option_strings, dest=action.dest, metavar=action.metavar,
-            type=action.type, default=argparse.SUPPRESS, help=action.help,
-        )  # fmt: skip
+    config.add_flags(parser, config.LOG, os.environ, again=again)
 
 
 def log_level(name: str, given: str | None, stderr_is_terminal: bool) -> str:

@@ -354,14 +354,22 @@ def _flag_type(option: Option) -> Callable[[str], Any]:
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, options: Iterable[Option], env: Mapping[str, str]
+    parser: argparse.ArgumentParser,
+    options: Iterable[Option],
+    env: Mapping[str, str],
+    *,
+    again: bool = False,
 ) -> None:
     """Add a flag for each option that has one; its default is the variable's value.
 
+    ``again``: the flags are also on a parent parser (``cache --log-level X ls``): here they
+    have no default, so leaving them out keeps the parent's value.
     Raises :class:`ConfigError` (before any parsing) when a variable's value cannot be used.
     """
     rows = [o for o in options if o.flag]
     current = values(rows, env)
+    if again:
+        current = dict.fromkeys(current, argparse.SUPPRESS)
     for option in rows:
         help_text = f"{option.help} [env {option.env}]"
         if option.parse is boolean:

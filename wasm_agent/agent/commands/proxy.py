@@ -11,8 +11,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wasm_agent.core import config
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from wasm_agent.agent.upstream_probe import UpstreamProbe
+    from wasm_agent.xds.upstream import UpstreamSettings
 
 SHUTDOWN_GRACE = 3.0
 
@@ -48,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except UpstreamError as error:
         raise UsageError(str(error)) from None
+    from wasm_agent.agent.preflight import check_tls_files, prepare_listen
+
+    check_tls_files(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)  # exit 2 if bad
+    prepare_listen(args.listen)
     try:
         return asyncio.run(_serve(args, upstream))
     except UsageError:
@@ -57,6 +68,18 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"wasm-agent proxy: {error}", file=sys.stderr)
         return 1
+
+
+def _probe(settings: UpstreamSettings, connected: Callable[[], bool]) -> UpstreamProbe:
+    """The probe that warns while istiod cannot be reached (``agent/upstream_probe.py``)."""
+    from wasm_agent.agent.upstream_probe import ProbeTarget, UpstreamProbe
+
+    target = ProbeTarget(
+        address=settings.address, plaintext=settings.plaintext, ca_file=settings.ca_file,
+        cert_file=settings.cert_file, key_file=settings.key_file,
+        server_name=settings.server_name,
+    )  # fmt: skip
+    return UpstreamProbe(target, connected)
 
 
 def _path(value: str | None) -> Path | None:
@@ -104,6 +127,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
         await status.stop()
         raise
     purge = asyncio.create_task(cache.purge_periodically())
+    probe = asyncio.create_task(_probe(upstream_settings, lambda: proxy.ready).run())
     log.info(
         "wasm-agent proxy running",
         extra={
@@ -117,6 +141,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     number = await wait_for_signal()
     log.info("signal received, draining", extra={"signal": number})
     purge.cancel()
+    probe.cancel()
 
     async def stop_proxy() -> None:
         await proxy.stop(grace=SHUTDOWN_GRACE)
