@@ -25,7 +25,8 @@ that filter, the ECDS resource. All three stacks get exactly that sequence.
 
 Modules: a 100 KB code module, a 5 MB module that is mostly one data segment, and a 5 MB
 code module (many functions, so the compile costs what a real 5 MB plugin's does).
-Targets: (a)/(c) <= 1.1x, (b)/(c) <= 0.5x.
+Targets: (a)/(c) <= 1.1x, (b)/(c) <= 0.5x. ``--mbps N`` paces the module server to about N
+Mbit/s (a registry across a network rather than on loopback).
 Ends with one JSON line ``{"bench": "rollout", "ratios": ..., "targets": ..., "met": ...}``.
 """
 
@@ -66,6 +67,7 @@ PLACEHOLDER = b"R0000"  # patched in the binary: one module per run, same size a
 FILTER = "demo-plugin"  # wasm_extension's filter and VM name
 TARGETS = {"a_over_c": "<= 1.1", "b_over_c": "<= 0.5"}
 KINDS = ("code-100k", "data-5m", "code-5m")
+CHUNK = 64 * 1024  # paced module server (--mbps): bytes per write
 
 PLUGIN_WAT = """(module
   (import "env" "proxy_add_header_map_value"
@@ -201,8 +203,7 @@ class Stack:
 
     def _asked(self, name: str) -> bool:
         return any(
-            r.type_url == ECDS_TYPE and name in r.resource_names
-            for r in self.istiod.all_requests()
+            r.type_url == ECDS_TYPE and name in r.resource_names for r in self.istiod.all_requests()
         )
 
     def _until(self, probe: Callable[[], bool], started: float, timeout: float, what: str) -> float:
@@ -267,8 +268,9 @@ def met(value: float, target: str) -> bool:
     return value <= float(bound) if op == "<=" else value >= float(bound)
 
 
-def run(quick: bool, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every kind, ``runs`` pushes each, a/b/c interleaved; medians and ratios."""
+def run(runs: int, mbps: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every kind, ``runs`` pushes each, a/b/c interleaved; medians and ratios. ``mbps`` > 0:
+    the module server sends at about that many Mbit/s (64 KiB chunks, paced)."""
     results: dict[str, dict[str, float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="wa-rollout-") as tmp,
@@ -291,7 +293,12 @@ def run(quick: bool, runs: int, log: Callable[[str], None]) -> dict[str, Any]:
                     value = f"R{serial:04d}"
                     data = variant(base, value)
                     path = f"/{kind}-{serial}.wasm"
-                    modules.append((mods.serve(path, data), sha256_hex(data), value, path))
+                    if mbps > 0:
+                        delay = CHUNK * 8 / (mbps * 1e6)
+                        served = mods.slow(path, data, chunk=CHUNK, delay=delay)
+                    else:
+                        served = mods.serve(path, data)
+                    modules.append((served, sha256_hex(data), value, path))
                 agent_b = all_stacks["b"].agent
                 assert agent_b is not None
                 for url, sha, _, _ in modules:
@@ -332,10 +339,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one push per module kind")
     parser.add_argument("--runs", type=int, default=0, help="pushes per module kind (default 5)")
+    parser.add_argument(
+        "--mbps", type=float, default=0, help="module server bandwidth, Mbit/s (default: loopback)"
+    )
     options = parser.parse_args()
     runs = options.runs or (1 if options.quick else 5)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    result = run(options.quick, runs, lambda line: print(line, flush=True))
+    link = f"{options.mbps:g} Mbit/s" if options.mbps else "loopback, unpaced"
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {link}", flush=True)
+    result = run(runs, options.mbps, lambda line: print(line, flush=True))
+    result["module_server"] = link
     print(json.dumps(result))
 
 
