@@ -31,6 +31,8 @@ from tests.support.faults import (
 )
 from tests.support.istiod import FakeIstiod
 from tests.support.modserver import ModServer
+from tests.support.oci_push import RawPusher
+from tests.support.registry import Registry, unique_repo
 from tests.support.wasm import padded_module, sha256_hex
 from wasm_agent.cache import ModuleCache, ModuleRequest
 from wasm_agent.cache.integrity import InsecureCache, Prover
@@ -242,3 +244,30 @@ def test_proxy_refuses_a_cache_others_may_write(
     assert f"{cache_dir} is writable by other users" in nack.error_detail.message
     assert "v1" not in envoy.versions() and modserver.count("/a.wasm") == 0
     assert os.listdir(cache_dir) == []
+
+
+@pytest.mark.registry
+async def test_forged_oci_digest_entry_is_ignored(
+    cache_dir: Path, oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    """Must hold: with OCI modules A and B cached (real docker-registry), an index edit
+    mapping A's manifest digest to B's module file is ignored: a request pinning A's digest
+    gets A's bytes (fetched again), and a file named by the manifest digest itself is never
+    served."""
+    settings = FetchSettings(insecure_registries=frozenset({oci_registry.host}))
+    cache = ModuleCache(CacheSettings(directory=cache_dir), settings)
+    repo = unique_repo("integrity")
+    pushed_a = oci_pusher.push_wasm_artifact(repo, "a", A)
+    pushed_b = oci_pusher.push_wasm_artifact(repo, "b", B)
+    url_a = oci_registry.oci_url(repo, digest=pushed_a.digest)
+    assert served(await cache.get(ModuleRequest(url=url_a))) == A
+    await cache.get(ModuleRequest(url=oci_registry.oci_url(repo, digest=pushed_b.digest)))
+    cache.close()
+    digest_a = pushed_a.digest.removeprefix("sha256:")
+    edit_index(cache_dir, lambda doc: doc["digests"].__setitem__(digest_a, SHA_B))
+    planted = cache_dir / "modules" / f"{digest_a}.wasm"  # hashes to its name: the manifest
+    planted.write_bytes(pushed_a.manifest)
+    fresh = ModuleCache(CacheSettings(directory=cache_dir), settings)
+    found = await fresh.get(ModuleRequest(url=url_a))
+    assert served(found) == A and found.sha256 == SHA_A
+    fresh.close()
