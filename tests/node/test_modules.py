@@ -311,3 +311,36 @@ async def test_bad_lines_and_too_many_connections_are_refused(tmp_path: Path) ->
         for sock in held:
             sock.close()
         node.cleanup()
+
+
+async def test_one_pod_has_at_most_two_downloads_in_progress(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    import asyncio
+
+    modules = [code_module(6000, seed=40 + i) for i in range(3)]
+    urls = [
+        modserver.slow(f"/slot{i}.wasm", m, chunk=1000, delay=0.25)  # about 1.5 s each
+        for i, m in enumerate(modules)
+    ]
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "greedy")
+            source = NodeModuleSource(pod.socket)
+            tasks = [
+                asyncio.create_task(source.get(ModuleRequest(url=u, timeout=60))) for u in urls
+            ]
+            deadline = time.monotonic() + 20
+            while (
+                time.monotonic() < deadline
+                and sum(modserver.count(f"/slot{i}.wasm") for i in range(3)) < 2
+            ):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            started = [modserver.count(f"/slot{i}.wasm") for i in range(3)]
+            assert sorted(started) == [0, 1, 1], started  # the third waits for a slot
+            got = await asyncio.gather(*tasks)
+            assert [g.path.read_bytes() for g in got] == modules
+    finally:
+        node.cleanup()

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 16  # open node.sock connections per pod
 IDLE_TIMEOUT = 300.0  # a connection waiting this long for a request is closed
+FETCHES_PER_POD = 2  # downloads (and compiles) one pod may have in progress at once
+FETCHES_PER_NODE = 4  # ... and all pods together
 
 
 class PublishError(Exception):
@@ -55,6 +57,8 @@ class NodeService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: set[str] = set()
         self._connections: dict[str, int] = {}
+        self._node_fetches = asyncio.Semaphore(FETCHES_PER_NODE)
+        self._pod_fetches: dict[str, asyncio.Semaphore] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,6 +163,7 @@ class NodeService:
             NODE_VOLUMES.set(len(self.volumes))
             log.info("unpublished a view", extra={"volume_id": volume_id})
         self._locks.pop(volume_id, None)
+        self._pod_fetches.pop(volume_id, None)
 
     def _lock(self, volume_id: str) -> asyncio.Lock:
         return self._locks.setdefault(volume_id, asyncio.Lock())
@@ -257,7 +262,13 @@ class NodeService:
     async def _place(self, record: VolumeRecord, request: ModuleRequest) -> Answer:
         url = normalize_url(request.url)
         await self.access.check(url, request.pull_secret, request.timeout)
-        module = await self.cache.get(request)
+        module = self.cache.lookup(request)
+        if module is None:  # a download and compile: bounded per pod and per node
+            pod_slots = self._pod_fetches.setdefault(
+                record.volume_id, asyncio.Semaphore(FETCHES_PER_POD)
+            )
+            async with pod_slots, self._node_fetches:
+                module = await self.cache.get(request)
         if self.volumes.get(record.volume_id) is not record:
             raise ModuleGone("the view was unpublished while the module was fetched")
         name = self._view(record).place(module.sha256, module.path)
