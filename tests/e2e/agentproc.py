@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal, overload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,8 +65,16 @@ class AgentProcess:
             time.sleep(0.05)
         raise RuntimeError(f"agent did not start in {timeout}s:\n{self.logs()}")
 
-    def status(self, path: str = "/healthz/ready", allow_error: bool = False) -> tuple | None:
-        """(status code, body) of the status server, or None if it does not answer."""
+    @overload
+    def status(self, path: str = ..., allow_error: Literal[False] = ...) -> tuple[int, str]: ...
+    @overload
+    def status(self, path: str = ..., *, allow_error: bool) -> tuple[int, str] | None: ...
+
+    def status(
+        self, path: str = "/healthz/ready", allow_error: bool = False
+    ) -> tuple[int, str] | None:
+        """(status code, body) of the status server; None if it does not answer and
+        ``allow_error`` (otherwise the error is raised)."""
         try:
             url = f"http://127.0.0.1:{self.status_port}{path}"
             with urllib.request.urlopen(url, timeout=2) as response:

@@ -228,8 +228,7 @@ def test_istiod_behind_a_unix_socket_as_with_pilot_agent(
             assert mesh.agent.args[mesh.agent.args.index("--discovery-address") + 1] == discovery
             mesh.wait_ecds_version("u1")
             mesh.header_becomes("v1")
-            ready = mesh.agent.status()
-            assert ready is not None and ready[0] == 200  # the upstream stream is up
+            assert mesh.agent.status()[0] == 200  # ready: the upstream stream is up
             (bad,) = xc.serve(istiod, xc.wasm_extension(url, "ab" * 32), "u2")
             istiod.wait_for(
                 lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce == bad], 20, "NACK"
@@ -341,7 +340,7 @@ def test_mtls_to_istiod_and_garbage_from_istiod(
     url = mods.serve("/mtls/v1.wasm", V1)
     with FakeIstiod(tls, client_auth=True) as istiod:
         xc.serve(istiod, xc.wasm_extension(url, sha256_hex(V1)), "t1")
-        args = ("--tls-ca", str(tls.ca), "--tls-cert", str(tls.client_cert))
+        args: tuple[str, ...] = ("--tls-ca", str(tls.ca), "--tls-cert", str(tls.client_cert))
         args += ("--tls-key", str(tls.client_key), "--tls-server-name", tls.server_name)
         with Mesh(short_dir(tmp_path), istiod, echo, *args, plaintext=False) as mesh:
             mesh.wait_ecds_version("t1")

@@ -294,7 +294,9 @@ class FakeEnvoy:
                 yield item
 
         with grpc.insecure_channel(self.target) as channel:
-            call = channel.stream_stream(SOTW_METHOD)(outgoing())
+            method: grpc.StreamStreamMultiCallable[bytes, bytes]
+            method = channel.stream_stream(SOTW_METHOD)
+            call = method(outgoing())
             self._call = call
             try:
                 for raw in call:

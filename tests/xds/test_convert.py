@@ -29,6 +29,7 @@ from wasm_agent.xds.convert import (
     Converted,
     FailureMode,
     MalformedResource,
+    Outcome,
     Reject,
     Result,
     apply_ecds,
@@ -274,7 +275,7 @@ def test_multiple_remotes_and_partial_failure() -> None:
     ]
     plan = plan_ecds(resources)
     assert [(r.resource_name, r.index) for r in plan.remotes] == [("a", 0), ("b", 2), ("c", 3)]
-    ok = {0: module("m0"), 1: module("m1"), 2: module("m2")}
+    ok: dict[int, Outcome] = {0: module("m0"), 1: module("m1"), 2: module("m2")}
     result = apply_ecds(plan, ok, FailureMode.NACK)
     assert isinstance(result, Converted)
     assert sorted(result.replacements) == [0, 2, 3]
@@ -296,6 +297,7 @@ def test_apply_does_not_change_the_plan() -> None:
     plan = plan_ecds([extension("x", wasm_filter(env=AGENT_ENV))])
     first = apply_ecds(plan, {0: module("one")}, FailureMode.NACK)
     second = apply_ecds(plan, {0: module("two")}, FailureMode.NACK)
+    assert isinstance(first, Converted) and isinstance(second, Converted)
     assert rewritten_wasm(first)[1].config.vm_config.code.local.filename.endswith("one.wasm")
     assert rewritten_wasm(second)[1].config.vm_config.code.local.filename.endswith("two.wasm")
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -130,7 +131,7 @@ async def test_upstream_failure_ends_envoy_stream_and_envoy_close_ends_upstream(
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await ads.read()
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "boom" in failure.value.details()
+    assert "boom" in str(failure.value.details())
     counter = REGISTRY.counter("istiod_connection_terminations", "", labels=("type",))
     assert counter.value(type="error") == terminations + 1
     await ads.close()
@@ -212,7 +213,9 @@ async def test_a_thousand_streams_are_refused_beyond_the_limit(
     await first.request(CLUSTER_TYPE, node=True)
     await first.read()
     flood = AdsClient(f"unix:{sock}")
-    calls = [flood.channel.stream_stream(SOTW_METHOD)() for _ in range(1000)]
+    method: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
+    method = flood.channel.stream_stream(SOTW_METHOD)
+    calls = [method() for _ in range(1000)]
     results = await asyncio.gather(
         *(asyncio.wait_for(call.read(), 3) for call in calls), return_exceptions=True
     )

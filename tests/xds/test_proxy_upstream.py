@@ -171,6 +171,6 @@ async def test_unreadable_credentials_end_the_stream_with_a_clear_error(
         await ads.request(CLUSTER_TYPE, node=True)
         await ads.read()
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "cannot read token file" in failure.value.details()
+    assert "cannot read token file" in str(failure.value.details())
     await ads.close()
     await proxy.stop(grace=1)
