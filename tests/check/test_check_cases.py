@@ -302,3 +302,17 @@ def test_unknown_case_key_is_a_usage_error_with_file_and_line(tmp_path: Path) ->
     )
     with pytest.raises(SpecError, match=r"spec.yaml:3: unknown key 'clse' in cases\[0\]\.tcp"):
         load_spec(path)
+
+
+def test_runaway_plugin_is_reported_as_envoy_would_hang(tmp_path: Path) -> None:
+    from tests.host.wat import BASIC
+    from tests.host.wat import plugin as wat_plugin
+
+    data = wat_plugin(BASIC + """
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (loop $l (br $l)) (i32.const 0))
+""")  # fmt: skip
+    checks = run_spec(tmp_path, data, "cases:\n  - name: loops\n    expect: {}\n")
+    check = checks["loops"]
+    assert check.status is Status.FAIL
+    assert check.message.startswith("no response: Envoy would hang this stream")
