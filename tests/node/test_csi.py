@@ -171,3 +171,23 @@ def test_a_view_of_a_pod_removed_while_the_node_was_down_is_dropped(
     assert mounted(kept.target) and (kept.target / "node.sock").exists()
     assert not (node.pods_dir / gone.uid).exists()  # nothing recreated for the dead pod
     assert len(list((node.cache_dir / "node" / "volumes").glob("*.json"))) == 1
+
+
+def test_a_failed_publish_leaves_nothing_a_restart_would_restore(
+    kubelet: Kubelet, node: NodeProcess
+) -> None:
+    pod = kubelet.pod("broken")
+    pod.target.parent.mkdir(parents=True)
+    pod.target.write_text("a file where the view should go")
+    with pytest.raises(grpc.RpcError) as error:
+        kubelet.publish(pod)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert "cannot create the view" in error.value.details()
+    assert pod.target.read_text() == "a file where the view should go"
+    assert list((node.cache_dir / "node" / "volumes").glob("*.json")) == []
+    assert not (node.cache_dir / "node" / "views").exists() or not any(
+        (node.cache_dir / "node" / "views").iterdir()
+    )
+    pod.target.unlink()
+    kubelet.publish(pod)  # kubelet retries: now it works
+    assert mounted(pod.target)

@@ -134,10 +134,18 @@ class NodeService:
                 raise PublishError(
                     "ALREADY_EXISTS", f"volume {volume_id} is published at another target_path"
                 )
+            fresh = record is None
             if record is None:
                 record = VolumeRecord(volume_id, str(target), pod, read_only)
                 self.store.save(record)
-            await self._serve(record)
+            try:
+                await self._serve(record)
+            except PublishError:
+                if fresh:  # leave nothing behind that a restart would restore
+                    self.volumes.pop(volume_id, None)
+                    self._view(record).remove()
+                    self.store.delete(record)
+                raise
             NODE_VOLUMES.set(len(self.volumes))
             log.info("published a view", extra={"volume_id": volume_id, "pod": pod.label()})
             return record
@@ -153,6 +161,7 @@ class NodeService:
                     self._check_target(target_path)
                     probe = VolumeRecord(volume_id, target_path, PodIdentity())
                     self._view(probe).remove(ours=False)
+                    self.store.delete(probe)
                 return
             server = self._servers.pop(volume_id, None)
             if server is not None:
@@ -172,14 +181,14 @@ class NodeService:
         view = self._view(record)
         try:
             view.create()
+            for sha in record.modules:
+                source = self.cache.layout.module_path(sha)
+                if not view.has(sha) and source.is_file():
+                    view.place(sha, source)
+            sock = None if record.volume_id in self._servers else bind_unix(view.socket_path)
         except (OSError, ViewError) as error:
             raise PublishError("INTERNAL", f"cannot create the view: {error}") from None
-        for sha, _url in record.modules.items():
-            source = self.cache.layout.module_path(sha)
-            if not view.has(sha) and source.is_file():
-                view.place(sha, source)
-        if record.volume_id not in self._servers:
-            sock = bind_unix(view.socket_path)
+        if sock is not None:
 
             async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 await self._connection(record, reader, writer)
