@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from wasm_agent.cache import store
@@ -16,8 +17,10 @@ from wasm_agent.cache.layout import CacheLayout
 from wasm_agent.cache.locks import FileLock, LockTimeout, hold_file, in_use
 from wasm_agent.cache.metrics import CACHE_ENTRIES, CACHE_LOOKUPS
 from wasm_agent.cache.model import CachedModule, CacheEntry, ModuleRequest
+from wasm_agent.cache.negative import NegativeCache
 from wasm_agent.cache.policy import Decision, decide
 from wasm_agent.cache.purge import purge_expired
+from wasm_agent.cache.size_cap import SizeCap, cache_bytes
 from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.core.logs import redact_url
 from wasm_agent.core.settings import CacheSettings, FetchSettings
@@ -62,6 +65,8 @@ class ModuleCache:
         self._holds: dict[str, list[int]] = {}
         self._ready = False
         self._prover = Prover()
+        self.negative = NegativeCache(settings.fetch_backoff)  # docs/registries.md
+        self.size_cap = SizeCap(self.layout, self.index, settings.max_bytes)  # docs/cache.md
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -229,7 +234,8 @@ class ModuleCache:
                 found = self._serve_cached(request, url, self.index.load())
                 if found is not None:
                     return found
-            return await self._fetch_and_store(request, url, progress)
+            fetch = partial(self._fetch_and_store, request, url, progress)
+            return await self.negative.guard(url, request, fetch)  # failed recently: refused
         finally:
             lock.release()
 
@@ -279,6 +285,7 @@ class ModuleCache:
         temp = store.write_temp(self.layout, fetched.data, url)
         try:
             await self._validate(temp.path, url)
+            self.size_cap.make_room(len(fetched.data), url)  # LRU eviction, or CacheFull
             store.commit(temp, path, url)
         finally:
             store.discard(temp)
@@ -325,6 +332,7 @@ class ModuleCache:
             time.time() if now is None else now,
         )
         CACHE_ENTRIES.set(len(self.layout.module_files()))
+        cache_bytes(self.layout)  # the wasm_cache_bytes gauge
         return removed
 
     async def purge_periodically(self) -> None:

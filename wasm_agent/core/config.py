@@ -255,8 +255,21 @@ FETCH: tuple[Option, ...] = (
     VERIFY_POLICY,
 )  # fmt: skip
 
+CACHE_MAX_BYTES = Option(
+    "max_bytes", "WASM_AGENT_CACHE_MAX_BYTES", size, None,
+    "cap on the cache's modules and compiled artifacts: least recently used ones no Envoy uses "
+    "are evicted (default no cap; docs/cache.md)", "--cache-max-bytes", "BYTES",
+)  # fmt: skip
+FETCH_BACKOFF = Option(
+    "fetch_backoff", "WASM_AGENT_FETCH_BACKOFF", duration, 10.0,
+    "a module that failed to fetch is refused with the same error, without fetching, this long "
+    "(default 10s like Envoy; 0 off; docs/registries.md)", "--fetch-backoff", "DURATION",
+)  # fmt: skip
+
 CACHE: tuple[Option, ...] = (
     CACHE_DIR,
+    CACHE_MAX_BYTES,
+    FETCH_BACKOFF,
     Option("module_expiry", "WASM_MODULE_EXPIRY", positive_duration, 24 * 3600.0,
            "unused modules older than this are purged"),
     Option("purge_interval", "WASM_PURGE_INTERVAL", positive_duration, 3600.0,
@@ -297,6 +310,8 @@ PROXY: tuple[Option, ...] = (
     Option("max_streams", "WASM_AGENT_MAX_STREAMS", integer(1), 100,
            "concurrent Envoy ADS streams accepted (default 100)", "--max-streams", "N"),
     VERIFY_POLICY,
+    CACHE_MAX_BYTES,
+    FETCH_BACKOFF,
 )  # fmt: skip
 
 ALL: tuple[Option, ...] = tuple(

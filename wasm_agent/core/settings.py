@@ -113,6 +113,8 @@ class CacheSettings:
     directory: Path
     module_expiry: float = 24 * 3600.0
     purge_interval: float = 3600.0
+    max_bytes: int | None = None  # --cache-max-bytes: LRU eviction above it (docs/cache.md)
+    fetch_backoff: float = 10.0  # a failed module is refused this long without a fetch
 
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -174,4 +176,6 @@ def cache_settings_from_env(
         directory=Path(directory).expanduser() if directory else default_cache_dir(env),
         module_expiry=found["module_expiry"],
         purge_interval=found["purge_interval"],
+        max_bytes=found["max_bytes"],
+        fetch_backoff=found["fetch_backoff"],
     )
