@@ -40,9 +40,9 @@ def modserver() -> Iterator[ModServer]:
         yield server
 
 
-def start_node(tmp_path: Path, registry: Registry | None = None) -> NodeProcess:
+def start_node(tmp_path: Path, registry: Registry | None = None, *args: str) -> NodeProcess:
     env = {"WASM_INSECURE_REGISTRIES": registry.host} if registry else {}
-    return NodeProcess(tmp_path / "node", env=env).start()
+    return NodeProcess(tmp_path / "node", *args, env=env).start()
 
 
 def pull_secret(host: str, user: str, password: str) -> bytes:
@@ -141,13 +141,16 @@ def private_image(oci_registry_basic: Registry) -> tuple[str, bytes]:
     return repo, module
 
 
+TTL = 2  # seconds a registry's "yes" is remembered in the test below
+
+
 async def test_private_module_needs_the_pods_own_credentials(
     tmp_path: Path, oci_registry_basic: Registry, private_image: tuple[str, bytes]
 ) -> None:
     repo, module = private_image
     url = oci_registry_basic.oci_url(repo, "v1")
     host = oci_registry_basic.host
-    node = start_node(tmp_path, oci_registry_basic)
+    node = start_node(tmp_path, oci_registry_basic, "--access-ttl", f"{TTL}s")
     try:
         with Kubelet(node) as kubelet:
             owner, stranger, liar = (published(kubelet, n) for n in ("owner", "stranger", "liar"))
@@ -155,8 +158,14 @@ async def test_private_module_needs_the_pods_own_credentials(
                 url=url, pull_secret=pull_secret(host, REGISTRY_USER, REGISTRY_PASSWORD),
                 timeout=20,
             )  # fmt: skip
+            manifests = rf"^/v2/{repo}/manifests/"
+            granted = time.monotonic()
             placed = await NodeModuleSource(owner.socket).get(good)
             assert placed.path.read_bytes() == module
+            checks = oci_registry_basic.count_requests("GET", manifests)
+            again = await NodeModuleSource(owner.socket).get(good)  # remembered: no new check
+            assert again.hit
+            assert oci_registry_basic.count_requests("GET", manifests) == checks
             with pytest.raises(AuthFailure) as denied:
                 await NodeModuleSource(stranger.socket).get(ModuleRequest(url=url, timeout=20))
             assert "registry refused no credentials" in str(denied.value)
@@ -167,8 +176,10 @@ async def test_private_module_needs_the_pods_own_credentials(
                 await NodeModuleSource(liar.socket).get(wrong)
             assert list((stranger.target / "modules").iterdir()) == []
             assert list((liar.target / "modules").iterdir()) == []
-            again = await NodeModuleSource(owner.socket).get(good)  # remembered: no new check
-            assert again.hit
+            checks = oci_registry_basic.count_requests("GET", manifests)
+            time.sleep(max(0.0, granted + TTL + 0.3 - time.monotonic()))
+            await NodeModuleSource(owner.socket).get(good)  # the answer expired: asked again
+            assert oci_registry_basic.count_requests("GET", manifests) > checks
         assert oci_registry_basic.count_blob_gets(repo) == 1  # the Wasm layer, once
         logs = node.logs()
         for secret in (good.pull_secret, wrong.pull_secret):
