@@ -99,6 +99,7 @@ CASES: dict[str, Case] = {
         Case("local_empty_body", "local_reply", _reqs("/local")),
         Case("local_with_body", "local_reply", _reqs("/local-body")),
         Case("local_from_response", "local_reply", _reqs("/local-resp")),
+        Case("local_body_no_type", "local_reply", _reqs("/local-plain")),
         Case("lifecycle_c1", "lifecycle", _reqs("/")),
         Case("lifecycle_c2", "lifecycle", concurrency=2),
         Case("lifecycle_c2_request", "lifecycle", _reqs("/"), concurrency=2),

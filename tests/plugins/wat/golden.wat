@@ -4,7 +4,8 @@
 ;; /loop (never returns), /props (logs request.headers / response.headers pairs in the order the
 ;; host gives them, "k=v|..."), /local (local reply 403, empty body, plugin headers),
 ;; /local-body (the same with body "nope"), /local-resp (empty-body local reply from the response
-;; headers). Every response-headers callback first adds "x-later: 1".
+;; headers), /local-plain (401, body "nope", only x-plugin: a). Every response-headers callback
+;; first adds "x-later: 1".
 (module
   (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value"
@@ -39,6 +40,9 @@
   (data (i32.const 432) "response_headers ")
   (data (i32.const 464) "request.headers: ")
   (data (i32.const 496) "response.headers: ")
+  (data (i32.const 528) "/local-plain")
+  ;; x-plugin: a
+  (data (i32.const 1200) "\01\00\00\00\08\00\00\00\01\00\00\00x-plugin\00a\00")
   ;; x-plugin: a, content-type: application/x-plugin, content-length: 99, x-second: b
   (data (i32.const 1024) "\04\00\00\00\08\00\00\00\01\00\00\00\0c\00\00\00\14\00\00\00\0e\00\00\00\02\00\00\00\08\00\00\00\01\00\00\00x-plugin\00a\00content-type\00application/x-plugin\00content-length\0099\00x-second\00b\00")
   (global $heap (mut i32) (i32.const 65536))
@@ -149,6 +153,8 @@
       (then (return (i32.const 2))))
     (if (call $starts (local.get $p) (local.get $n) (i32.const 128) (i32.const 6))
       (then (return (i32.const 3))))
+    (if (call $starts (local.get $p) (local.get $n) (i32.const 528) (i32.const 12))
+      (then (return (i32.const 8))))
     (if (call $starts (local.get $p) (local.get $n) (i32.const 144) (i32.const 11))
       (then (return (i32.const 5))))
     (if (call $starts (local.get $p) (local.get $n) (i32.const 160) (i32.const 11))
@@ -187,6 +193,11 @@
       (then
         (drop (call $local_response (i32.const 403) (i32.const 240) (i32.const 6)
           (i32.const 256) (i32.const 4) (i32.const 1024) (i32.const 110) (i32.const -1)))
+        (return (i32.const 1))))
+    (if (i32.eq (global.get $mode) (i32.const 8))
+      (then
+        (drop (call $local_response (i32.const 401) (i32.const 240) (i32.const 6)
+          (i32.const 256) (i32.const 4) (i32.const 1200) (i32.const 23) (i32.const -1)))
         (return (i32.const 1))))
     (i32.const 0))
 
