@@ -1,4 +1,5 @@
-"""``wasm-agent run``: one exchange printed; exit 1 on load failure, 2 on usage errors."""
+"""``wasm-agent run``: one exchange printed; exit 1 on an unreadable or unloadable module, 2 on
+usage errors."""
 
 from __future__ import annotations
 
@@ -72,5 +73,5 @@ def test_run_load_failure_exits_1(tmp_path: Path) -> None:
 def test_run_usage_errors_exit_2(module_path: Path, tmp_path: Path) -> None:
     assert _run(str(module_path), "-H", "no-colon").returncode == 2
     assert _run(str(module_path), "--config", f"@{tmp_path / 'missing'}").returncode == 2
-    assert _run(str(tmp_path / "missing.wasm")).returncode == 2
+    assert _run(str(tmp_path / "missing.wasm")).returncode == 1  # the module: the operation
     assert _run().returncode == 2

@@ -3,7 +3,7 @@
 Start-up time matters (a warm ``prefetch`` must finish in well under 100 ms), so this module
 imports nothing heavy: each subcommand's module is imported only when that subcommand runs.
 Exit codes (:data:`EXIT_RULE`, printed at the end of every ``--help``): 0 success, 1 the
-operation on usable inputs failed, 2 the command line, a variable or a file it names cannot be
+operation failed, 2 the command line, a variable or a file that configures the command cannot be
 used: a command raises :class:`~wasm_agent.core.errors.UsageError` (settings errors are usage
 errors too) and :func:`main` prints it and exits 2; argparse exits 2 for bad flags itself.
 """
@@ -20,14 +20,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_RULE = (
-    "Exit status: 0 success; 1 the operation failed on usable inputs (a module failed a check, "
-    "could not be fetched, verified or loaded, a plugin trapped, the cache could not be "
-    "changed); 2 the command line, an environment variable or a file it names cannot be used "
-    "(missing, unreadable or malformed: a --config @FILE, --pull-secret, --spec, -f manifest, "
-    "TLS or token file, or a local MODULE path)."
+    "Exit status: 0 success; 1 the operation failed: a module could not be read, fetched, "
+    "verified, compiled or loaded, failed a check or trapped, or the cache could not be used; "
+    "2 the command line cannot be used: a bad flag or environment variable, or a file that "
+    "configures the command (--config @FILE, --pull-secret, --spec, -f manifest, TLS, token or "
+    "policy file) that is missing, unreadable or malformed."
 )
 # long-running commands keep ``info`` on a terminal (their start-up line says they run)
 _INFO_ON_TERMINAL = frozenset({"proxy", "demo", "node"})
+_FETCHING = frozenset({"prefetch", "proxy", "check", "run", "node"})  # HTTP(S)_PROXY ignored
 
 # name -> (module implementing it, one-line summary)
 _CMD = "wasm_agent.agent.commands."
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options.log_level = log_level(name, options.log_level, _stderr_is_terminal())
         setup_logging(options.log_level, options.log_format)
+        if name in _FETCHING:
+            from wasm_agent.agent.inputs import warn_ignored_proxy_variables
+
+            warn_ignored_proxy_variables()
         return int(module.run(options))
     except UsageError as error:  # the one place a usage error becomes exit status 2
         print(f"wasm-agent {name}: error: {error}", file=sys.stderr)

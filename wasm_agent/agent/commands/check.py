@@ -4,8 +4,9 @@ MODULE is a local path, an ``http(s)://`` URL or an ``oci://`` reference (remote
 fetched through the module cache, with ``prefetch``'s options); ``-f`` reads Istio
 ``WasmPlugin`` manifests (url, sha256, and pluginConfig as the configuration). Each module gets
 structure, Envoy-compatibility and load checks, plus the behaviour cases of ``--spec``.
-Exit status: 0 every module passed, 1 any check failed (a fetch failure too), 2 usage error
-(bad flags, an unreadable --config file, a spec or manifest file that does not parse).
+Exit status: 0 every module passed, 1 any check failed (a module that cannot be read or
+fetched too), 2 usage error (bad flags; a --config, --pull-secret, --spec or -f file that is
+missing, unreadable or does not parse).
 """
 
 from __future__ import annotations
@@ -165,8 +166,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     secret = None
-    if args.pull_secret is not None:
-        secret = _read_value(f"@{args.pull_secret}", "--pull-secret")
+    if args.pull_secret is not None:  # missing, unreadable or malformed: exit 2
+        from wasm_agent.agent.inputs import read_pull_secret
+
+        secret = read_pull_secret(args.pull_secret)
+    from wasm_agent.agent.inputs import host_cache_dir
+
+    # the reference host's compile cache follows --cache-dir (host/compile.py reads the variable)
+    os.environ["WASM_AGENT_HOST_CACHE"] = str(host_cache_dir(args.cache_dir))
     from wasm_agent.check.compat import check_plugin_type
     from wasm_agent.check.model import ModuleReport
     from wasm_agent.check.runner import Options
@@ -235,7 +242,9 @@ def _load_all(
         for i, (outcome, detail) in zip(remote, fetched, strict=True):
             report = reports[i]
             if isinstance(outcome, str):
-                report.add(Check("input", "fetch", Status.FAIL, outcome))
+                from wasm_agent.agent.inputs import with_flag_hints
+
+                report.add(Check("input", "fetch", Status.FAIL, with_flag_hints(outcome)))
                 continue
             data, report.sha256, report.oci_digest = outcome
             report.add(Check("input", "fetch", Status.PASS, detail))

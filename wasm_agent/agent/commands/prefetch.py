@@ -96,11 +96,10 @@ def _requests(args: argparse.Namespace) -> list[ModuleRequest]:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     secret = None
-    if args.pull_secret is not None:
-        try:
-            secret = args.pull_secret.read_bytes()
-        except OSError as error:
-            raise UsageError(f"--pull-secret: cannot read {args.pull_secret}: {error}") from None
+    if args.pull_secret is not None:  # missing, unreadable or malformed: exit 2
+        from wasm_agent.agent.inputs import read_pull_secret
+
+        secret = read_pull_secret(args.pull_secret)
     common = {"pull_secret": secret, "timeout": args.timeout}
     requests = [ModuleRequest(url=url, sha256=sha, **common) for url in args.urls]
     for path in args.files:
@@ -184,6 +183,11 @@ def _report(results: list[Result], as_json: bool) -> int:
         for r in results:
             if not r.error:
                 print(f"{r.url} {r.sha256} {r.path}")
-    for r in failed:
-        print(f"wasm-agent prefetch: {r.url}: {r.error}", file=sys.stderr)
+    if failed:
+        from wasm_agent.agent.inputs import with_flag_hints
+
+        for r in failed:
+            print(
+                f"wasm-agent prefetch: {r.url}: {with_flag_hints(r.error or '')}", file=sys.stderr
+            )
     return EXIT_FAILED if failed else EXIT_OK

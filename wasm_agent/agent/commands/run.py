@@ -1,59 +1,74 @@
 """Run one HTTP exchange through a Proxy-Wasm plugin in the reference host.
 
-Prints what the upstream would receive, what the client would receive, and the plugin's logs
-(``--json`` for a machine-readable form; ``--log-level debug`` also shows the plugin's debug
-logs). Exit codes: 0 ok, 1 the module failed to load (Envoy's message on stderr) or trapped
-during the exchange, 2 usage errors.
+MODULE is a ``.wasm`` file, a ``.wat`` text file (compiled first), an ``http(s)://`` URL or an
+``oci://`` reference (remote modules are fetched through the module cache, as ``check`` and
+``prefetch`` do, with the same flags). Prints what the upstream would receive, what the client
+would receive, the plugin's logs and its metrics (``--json`` for a machine-readable form;
+``--log-level debug`` also shows the plugin's debug logs). Exit codes: 0 ok, 1 the module could
+not be read, fetched or loaded (Envoy's message on stderr) or trapped during the exchange, 2
+usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_TIMEOUT = 300.0
+
+
+class ModuleUnusable(Exception):
+    """The module could not be read, fetched or compiled from text; exit 1."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("module", help="the .wasm plugin")
-    parser.add_argument("--config", default="", help="plugin configuration: STR or @FILE")
-    parser.add_argument("--vm-config", default="", help="VM configuration: STR or @FILE")
-    parser.add_argument("--root-id", default="", help="the plugin's root_id (some SDKs need it)")
-    parser.add_argument("--vm-id", default="", help="the plugin's vm_id")
-    parser.add_argument("-X", "--method", default="GET", help="request method (default GET)")
-    parser.add_argument("--path", default="/", help="request path (default /)")
-    parser.add_argument("--authority", default="example.com", help="request :authority")
-    parser.add_argument(
-        "-H", "--header", action="append", default=[], metavar="'K: V'", help="request header"
-    )
-    parser.add_argument("--body", default="", help="request body: STR or @FILE")
-    parser.add_argument("--response-status", type=int, default=200, metavar="N")
-    parser.add_argument(
-        "-H-resp",
-        "--response-header",
-        action="append",
-        default=[],
-        dest="response_header",
-        metavar="'K: V'",
-        help="upstream response header",
-    )
-    parser.add_argument("--response-body", default="", help="upstream response body: STR or @FILE")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    """The ``run`` flags."""
+    add = parser.add_argument
+    add("module", metavar="MODULE",
+        help="the plugin: .wasm or .wat file, http(s):// URL or oci:// reference")  # fmt: skip
+    add("--config", default="", metavar="STR|@FILE", help="plugin configuration")
+    add("--vm-config", default="", metavar="STR|@FILE", help="VM configuration")
+    add("--root-id", default="", metavar="ID", help="the plugin's root_id (some SDKs need it)")
+    add("--vm-id", default="", metavar="ID", help="the plugin's vm_id")
+    add("-X", "--method", default="GET", metavar="METHOD", help="request method (default GET)")
+    add("--path", default="/", metavar="PATH", help="request path (default /)")
+    add("--authority", default="example.com", metavar="HOST",
+        help="request :authority (default example.com)")  # fmt: skip
+    add("-H", "--header", action="append", default=[], metavar="'K: V'",
+        help="request header; repeatable")  # fmt: skip
+    add("--body", default="", metavar="STR|@FILE", help="request body")
+    add("--response-status", type=int, default=200, metavar="N",
+        help="the upstream's response status (default 200)")  # fmt: skip
+    add("-H-resp", "--response-header", action="append", default=[], dest="response_header",
+        metavar="'K: V'", help="upstream response header; repeatable")  # fmt: skip
+    add("--response-body", default="", metavar="STR|@FILE", help="upstream response body")
+    add("--json", action="store_true", help="print JSON")
+    add("--sha256", metavar="HEX", help="expected sha256 of MODULE")
+    add("--pull-secret", type=Path, metavar="FILE",
+        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
+    add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help=f"deadline for fetching a remote MODULE (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    add("--insecure-registry", action="append", default=[], metavar="HOST",
+        help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
+    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY), os.environ)
 
 
 _PLUGIN_LOG_LEVELS = {"debug": 1, "info": 2, "warning": 3, "error": 4}
 
 
-def _value(spec: str) -> bytes:
+def _value(spec: str, flag: str) -> bytes:
     if spec.startswith("@"):
         try:
             return Path(spec[1:]).read_bytes()
         except OSError as exc:
-            raise UsageError(f"cannot read {spec[1:]}: {exc.strerror}") from exc
+            raise UsageError(f"{flag}: cannot read {spec[1:]}: {exc.strerror}") from exc
     return spec.encode()
 
 
@@ -76,14 +91,32 @@ def _request(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tupl
     return request, response
 
 
+def _expected_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    sha = value.strip().lower().removeprefix("sha256:")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise UsageError(f"--sha256: not a sha256 hex digest: {value!r}")
+    return sha
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        wasm = Path(args.module).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.module}: {exc.strerror}") from None
-    plugin_config, vm_config = _value(args.config), _value(args.vm_config)
-    body, response_body = _value(args.body), _value(args.response_body)
+    """Run one exchange; see the module docstring for exit codes."""
+    plugin_config, vm_config = (
+        _value(args.config, "--config"),
+        _value(args.vm_config, "--vm-config"),
+    )
+    body, response_body = _value(args.body, "--body"), _value(args.response_body, "--response-body")
     request, response = _request(args)  # usage errors: cli.main exits 2
+    sha = _expected_sha256(args.sha256)
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    try:
+        wasm = _module_bytes(args, sha)
+    except ModuleUnusable as error:
+        print(f"wasm-agent run: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    from wasm_agent.agent.inputs import host_cache_dir
     from wasm_agent.host.harness import LoadError, LogLevel, start_plugin
 
     level = LogLevel(_PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO))
@@ -95,17 +128,85 @@ def run(args: argparse.Namespace) -> int:
             log_level=level,
             root_id=args.root_id,
             vm_id=args.vm_id,
+            cache_dir=host_cache_dir(args.cache_dir),
         )
     except LoadError as exc:
         print(f"wasm-agent run: {exc}", file=sys.stderr)
         return EXIT_FAILED
     result = host.exchange(request, body, response, response_body)
     result.logs = list(host.logs)  # include what the plugin logged while it started
+    metrics = host.metrics
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "metrics": metrics}, indent=2))
     else:
-        _print_text(result)
+        _print_text(result, metrics)
     return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def _module_bytes(args: argparse.Namespace, sha: str | None) -> bytes:
+    """MODULE's Wasm bytes: read, fetched through the cache, or compiled from WAT."""
+    module: str = args.module
+    scheme = module.split("://", 1)[0].lower() if "://" in module else ""
+    if scheme in ("http", "https", "oci"):
+        return _fetch(args, module, sha)
+    if scheme == "file":
+        from urllib.parse import unquote, urlsplit
+
+        module = unquote(urlsplit(module).path)
+    elif scheme:
+        raise UsageError(f"{module}: unsupported scheme {scheme!r} (use a path, http(s) or oci)")
+    path = Path(module).expanduser()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModuleUnusable(f"cannot read {module}: no such file") from None
+    except IsADirectoryError:
+        raise ModuleUnusable(f"cannot read {module}: is a directory, not a module") from None
+    except OSError as error:
+        raise ModuleUnusable(f"cannot read {module}: {error.strerror}") from None
+    if sha is not None:
+        import hashlib
+
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise ModuleUnusable(f"{module}: sha256 {actual} does not match --sha256 {sha}")
+    if path.suffix.lower() == ".wat" or _looks_like_wat(data):
+        return _compile_wat(module, data)
+    return data
+
+
+def _looks_like_wat(data: bytes) -> bool:
+    return not data.startswith(b"\0asm") and data.lstrip()[:7] in (b"(module", b";; ", b"(;")
+
+
+def _compile_wat(name: str, data: bytes) -> bytes:
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+    except (UnicodeDecodeError, wasmtime.WasmtimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModuleUnusable(f"{name}: not valid WebAssembly text: {first}") from None
+
+
+def _fetch(args: argparse.Namespace, url: str, sha: str | None) -> bytes:
+    from wasm_agent.agent.fetch_settings import fetch_settings_from_env
+    from wasm_agent.agent.inputs import read_pull_secret, with_flag_hints
+    from wasm_agent.cache.model import ModuleRequest
+    from wasm_agent.check.fetching import fetch_all
+    from wasm_agent.core.settings import with_insecure_registries
+    from wasm_agent.fetch.dispatch import normalize_url
+
+    secret = read_pull_secret(args.pull_secret) if args.pull_secret is not None else None
+    settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    settings = with_insecure_registries(settings, args.insecure_registry)
+    request = ModuleRequest(
+        url=normalize_url(url), sha256=sha, pull_secret=secret, timeout=args.timeout
+    )
+    [(outcome, _note)] = fetch_all([request], settings, args.cache_dir)
+    if isinstance(outcome, str):
+        raise ModuleUnusable(with_flag_hints(outcome))
+    return outcome[0]
 
 
 def _print_message(title: str, message: object) -> None:
@@ -124,11 +225,16 @@ def _print_message(title: str, message: object) -> None:
             print(f"{key}: {value}")
 
 
-def _print_text(result: object) -> None:
+def _print_text(result: object, metrics: dict[str, int | list[int]]) -> None:
     _print_message("upstream request", result.upstream)  # type: ignore[attr-defined]
     _print_message("client response", result.client)  # type: ignore[attr-defined]
     print("== logs ==")
     for entry in result.logs:  # type: ignore[attr-defined]
         print(f"[{entry.level.name.lower()}] {entry.message}")
+    print("== metrics ==")
+    if not metrics:
+        print("(none)")
+    for name, value in sorted(metrics.items()):
+        print(f"{name} {value}")
     if result.failed:  # type: ignore[attr-defined]
         print(f"== plugin failed ==\n{result.failed}")  # type: ignore[attr-defined]

@@ -1,0 +1,91 @@
+"""Inputs every command treats the same way: pull secrets, the host's compile cache, proxy
+variables, and the flags named in library messages.
+
+The exit-status rule (``cli.EXIT_RULE``): a file that configures the command (``--pull-secret``,
+``--config @FILE``, ``--spec``, ``-f``, TLS and token files) that is missing, unreadable or
+malformed is a usage error (exit 2); a module that cannot be read, fetched or loaded is the
+operation failing (exit 1).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from wasm_agent.core import config
+from wasm_agent.core.errors import UsageError
+
+log = logging.getLogger("wasm_agent.agent")
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
+_INSECURE_HINT = re.compile(r"list (?P<host>\S+ )?in WASM_INSECURE_REGISTRIES")
+_warned_proxy = False
+
+
+def read_pull_secret(path: Path | str) -> bytes:
+    """The bytes of a ``.dockerconfigjson`` file, checked to parse; else :class:`UsageError`."""
+    from wasm_agent.fetch.dockerconfig import DockerConfigError, parse_docker_config
+
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise UsageError(f"--pull-secret: cannot read {path}: is a directory") from None
+    except OSError as error:
+        reason = "no such file" if isinstance(error, FileNotFoundError) else error.strerror
+        raise UsageError(f"--pull-secret: cannot read {path}: {reason}") from None
+    if not data.strip():
+        raise UsageError(f"--pull-secret: {path}: empty file, not a .dockerconfigjson")
+    try:
+        parse_docker_config(data)
+    except DockerConfigError as error:  # its message never quotes the secret
+        raise UsageError(f"--pull-secret: {path}: malformed .dockerconfigjson: {error}") from None
+    return data
+
+
+def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """Where the reference host keeps compiled modules for ``run`` and ``check``.
+
+    ``WASM_AGENT_HOST_CACHE``, else ``<--cache-dir>/host``, else ``~/.cache/wasm-agent/host``
+    when the home directory exists; with no home directory, a temporary directory removed at
+    exit (a missing ``$HOME`` is never created).
+    """
+    env = os.environ if env is None else env
+    named = config.values(config.HOST, env)["host_cache"]
+    if named:
+        return Path(named).expanduser()
+    if cache_dir:
+        return Path(cache_dir).expanduser() / "host"
+    home = env.get("HOME") or str(Path.home())
+    if Path(home).is_dir():
+        return Path(home) / ".cache" / "wasm-agent" / "host"
+    scratch = tempfile.mkdtemp(prefix="wasm-agent-host-")
+    atexit.register(shutil.rmtree, scratch, True)
+    return Path(scratch)
+
+
+def warn_ignored_proxy_variables(env: Mapping[str, str] | None = None) -> None:
+    """Warn once per process that ``HTTP(S)_PROXY``/``ALL_PROXY`` are not used."""
+    global _warned_proxy
+    env = os.environ if env is None else env
+    found = [n for n in PROXY_VARIABLES if env.get(n) or env.get(n.lower())]
+    if not found or _warned_proxy:
+        return
+    _warned_proxy = True
+    log.warning(
+        "proxy variables are ignored: modules and registries are reached directly",
+        extra={"variables": ",".join(found)},
+    )
+
+
+def with_flag_hints(message: str) -> str:
+    """``message`` naming ``--insecure-registry`` where a library names only the variable (for
+    the commands that have the flag: ``prefetch``, ``check``, ``run``)."""
+    return _INSECURE_HINT.sub(
+        r"pass --insecure-registry HOST or list \g<host>in WASM_INSECURE_REGISTRIES", message
+    )
