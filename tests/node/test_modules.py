@@ -355,3 +355,32 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
             assert [g.path.read_bytes() for g in got] == modules
     finally:
         node.cleanup()
+
+
+async def test_token_registry_scopes_are_per_repository(
+    tmp_path: Path, oci_registry_token: Registry
+) -> None:
+    from tests.support.registry import OTHER_PASSWORD, OTHER_USER
+
+    repo, module = f"alice/{unique_repo('node').split('/')[1]}", code_module(2500, seed=77)
+    with RawPusher(oci_registry_token.url, PUSH_USER, PUSH_PASSWORD) as pusher:
+        pusher.push_wasm_artifact(repo, "v1", module)
+    url, host = oci_registry_token.oci_url(repo, "v1"), oci_registry_token.host
+    node = start_node(tmp_path, oci_registry_token)
+    try:
+        with Kubelet(node) as kubelet:
+            alice, bob, anonymous = (published(kubelet, n) for n in ("alice", "bob", "anon"))
+            mine = pull_secret(host, REGISTRY_USER, REGISTRY_PASSWORD)
+            got = await NodeModuleSource(alice.socket).get(
+                ModuleRequest(url=url, pull_secret=mine, timeout=20)
+            )
+            assert got.path.read_bytes() == module
+            bobs = pull_secret(host, OTHER_USER, OTHER_PASSWORD)  # valid user, other repos
+            with pytest.raises(AuthFailure, match="refused the pod's pull secret"):
+                await NodeModuleSource(bob.socket).get(
+                    ModuleRequest(url=url, pull_secret=bobs, timeout=20)
+                )
+            with pytest.raises(AuthFailure, match="refused no credentials"):
+                await NodeModuleSource(anonymous.socket).get(ModuleRequest(url=url, timeout=20))
+    finally:
+        node.cleanup()
