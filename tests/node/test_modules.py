@@ -384,3 +384,34 @@ async def test_token_registry_scopes_are_per_repository(
                 await NodeModuleSource(anonymous.socket).get(ModuleRequest(url=url, timeout=20))
     finally:
         node.cleanup()
+
+
+async def test_without_mounts_modules_are_hardlinked_read_only(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    import errno
+
+    module = minimal_module()
+    url = modserver.serve("/linked.wasm", module)
+    node = start_node(tmp_path, None, "--no-mounts")
+    try:
+        with Kubelet(node) as kubelet:
+            pod = published(kubelet, "a")
+            assert not mounted(pod.target)
+            got = await NodeModuleSource(pod.socket).get(ModuleRequest(url=url, timeout=20))
+            assert got.path.read_bytes() == module and not mounted(got.path)
+            cache_file = node.cache_dir / "modules" / got.path.name
+            assert os.stat(got.path).st_ino == os.stat(cache_file).st_ino  # a hardlink
+            assert got.path.stat().st_mode & 0o777 == 0o444
+            assert pod.target.stat().st_mode & 0o777 == 0o555
+            out = subprocess.run(
+                [sys.executable, "-c", NON_ROOT_WRITE, str(pod.target), got.path.name],
+                capture_output=True, text=True, check=True, timeout=30,
+            ).stdout.strip().split("|")  # fmt: skip
+            refused = {str(errno.EACCES), str(errno.EPERM)}
+            assert all(r.split("=")[1] in refused for r in out), out
+            kubelet.unpublish(pod)
+            assert not pod.target.exists()
+            assert cache_file.read_bytes() == module  # the cache keeps its file
+    finally:
+        node.cleanup()
