@@ -15,7 +15,6 @@ for ``--cache-max-bytes`` (:class:`~wasm_agent.cache.size_cap.CacheFull`).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import time
@@ -128,12 +127,14 @@ class NegativeCache:
 
 def _again(failure: Failure, now: float) -> FetchError:
     """A copy of the remembered error (same class and metric result) saying it is remembered."""
-    error = copy.copy(failure.error)
+    original = failure.error
+    error = type(original).__new__(type(original))  # not copy.copy: __init__ signatures differ
+    error.__dict__.update(original.__dict__)
     note = (
         f"failed {now - failure.failed_at:.1f}s ago; not fetched again for another "
         f"{failure.until - now:.1f}s (--fetch-backoff)"
     )
-    error.cause = f"{failure.error.cause} ({note})"
+    error.cause = f"{original.cause} ({note})"
     error.args = (f"{error.url}: {error.cause}",)
     error.__traceback__ = None
     return error

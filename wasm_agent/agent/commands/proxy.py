@@ -89,6 +89,7 @@ def _path(value: str | None) -> Path | None:
 async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     import asyncio
     import logging
+    from dataclasses import replace
 
     from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.agent.lifecycle import drain, wait_for_signal
@@ -109,7 +110,11 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
 
         cache = NodeModuleSource(args.node_socket)
     else:
-        cache = ModuleCache(cache_settings_from_env(args.cache_dir), fetch_settings)
+        settings = cache_settings_from_env(args.cache_dir)  # the flags win over the variables
+        settings = replace(
+            settings, max_bytes=args.cache_max_bytes, fetch_backoff=args.fetch_backoff
+        )
+        cache = ModuleCache(settings, fetch_settings)
     proxy = XdsProxy(
         ListenSettings(
             address=args.listen,
