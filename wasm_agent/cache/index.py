@@ -166,7 +166,9 @@ class Index:
         key = self.key(create=True)
         try:
             lock_fd = os.open(
-                self.layout.index_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE
+                self.layout.index_lock,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
             )
         except OSError as error:
             raise CacheWriteError(

@@ -6,6 +6,7 @@ between two opens in one process, and vanish when the holder dies (even by ``kil
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -42,7 +43,7 @@ class FileLock:
     async def acquire(self) -> None:
         import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         deadline = time.monotonic() + self.timeout
         delay = self.poll
         while not try_lock(fd):
@@ -68,9 +69,13 @@ def hold_file(path: Path, attempts: int = 50) -> int | None:
     """
     for _ in range(attempts):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError):
             return None
+        except OSError as error:  # ELOOP: a symlink, never followed (integrity.py)
+            if error.errno == errno.ELOOP:
+                return None
+            raise
         if try_lock(fd, exclusive=False):
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -88,9 +93,13 @@ def hold_file(path: Path, attempts: int = 50) -> int | None:
 def in_use(path: Path) -> bool:
     """True if some process (this one included) holds ``path`` with :func:`hold_file`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError):
         return False
+    except OSError as error:  # ELOOP: a symlink is no module anyone holds
+        if error.errno == errno.ELOOP:
+            return False
+        raise
     try:
         return not try_lock(fd, exclusive=True)
     finally:

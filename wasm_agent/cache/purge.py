@@ -27,8 +27,11 @@ def purge_expired(layout: CacheLayout, index: Index, expiry: float, now: float) 
         try:
             if now - path.stat().st_mtime <= expiry:
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
+            continue
+        except OSError as error:  # a symlink (ELOOP) is never followed; `cache verify` reports it
+            log.warning("skipped a module path", extra={"path": str(path), "error": error.strerror})
             continue
         try:
             if not try_lock(fd, exclusive=True):

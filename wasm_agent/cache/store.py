@@ -89,8 +89,8 @@ def clean_stale_temps(layout: CacheLayout) -> list[Path]:
     for name in names:
         path = layout.modules / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # gone, or a symlink (never followed; never read as a module either)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
