@@ -335,6 +335,56 @@ def run(runs: int, mbps: float, log: Callable[[str], None]) -> dict[str, Any]:
     }
 
 
+def breakdown(runs: int, log: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Where the agent's cold path spends its time, per module kind (medians, ms): the TLS
+    context every HTTP fetch builds (``ssl.create_default_context``), ``fetch_module`` over
+    loopback (that context included), the compile gate (``validate_module``: worker start +
+    Cranelift ``opt_level=none``), and wasmtime's validation alone, in-process."""
+    import asyncio
+    import ssl
+
+    from wasm_agent.core.settings import FetchSettings
+    from wasm_agent.fetch.checks import ValidateSettings, validate_module
+    from wasm_agent.fetch.dispatch import fetch_module
+    from wasm_agent.fetch.model import FetchRequest
+
+    def timed(call: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        call()
+        return (time.perf_counter() - started) * 1000
+
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="wa-rollout-parts-") as tmp, ModServer() as mods:
+        for kind in KINDS:
+            base = template(kind)
+            parts: dict[str, list[float]] = {k: [] for k in ("tls", "fetch", "gate", "validate")}
+            for run in range(runs):
+                data = variant(base, f"B{run:04d}")
+                url = mods.serve(f"/parts-{kind}-{run}.wasm", data)
+                path = Path(tmp) / f"{kind}-{run}.wasm"
+                path.write_bytes(data)
+                request = FetchRequest(url=url, sha256=sha256_hex(data))
+                parts["tls"].append(timed(ssl.create_default_context))
+                parts["fetch"].append(
+                    timed(lambda r=request: asyncio.run(fetch_module(r, FetchSettings())))
+                )
+                parts["gate"].append(
+                    timed(lambda p=path: asyncio.run(validate_module(p, ValidateSettings())))
+                )
+                engine = wasmtime.Engine()
+                parts["validate"].append(
+                    timed(lambda d=data, e=engine: wasmtime.Module.validate(e, d))
+                )
+            out[kind] = {k: round(statistics.median(v), 1) for k, v in parts.items()}
+            m = out[kind]
+            log(
+                f"{kind:10} agent cold path: TLS context {m['tls']:.0f} ms, fetch_module"
+                f" {m['fetch']:.0f} ms (TLS context included), compile gate {m['gate']:.0f} ms;"
+                f" validation alone {m['validate']:.1f} ms"
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one push per module kind")
@@ -348,6 +398,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {link}", flush=True)
     result = run(runs, options.mbps, lambda line: print(line, flush=True))
     result["module_server"] = link
+    result["agent_cold_path_ms"] = breakdown(runs, lambda line: print(line, flush=True))
     print(json.dumps(result))
 
 
