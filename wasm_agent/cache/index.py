@@ -91,7 +91,11 @@ class Index:
         shown = redact_url(url)
         if shown == url:
             return url
-        return f"{shown}#{self.key(create=True).mac('url-name', url)[:32] or 'unkeyed'}"
+        try:
+            key = self.key(create=True)
+        except CacheWriteError:  # a read-only cache without a key: such URLs are never found
+            key = IndexKey(None)
+        return f"{shown}#{key.mac('url-name', url)[:32] or 'unkeyed'}"
 
     def load(self) -> IndexData:
         """The authenticated index, without locking (every write is an atomic rename). The
