@@ -194,3 +194,15 @@ def test_bootstrap_configmap_is_a_copy_of_deploy_envoy() -> None:
     assert configmap["data"]["bootstrap-sotw.yaml"] == source
     envoy = container(pod_spec(one("Deployment", "envoy-wasm-node")), "envoy")
     assert shlex.join(envoy["args"][:2]) == "-c /etc/envoy/bootstrap.yaml"
+
+
+def test_the_workload_agent_arguments_parse_with_the_real_proxy_command() -> None:
+    from wasm_agent.agent.commands import proxy
+
+    agent = container(pod_spec(one("Deployment", "envoy-wasm-node")), "wasm-agent")
+    assert agent["args"][0] == "proxy"
+    parser = argparse.ArgumentParser()
+    proxy.add_arguments(parser)
+    args = parser.parse_args(agent["args"][1:])
+    assert args.node_socket == "/var/run/wasm-agent/node.sock"
+    assert args.listen == "unix:/etc/istio/proxy/XDS"
