@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -166,11 +167,18 @@ def test_empty(i):
 """
 
 
+def _plugin_args() -> list[str]:
+    loaded = any(
+        ep.value == "wasm_agent.host.pytest_plugin" for ep in entry_points(group="pytest11")
+    )
+    return [] if loaded else ["-p", "wasm_agent.host.pytest_plugin"]
+
+
 def _pytest_seconds(project: Path, selection: str) -> float:
     """Wall time of the tests in ``selection`` as pytest reports them (--durations)."""
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-p", "wasm_agent.host.pytest_plugin", "--durations=0", "--durations-min=0", "-k",
+         *_plugin_args(), "--durations=0", "--durations-min=0", "-k",
          selection, "--wasm-plugin", "plugin.wasm"],
         cwd=project, capture_output=True, text=True, check=True,
     )  # fmt: skip

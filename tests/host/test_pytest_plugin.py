@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from tests.support.plugins import plugin
+
+
+def plugin_args() -> list[str]:
+    """``-p wasm_agent.host.pytest_plugin`` unless the installed package's pytest11 entry point
+    already loads it (loading it twice is an error)."""
+    loaded = any(
+        ep.value == "wasm_agent.host.pytest_plugin" for ep in entry_points(group="pytest11")
+    )
+    return [] if loaded else ["-p", "wasm_agent.host.pytest_plugin"]
+
 
 TEST_FILE = """
 import pytest
@@ -30,7 +41,7 @@ def test_marker_options(wasm_plugin, start_wasm_plugin):
 
 def _run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "wasm_agent.host.pytest_plugin", "-q",
+        [sys.executable, "-m", "pytest", *plugin_args(), "-q",
          "-p", "no:cacheprovider", *args],
         cwd=project, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
