@@ -114,7 +114,9 @@ class CacheSettings:
     module_expiry: float = 24 * 3600.0
     purge_interval: float = 3600.0
     max_bytes: int | None = None  # --cache-max-bytes: LRU eviction above it (docs/cache.md)
-    fetch_backoff: float = 10.0  # a failed module is refused this long without a fetch
+    # a failed module is refused this long without a fetch; 10 s from the config table (every
+    # command), off for a CacheSettings built directly (library use, tests)
+    fetch_backoff: float = 0.0
 
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
