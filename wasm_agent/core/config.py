@@ -223,7 +223,7 @@ LOG: tuple[Option, ...] = (  # every command has these
 )  # fmt: skip
 ENVOY = Option(
     "envoy", "WASM_AGENT_ENVOY", text, None,
-    "the envoy binary to run (default: next to this Python, then on PATH)", "--envoy", "PATH",
+    "the envoy binary to run (default next to this Python, then on PATH)", "--envoy", "PATH",
 )  # fmt: skip
 
 REGISTRY: tuple[Option, ...] = (  # docs/registries.md
@@ -303,7 +303,7 @@ PROXY: tuple[Option, ...] = (
            f"/healthz/ready and /metrics (default {DEFAULT_STATUS})", "--status-address",
            "HOST:PORT"),
     Option("fetch_failure", "WASM_AGENT_FETCH_FAILURE", choice("nack", "deny"), "nack",
-           "fail-closed plugin whose module fails: NACK upstream or deny-all (nack or deny)",
+           "fail-closed plugin whose module fails: NACK upstream or deny-all (default nack)",
            "--fetch-failure", "nack|deny"),
     Option("max_message_size", "WASM_AGENT_MAX_MESSAGE_SIZE", size, DEFAULT_MAX_MESSAGE,
            "gRPC message size limit on both hops (default 64Mi)", "--max-message-size", "BYTES"),

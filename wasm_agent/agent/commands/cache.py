@@ -26,7 +26,9 @@ from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK, EXIT_RULE, add_log_flags
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``cache`` subcommands and their flags."""
-    cache_dir_help = "cache directory (default: $WASM_AGENT_CACHE_DIR, else ~/.cache/wasm-agent)"
+    from wasm_agent.core.config import CACHE_DIR
+
+    cache_dir_help = f"{CACHE_DIR.help} [env {CACHE_DIR.env}]"  # as the other commands say it
     # accepted before the action too (``cache --cache-dir D ls``); separate dests, because a
     # subparser's default would overwrite the value given before the action
     parser.add_argument("--cache-dir", dest="cache_dir_before", metavar="DIR", help=cache_dir_help)
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--no-quarantine",
         action="store_true",
-        help="only report corrupt files (default: move them to <cache dir>/quarantine/)",
+        help="only report corrupt files (default move them to <cache dir>/quarantine/)",
     )
     prune = sub.add_parser(
         "prune", parents=[common], help="remove expired modules that nothing uses", epilog=EXIT_RULE
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     age.add_argument(
         "--older-than",
         metavar="DURATION",
-        help="remove modules unused for this long (default: $WASM_MODULE_EXPIRY, else 24h)",
+        help="remove modules unused for this long (default 24h) [env WASM_MODULE_EXPIRY]",
     )
     age.add_argument(
         "--all-unused", action="store_true", help="remove every module no process uses"

@@ -53,23 +53,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("modules", nargs="*", metavar="MODULE", help="path, http(s):// URL or oci:// reference")
     add("-f", "--filename", dest="files", action="append", type=Path, default=[], metavar="FILE",
-        help="Istio WasmPlugin manifest (YAML, several documents); repeatable")  # fmt: skip
+        help="Istio WasmPlugin manifest (YAML, several documents allowed); repeatable")  # fmt: skip
     add("--config", default="", metavar="STR|@FILE",
         help="plugin configuration for MODULEs (manifests use their pluginConfig)")  # fmt: skip
     add("--root-id", default="", metavar="ID",
-        help="root_id (WasmPlugin pluginName) for MODULEs (default: empty)")  # fmt: skip
+        help="root_id (WasmPlugin pluginName) for MODULEs (default empty)")  # fmt: skip
     add("--spec", type=Path, metavar="FILE", help="behaviour spec (YAML, see docs/check.md)")
-    add("--format", choices=("text", "json", "junit"), default="text",
-        help="output format (default: text)")  # fmt: skip
-    add("--envoy-abi", choices=ABI_VERSIONS, default="0.2.1",
-        help="newest Proxy-Wasm ABI version the target Envoy serves (default: 0.2.1)")  # fmt: skip
+    add("--format", choices=("text", "json", "junit"), default="text", metavar="text|json|junit",
+        help="output format (default text)")  # fmt: skip
+    add("--envoy-abi", choices=ABI_VERSIONS, default="0.2.1", metavar="|".join(ABI_VERSIONS),
+        help="newest Proxy-Wasm ABI version the target Envoy serves (default 0.2.1)")  # fmt: skip
     add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
     add("--pull-secret", type=Path, metavar="FILE",
         help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
     add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help=f"deadline for each module's fetch (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
+        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     add("--insecure-registry", action="append", default=[], metavar="HOST",
-        help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
+        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
+             "repeatable")  # fmt: skip
     table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY, *table.REGISTRY), os.environ)
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 
 from wasm_agent.agent.cli import EXIT_FAILED
+from wasm_agent.core import config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,18 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how long each step may wait (default: 30)",
+        help="how long each step may wait (default 30)",
     )
-    parser.add_argument(
-        "--envoy",
-        metavar="PATH",
-        help="the envoy binary to run (default: next to this Python, then on PATH) "
-        "[env WASM_AGENT_ENVOY]",
-    )
+    config.add_flags(parser, (config.ENVOY,), os.environ)  # --envoy [env WASM_AGENT_ENVOY]
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="show wasm-agent's logs on stderr (default: in a file in the work directory)",
+        help="show wasm-agent's logs on stderr (default in a file in the work directory)",
     )
 
 
@@ -58,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     try:
-        envoy = find_envoy(args.envoy)
+        from_env = config.values((config.ENVOY,), os.environ)["envoy"]
+        # the flag's default is the variable's value: let find_envoy name the variable then
+        envoy = find_envoy(args.envoy if args.envoy != from_env else None)
     except EnvoyNotFound as error:
         print(f"wasm-agent demo: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"deadline for each module's whole fetch (default: {DEFAULT_TIMEOUT:g})",
+        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--insecure-registry",

@@ -50,14 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="'K: V'", help="upstream response header; repeatable")  # fmt: skip
     add("--response-body", default="", metavar="STR|@FILE", help="upstream response body")
     add("--json", action="store_true", help="print JSON")
-    add("--sha256", metavar="HEX", help="expected sha256 of MODULE")
+    add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
     add("--pull-secret", type=Path, metavar="FILE",
         help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
     add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help=f"deadline for fetching a remote MODULE (default: {DEFAULT_TIMEOUT:g})")  # fmt: skip
+        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     add("--insecure-registry", action="append", default=[], metavar="HOST",
-        help="allow plain HTTP / unverified TLS to HOST ('*': all); repeatable")  # fmt: skip
-    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY), os.environ)
+        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
+             "repeatable")  # fmt: skip
+    table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY, *table.REGISTRY), os.environ)
 
 
 _PLUGIN_LOG_LEVELS = {"debug": 1, "info": 2, "warning": 3, "error": 4}
@@ -198,7 +199,7 @@ def _fetch(args: argparse.Namespace, url: str, sha: str | None) -> bytes:
     from wasm_agent.fetch.dispatch import normalize_url
 
     secret = read_pull_secret(args.pull_secret) if args.pull_secret is not None else None
-    settings = fetch_settings_from_env(verify_policy=args.verify_policy)
+    settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     settings = with_insecure_registries(settings, args.insecure_registry)
     request = ModuleRequest(
         url=normalize_url(url), sha256=sha, pull_secret=secret, timeout=args.timeout
