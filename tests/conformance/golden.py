@@ -85,7 +85,11 @@ CASES: dict[str, Case] = {
                 _reqs(path, "/"),
                 failure_policy=policy,
             )
-            for where, path in (("request", "/trap"), ("response", "/trap-resp"))
+            for where, path in (
+                ("request", "/trap"),
+                ("response", "/trap-resp"),
+                ("response_body_end", "/trap-body"),
+            )
             for policy in ("FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD", None)
         ),
         Case(

@@ -355,12 +355,19 @@ class HttpStream:
         self.reset = True
 
     def _fail_stream(self) -> None:
-        """Envoy's failStream: a 503 local reply (details ``wasm_fail_stream``), once."""
+        """Envoy's failStream: a 503 local reply (details ``wasm_fail_stream``), once; a
+        response already on its way to the client stays as sent (recorded from Envoy 1.40: a
+        trap on the response's end-of-stream frame leaves the client a complete 200)."""
         if self.failed:
             return
         self.failed = True
         self.request.paused = True
         d = self.response
+        if d.headers_sent and d.out.headers is not None:
+            length = d.out.headers.get(b"content-length")
+            d.out.complete = length is not None and length == str(len(d.out.body)).encode()
+            self.reset = not d.out.complete  # the client sees a cut-off reply
+            return
         headers = HeaderMap([(b":status", b"503"), (b"content-length", b"0")])
         d.out = Message(headers, bytearray(), None, True)
 

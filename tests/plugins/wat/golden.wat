@@ -4,8 +4,9 @@
 ;; /loop (never returns), /props (logs request.headers / response.headers pairs in the order the
 ;; host gives them, "k=v|..."), /local (local reply 403, empty body, plugin headers),
 ;; /local-body (the same with body "nope"), /local-resp (empty-body local reply from the response
-;; headers), /local-plain (401, body "nope", only x-plugin: a). Every response-headers callback
-;; first adds "x-later: 1".
+;; headers), /local-plain (401, body "nope", only x-plugin: a), /trap-body (unreachable in the
+;; response body callback at end of stream). Every response-headers callback first adds
+;; "x-later: 1".
 (module
   (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value"
@@ -41,6 +42,7 @@
   (data (i32.const 464) "request.headers: ")
   (data (i32.const 496) "response.headers: ")
   (data (i32.const 528) "/local-plain")
+  (data (i32.const 544) "/trap-body")
   ;; x-plugin: a
   (data (i32.const 1200) "\01\00\00\00\08\00\00\00\01\00\00\00x-plugin\00a\00")
   ;; x-plugin: a, content-type: application/x-plugin, content-length: 99, x-second: b
@@ -147,6 +149,8 @@
   (func $classify (param $p i32) (param $n i32) (result i32)
     (if (call $starts (local.get $p) (local.get $n) (i32.const 80) (i32.const 10))
       (then (return (i32.const 6))))
+    (if (call $starts (local.get $p) (local.get $n) (i32.const 544) (i32.const 10))
+      (then (return (i32.const 9))))
     (if (call $starts (local.get $p) (local.get $n) (i32.const 96) (i32.const 5))
       (then (return (i32.const 1))))
     (if (call $starts (local.get $p) (local.get $n) (i32.const 112) (i32.const 5))
@@ -215,6 +219,11 @@
         (drop (call $local_response (i32.const 451) (i32.const 240) (i32.const 6)
           (i32.const 256) (i32.const 0) (i32.const 1024) (i32.const 110) (i32.const -1)))
         (return (i32.const 1))))
+    (i32.const 0))
+
+  (func (export "proxy_on_response_body") (param $ctx i32) (param $n i32) (param $eos i32)
+    (result i32)
+    (if (i32.and (i32.eq (global.get $mode) (i32.const 9)) (local.get $eos)) (then unreachable))
     (i32.const 0))
 
   (func (export "proxy_on_log") (param $ctx i32)
