@@ -40,7 +40,7 @@ def test_a_good_plugin_passes_every_compat_check() -> None:
         "callbacks": Status.PASS,
     }
     assert result.abi_version is AbiVersion.V0_2_1 and result.kind == "http"
-    assert checks["imports"].message.startswith("1 imports, all served by Envoy (ABI 0.2.1)")
+    assert checks["imports"].message.startswith("1 import, all served by Envoy (ABI 0.2.1)")
 
 
 def test_missing_abi_version_is_envoys_message() -> None:

@@ -191,7 +191,7 @@ def _imports_check(result: Compat, info: ModuleInfo, version: AbiVersion, declar
                 "compat",
                 "imports",
                 Status.PASS,
-                f"{len(info.imports)} imports, all served by Envoy ({against}): "
+                f"{_count(len(info.imports), 'import')}, all served by Envoy ({against}): "
                 f"{env} env, {wasi} WASI"
                 if info.imports
                 else "no imports",
@@ -207,7 +207,8 @@ def _imports_check(result: Compat, info: ModuleInfo, version: AbiVersion, declar
             "compat",
             "imports",
             Status.FAIL,
-            f"{len(bad)} of {len(info.imports)} imports not served by Envoy ({against}): {names}",
+            f"{len(bad)} of {_count(len(info.imports), 'import')} not served by Envoy ({against}): "
+            f"{names}",
             details,
             lines,
         )
@@ -287,3 +288,8 @@ def check_plugin_type(report: ModuleReport, plugin_type: str) -> None:
             f"(it is {report.kind}): Envoy would never call it"
         )
         report.add(Check("compat", "plugin_type", Status.FAIL, message))
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 import``, ``2 imports``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

@@ -56,8 +56,9 @@ def write_text(reports: Sequence[ModuleReport], out: TextIO) -> None:
     s = summary(reports)
     out.write(
         f"{s['modules']} module{'s' if s['modules'] != 1 else ''}, "
-        f"{s['modules_failed']} failed; {s['checks']} checks: {s['passed']} passed, "
-        f"{s['failed']} failed, {s['warnings']} warnings, {s['skipped']} skipped\n"
+        f"{s['modules_failed']} failed; {s['checks']} check{'s' if s['checks'] != 1 else ''}: "
+        f"{s['passed']} passed, {s['failed']} failed, {s['warnings']} "
+        f"warning{'s' if s['warnings'] != 1 else ''}, {s['skipped']} skipped\n"
     )
 
 

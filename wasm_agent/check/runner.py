@@ -158,7 +158,9 @@ def capability_check(info: ModuleInfo, allowed: frozenset[str] | None) -> Check:
     callbacks = sorted(e.name for e in info.exports if e.name.startswith("proxy_on_"))
     used = imported + callbacks
     details = {"imports": imported, "callbacks": callbacks}
-    text = f"{len(imported)} host functions, {len(callbacks)} callbacks: {', '.join(used)}"
+    functions = "host function" if len(imported) == 1 else "host functions"
+    hooks = "callback" if len(callbacks) == 1 else "callbacks"
+    text = f"{len(imported)} {functions}, {len(callbacks)} {hooks}: {', '.join(used)}"
     if allowed is None:
         return Check("compat", "capabilities", Status.PASS, text, details)
     outside = [name for name in used if name not in allowed]
