@@ -112,6 +112,13 @@ CASES: dict[str, Case] = {
         Case("trace_request", "trace", _reqs("/"), log_level="trace"),
         Case("trace_trap", "trace", _reqs("/trap"), failure_policy="FAIL_OPEN", log_level="trace"),
         Case("trace_local_reply", "trace", _reqs("/local"), log_level="trace"),
+        Case(
+            "trace_reload",
+            "trace",
+            (Request("/trap"), Request("/", wait=1.8)),
+            failure_policy="FAIL_RELOAD",
+            log_level="trace",
+        ),
     ]
 }
 

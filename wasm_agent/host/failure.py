@@ -152,12 +152,12 @@ class Plugin:
             return None
         self._last_load = now
         try:
-            fresh = PluginVM(self.wasm, self.options, self.shared, thread=vm.thread,
-                             envoy_lines=self.envoy_lines)  # fmt: skip
+            fresh = self._new_vm(vm.thread)  # Envoy: a new thread-local Wasm, then the old goes
         except LoadError as exc:
+            self._alive -= 1
             vm.log(LogLevel.CRITICAL, f"reload failed: {exc}", host=True)
             return None
-        self.vm_count += 1
+        self._drop_vm(vm)
         self.workers[self.workers.index(vm)] = fresh
         self.vm, self._failed_at = fresh, None
         self.reloads += 1
