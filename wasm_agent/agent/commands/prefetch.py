@@ -10,10 +10,11 @@ Exit status: 0 all modules ready, 1 any failed, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
@@ -78,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     from wasm_agent.node.settings import NODE_SOCKET
 
-    rows = (config.CACHE_DIR, config.VERIFY_POLICY, *config.REGISTRY, NODE_SOCKET)
+    rows = (config.CACHE_DIR, config.CACHE_MAX_BYTES, config.VERIFY_POLICY, *config.REGISTRY)
+    rows = (*rows, NODE_SOCKET)
     config.add_flags(parser, rows, os.environ)
     parser.add_argument("--json", action="store_true", help="print a JSON list of results")
 
@@ -119,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     fetch_settings = with_insecure_registries(fetch_settings, args.insecure_registry)
     cache_settings = cache_settings_from_env(args.cache_dir)
+    cache_settings = replace(cache_settings, max_bytes=args.cache_max_bytes)  # the flag wins
     if args.node_socket:  # modules from the node service, in the pod's CSI volume
         from wasm_agent.node.client import NodeModuleSource
 
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         if found is not None:
             results[i] = _result(request, found)
+            _keep(cache, found)
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         import asyncio
@@ -142,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
         for i, result in zip(missing, fetched, strict=True):
             results[i] = result
     return _report([r for r in results if r is not None], args.json)
+
+
+def _keep(cache: ModuleCache, module: CachedModule) -> None:
+    """Hold ``module`` for the rest of the run: a later one never evicts it (--cache-max-bytes)."""
+    with contextlib.suppress(LookupError):  # removed by another process meanwhile
+        cache.hold(f"prefetch:{module.sha256}", [module])
 
 
 def _result(request: ModuleRequest, found: CachedModule) -> Result:
@@ -163,6 +173,8 @@ async def _fetch_all(cache: ModuleCache, requests: list[ModuleRequest]) -> list[
 
     def done(request: ModuleRequest, outcome: Outcome) -> None:
         failed = isinstance(outcome, FetchError)
+        if not isinstance(outcome, FetchError):
+            _keep(cache, outcome)
         display.finish(redact_url(request.url), "failed" if failed else "done")
 
     outcomes = await fetch_many(
