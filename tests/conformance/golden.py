@@ -54,6 +54,7 @@ class Request:
     path: str
     headers: tuple[tuple[str, str], ...] = BASE_HEADERS
     wait: float = 0.0  # seconds to let pass before sending it (host: ``advance``)
+    body: bytes = b""  # sent as a POST with content-length
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ CASES: dict[str, Case] = {
         Case("trace_request", "trace", _reqs("/"), log_level="trace"),
         Case("trace_trap", "trace", _reqs("/trap"), failure_policy="FAIL_OPEN", log_level="trace"),
         Case("trace_local_reply", "trace", _reqs("/local"), log_level="trace"),
+        Case("trace_post", "trace", (Request("/post", body=b"hello body"),), log_level="trace"),
         Case(
             "trace_reload",
             "trace",
@@ -200,11 +202,14 @@ def group_threads(
 def _send(port: int, request: Request) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
     try:
-        connection.putrequest("GET", request.path, skip_host=True, skip_accept_encoding=True)
+        method = "POST" if request.body else "GET"
+        connection.putrequest(method, request.path, skip_host=True, skip_accept_encoding=True)
         connection.putheader("host", HOST)
         for name, value in request.headers:
             connection.putheader(name, value)
-        connection.endheaders()
+        if request.body:
+            connection.putheader("content-length", str(len(request.body)))
+        connection.endheaders(request.body or None)
         response = connection.getresponse()
         return response_view(response.status, response.getheaders(), response.read())
     except TimeoutError:
@@ -304,8 +309,10 @@ def observe_host(case: Case) -> Observed:
     for request in case.requests:
         host.advance(request.wait)
         ex = host.exchange(
-            [(":authority", HOST), (":path", request.path), (":method", "GET"),
+            [(":authority", HOST), (":path", request.path),
+             (":method", "POST" if request.body else "GET"),
              *((k.lower(), v) for k, v in request.headers)],
+            request.body,
             upstream=_upstream,
         )  # fmt: skip
         if ex.hung:
@@ -353,7 +360,12 @@ def golden_document(case: Case, observed: Observed, envoy_version: str) -> dict[
         "failure_policy": case.failure_policy,
         "wasm_log_level": case.log_level,
         "requests": [
-            {"path": r.path, "headers": [list(h) for h in r.headers], "wait": r.wait}
+            {
+                "path": r.path,
+                "headers": [list(h) for h in r.headers],
+                "wait": r.wait,
+                "body": r.body.decode(),
+            }
             for r in case.requests
         ],
         "expected": observed.to_json(),

@@ -6,7 +6,7 @@
 ;; /local-body (the same with body "nope"), /local-resp (empty-body local reply from the response
 ;; headers), /local-plain (401, body "nope", only x-plugin: a), /trap-body (unreachable in the
 ;; response body callback at end of stream). Every response-headers callback first adds
-;; "x-later: 1".
+;; "x-later: 1". Body callbacks log "request_body <size> <end_of_stream>" (and response_body).
 (module
   (import "env" "proxy_log" (func $proxy_log (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_value"
@@ -43,6 +43,8 @@
   (data (i32.const 496) "response.headers: ")
   (data (i32.const 528) "/local-plain")
   (data (i32.const 544) "/trap-body")
+  (data (i32.const 560) "request_body ")
+  (data (i32.const 576) "response_body ")
   ;; x-plugin: a
   (data (i32.const 1200) "\01\00\00\00\08\00\00\00\01\00\00\00x-plugin\00a\00")
   ;; x-plugin: a, content-type: application/x-plugin, content-length: 99, x-second: b
@@ -221,8 +223,14 @@
         (return (i32.const 1))))
     (i32.const 0))
 
+  (func (export "proxy_on_request_body") (param $ctx i32) (param $n i32) (param $eos i32)
+    (result i32)
+    (call $say (i32.const 560) (i32.const 13) (local.get $n) (local.get $eos) (i32.const 1))
+    (i32.const 0))
+
   (func (export "proxy_on_response_body") (param $ctx i32) (param $n i32) (param $eos i32)
     (result i32)
+    (call $say (i32.const 576) (i32.const 14) (local.get $n) (local.get $eos) (i32.const 1))
     (if (i32.and (i32.eq (global.get $mode) (i32.const 9)) (local.get $eos)) (then unreachable))
     (i32.const 0))
 
