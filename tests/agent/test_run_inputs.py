@@ -154,3 +154,12 @@ def test_proxy_variables_are_named_once(tmp_path: Path, wat: Path) -> None:
     lines = [x for x in result.stderr.splitlines() if "proxy variables are ignored" in x]
     assert len(lines) == 1 and "variables=HTTPS_PROXY,HTTP_PROXY" in lines[0]
     assert "pw" not in result.stderr
+
+
+def test_an_unusable_verify_policy_is_2_in_run_and_check(tmp_path: Path, wat: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules: [\n")
+    for command in ("run", "check"):
+        result = _cli(command, str(wat), "--verify-policy", str(policy))
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"verify policy: {policy}:" in result.stderr

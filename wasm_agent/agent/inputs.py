@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from wasm_agent.core import config
-from wasm_agent.core.errors import UsageError
+from wasm_agent.core.errors import UsageError, WasmAgentError
 
 log = logging.getLogger("wasm_agent.agent")
 
@@ -46,6 +46,28 @@ def read_pull_secret(path: Path | str) -> bytes:
     except DockerConfigError as error:  # its message never quotes the secret
         raise UsageError(f"--pull-secret: {path}: malformed .dockerconfigjson: {error}") from None
     return data
+
+
+class NotWasmText(WasmAgentError):
+    """A ``.wat`` module that does not compile; the message names the file and the error."""
+
+
+def is_wasm_text(name: str | Path, data: bytes) -> bool:
+    """True for a ``.wat`` file, or text that starts like a WebAssembly text module."""
+    if str(name).lower().endswith(".wat"):
+        return True
+    return not data.startswith(b"\0asm") and data.lstrip()[:7] in (b"(module", b";; ", b"(;")
+
+
+def compile_wat(name: str | Path, data: bytes) -> bytes:
+    """The binary module of WebAssembly text ``data``; raises :class:`NotWasmText`."""
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
+    except (UnicodeDecodeError, wasmtime.WasmtimeError) as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise NotWasmText(f"{name}: not valid WebAssembly text: {lines[0]}") from None
 
 
 def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None = None) -> Path:

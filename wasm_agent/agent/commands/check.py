@@ -51,7 +51,8 @@ class Target:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``check`` flags."""
     add = parser.add_argument
-    add("modules", nargs="*", metavar="MODULE", help="path, http(s):// URL or oci:// reference")
+    add("modules", nargs="*", metavar="MODULE",
+        help="path (.wasm or .wat), http(s):// URL or oci:// reference")  # fmt: skip
     add("-f", "--filename", dest="files", action="append", type=Path, default=[], metavar="FILE",
         help="Istio WasmPlugin manifest (YAML, several documents allowed); repeatable")  # fmt: skip
     add("--config", default="", metavar="STR|@FILE",
@@ -222,6 +223,14 @@ def _load_all(
         except InputError as error:
             report.add(Check("input", "read", Status.FAIL, str(error)))
             continue
+        from wasm_agent.agent.inputs import NotWasmText, compile_wat, is_wasm_text
+
+        if is_wasm_text(target.path, data):  # WebAssembly text: compiled first, as run does
+            try:
+                data = compile_wat(target.module, data)
+            except NotWasmText as error:
+                report.add(Check("input", "read", Status.FAIL, str(error)))
+                continue
         if target.sha256 is not None:
             import hashlib
 

@@ -112,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     sha = _expected_sha256(args.sha256)
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if args.verify_policy:  # a policy named is read (exit 2 if unusable) even for a local file
+        from wasm_agent.agent.fetch_settings import fetch_settings_from_env
+
+        fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     try:
         wasm = _module_bytes(args, sha)
     except ModuleUnusable as error:
@@ -171,23 +175,14 @@ def _module_bytes(args: argparse.Namespace, sha: str | None) -> bytes:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha:
             raise ModuleUnusable(f"{module}: sha256 {actual} does not match --sha256 {sha}")
-    if path.suffix.lower() == ".wat" or _looks_like_wat(data):
-        return _compile_wat(module, data)
-    return data
+    from wasm_agent.agent.inputs import NotWasmText, compile_wat, is_wasm_text
 
-
-def _looks_like_wat(data: bytes) -> bool:
-    return not data.startswith(b"\0asm") and data.lstrip()[:7] in (b"(module", b";; ", b"(;")
-
-
-def _compile_wat(name: str, data: bytes) -> bytes:
-    import wasmtime
-
+    if not is_wasm_text(path, data):
+        return data
     try:
-        return bytes(wasmtime.wat2wasm(data.decode("utf-8")))
-    except (UnicodeDecodeError, wasmtime.WasmtimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModuleUnusable(f"{name}: not valid WebAssembly text: {first}") from None
+        return compile_wat(module, data)
+    except NotWasmText as error:
+        raise ModuleUnusable(str(error)) from None
 
 
 def _fetch(args: argparse.Namespace, url: str, sha: str | None) -> bytes:
