@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         options.log_level = log_level(name, options.log_level, _stderr_is_terminal())
         setup_logging(options.log_level, options.log_format)
-        if name in _FETCHING:
+        if name in _FETCHING and _proxy_variable_set():
             from wasm_agent.agent.inputs import warn_ignored_proxy_variables
 
             warn_ignored_proxy_variables()
@@ -140,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _proxy_variable_set() -> bool:
+    import os
+
+    return any(os.environ.get(n) for n in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")) or any(
+        os.environ.get(n) for n in ("https_proxy", "http_proxy", "all_proxy")
+    )
 
 
 def _stderr_is_terminal() -> bool:

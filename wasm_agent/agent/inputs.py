@@ -9,12 +9,9 @@ operation failing (exit 1).
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -86,6 +83,10 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
     home = env.get("HOME") or str(Path.home())
     if Path(home).is_dir():
         return Path(home) / ".cache" / "wasm-agent" / "host"
+    import atexit  # rare: imported here, so a warm prefetch never pays for them
+    import shutil
+    import tempfile
+
     scratch = tempfile.mkdtemp(prefix="wasm-agent-host-")
     atexit.register(shutil.rmtree, scratch, True)
     return Path(scratch)
