@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,10 @@ def test_default_listen_creates_only_istios_directory_and_warns_about_istiod(
     tmp_path: Path,
 ) -> None:
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    status = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-m", "wasm_agent", "proxy", "--plaintext", "--discovery-address",
-         closed, "--status-address", f"127.0.0.1:{free_port()}", "--cache-dir",
+         closed, "--status-address", status, "--cache-dir",
          str(tmp_path / "cache"), "--log-level", "info"],
         cwd=tmp_path, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -80,6 +82,11 @@ def test_default_listen_creates_only_istios_directory_and_warns_about_istiod(
             break
         lines.append(line)
     time.sleep(1.5)  # more probes fail meanwhile: still one warning (rate-limited)
+    with urllib.request.urlopen(f"http://{status}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    # unlabelled gauges and counters are exported before their first event
+    assert "\nistio_agent_wasm_cache_entries 0\n" in metrics
+    assert "\nistio_agent_istiod_connection_failures 0\n" in metrics
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read()
     assert process.wait(timeout=15) == 0
