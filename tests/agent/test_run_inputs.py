@@ -163,3 +163,15 @@ def test_an_unusable_verify_policy_is_2_in_run_and_check(tmp_path: Path, wat: Pa
         result = _cli(command, str(wat), "--verify-policy", str(policy))
         assert result.returncode == 2, (command, result.stderr)
         assert f"verify policy: {policy}:" in result.stderr
+
+
+def test_host_cache_dir_order(tmp_path: Path) -> None:
+    from wasm_agent.agent.inputs import host_cache_dir
+
+    named = {"WASM_AGENT_HOST_CACHE": str(tmp_path / "h"), "HOME": str(tmp_path)}
+    assert host_cache_dir(tmp_path / "c", named) == tmp_path / "h"
+    assert host_cache_dir(tmp_path / "c", {"HOME": str(tmp_path)}) == tmp_path / "c" / "host"
+    home = host_cache_dir(None, {"HOME": str(tmp_path)})
+    assert home == tmp_path / ".cache" / "wasm-agent" / "host"
+    scratch = host_cache_dir(None, {"HOME": str(tmp_path / "missing")})
+    assert scratch.is_dir() and not (tmp_path / "missing").exists()

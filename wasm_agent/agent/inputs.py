@@ -72,7 +72,7 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
 
     ``WASM_AGENT_HOST_CACHE``, else ``<--cache-dir>/host``, else ``~/.cache/wasm-agent/host``
     when the home directory exists; with no home directory, a temporary directory removed at
-    exit (a missing ``$HOME`` is never created).
+    exit, or no disk cache at all when none can be made (a missing ``$HOME`` is never created).
     """
     env = os.environ if env is None else env
     named = config.values(config.HOST, env)["host_cache"]
@@ -87,7 +87,10 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
     import shutil
     import tempfile
 
-    scratch = tempfile.mkdtemp(prefix="wasm-agent-host-")
+    try:
+        scratch = tempfile.mkdtemp(prefix="wasm-agent-host-")
+    except OSError:  # no writable temporary directory: a path nothing can be created under,
+        return Path(os.devnull) / "wasm-agent-host"  # so the host compiles without a disk cache
     atexit.register(shutil.rmtree, scratch, True)
     return Path(scratch)
 
