@@ -84,8 +84,12 @@ def test_continue_stream_from_the_request_body_callback() -> None:
     """
     )
     host = start_plugin(plugin(body, data={1024: "pre"}))
+    # one body frame: with Envoy's front end the empty end-of-stream frame prepends once more
     ex = host.exchange(
-        {":method": "POST", ":path": "/", ":authority": "h"}, b"body", {":status": "200"}
+        {":method": "POST", ":path": "/", ":authority": "h"},
+        b"body",
+        {":status": "200"},
+        frontend=False,
     )
     assert ex.failed is None and host.failed is None
     assert bytes(ex.upstream.body) == b"prebody"
