@@ -1,8 +1,8 @@
 """A real HTTP(S) module server on 127.0.0.1 with scripted faults, for fetch and cache tests.
 
-The server is an asyncio socket server running its own event loop in a background thread, so
-sync and async tests can use it alike, and it serves many connections concurrently. Every
-response carries ``Connection: close``.
+The server is the demo's asyncio :class:`~wasm_agent.demo.modserver.HttpServer` running its own
+event loop in a background thread, so sync and async tests can use it alike, and it serves many
+connections concurrently. Every response carries ``Connection: close``.
 
 Usage::
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import gzip
 import io
 import ipaddress
@@ -41,26 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-_REASONS = {
-    200: "OK",
-    301: "Moved Permanently",
-    302: "Found",
-    303: "See Other",
-    307: "Temporary Redirect",
-    308: "Permanent Redirect",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-    511: "Network Authentication Required",
-}
+from wasm_agent.demo.modserver import HttpServer, Request, response_head, send_response
 
 
 @dataclass
@@ -93,50 +76,42 @@ class TLSFiles:
 
 
 class ModServer:
-    """See the module docstring. ``port``, ``base_url``, ``url()``, ``count()``, ``requests``."""
+    """See the module docstring. ``port``, ``base_url``, ``url()``, ``count()``, ``requests``.
+
+    The server is the demo's :class:`~wasm_agent.demo.modserver.HttpServer` on a background
+    event loop; each route is a hook on it that plays the route's faults.
+    """
 
     def __init__(self, *, tls: TLSFiles | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
         self.tls = tls
         self.routes: dict[str, Route] = {}
-        self.counts: Counter[str] = Counter()
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self._lock = threading.Lock()
+        context = None
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls.cert, tls.key)
+        self.server = HttpServer("test module server", host, ssl_context=context)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
 
     # lifecycle
     def start(self) -> ModServer:
         self._thread.start()
-        ctx = None
-        if self.tls is not None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.tls.cert, self.tls.key)
-        fut = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, self.host, 0, ssl=ctx), self._loop
-        )
-        self._server = fut.result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
         return self
 
     def stop(self) -> None:
         async def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
+            await self.server.stop()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
+            for task in tasks:  # handlers still stalled on purpose
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        if self._server is not None:
+        if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
         self._loop.close()
 
     def __enter__(self) -> ModServer:
@@ -147,8 +122,12 @@ class ModServer:
 
     # addresses
     @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
     def scheme(self) -> str:
-        return "https" if self.tls else "http"
+        return self.server.scheme
 
     @property
     def base_url(self) -> str:
@@ -160,8 +139,8 @@ class ModServer:
 
     # routes
     def route(self, path: str, route: Route) -> str:
-        with self._lock:
-            self.routes[path] = route
+        self.routes[path] = route
+        self.server.hook(path, functools.partial(_respond, route))
         return self.url(path)
 
     def serve(self, path: str, data: bytes, **fields: Any) -> str:
@@ -182,91 +161,60 @@ class ModServer:
     def reset(self, path: str, data: bytes, *, after: int = 0) -> str:
         return self.route(path, Route(data=data, reset_after=after))
 
+    @property
+    def counts(self) -> Counter[str]:
+        return self.server.counts
+
+    @property
+    def requests(self) -> list[tuple[str, str, dict[str, str]]]:
+        return [(r.method, r.path, r.headers) for r in self.server.requests]
+
     def count(self, path: str) -> int:
-        with self._lock:
-            return self.counts[path]
+        return self.server.counts[path]
 
     def reset_counts(self) -> None:
-        with self._lock:
-            self.counts.clear()
-            self.requests.clear()
+        async def clear() -> None:
+            self.server.counts.clear()
+            self.server.requests.clear()
 
-    # serving
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    key, value = line.split(":", 1)
-                    headers[key.strip().lower()] = value.strip()
-            path = urlsplit(target).path
-            with self._lock:
-                self.counts[path] += 1
-                hits = self.counts[path]
-                self.requests.append((method, path, headers))
-                route = self.routes.get(path)
-            await self._respond(writer, route, hits)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        except asyncio.CancelledError:  # server stopping: end the handler quietly
-            pass
-        finally:
-            self._writers.discard(writer)
-            if not writer.transport.is_closing():
-                writer.close()
+        asyncio.run_coroutine_threadsafe(clear(), self._loop).result(10)
 
-    async def _respond(self, writer: asyncio.StreamWriter, route: Route | None, hits: int) -> None:
-        if route is None:
-            return await _send(writer, 404, b"not found\n")
-        if route.fail_status is not None and (route.fail_times is None or hits <= route.fail_times):
-            return await _send(writer, route.fail_status, b"scripted failure\n")
-        if route.location is not None:
-            status = route.status if 300 <= route.status < 400 else 302
-            return await _send(writer, status, b"", {"Location": route.location})
-        body = route.data
-        headers = {"Content-Type": "application/octet-stream", **route.headers}
-        length = len(body) if route.content_length is None else route.content_length
-        if length >= 0:
-            headers["Content-Length"] = str(length)
-        writer.write(_head(route.status, headers))
-        if route.reset_after is not None:
-            writer.write(body[: route.reset_after])
-            await writer.drain()
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
-            return None
-        if route.stall_after is not None:
-            writer.write(body[: route.stall_after])
-            await writer.drain()
-            await asyncio.Event().wait()  # until the client gives up or the server stops
-        if route.drip_chunk > 0:
-            for start in range(0, len(body), route.drip_chunk):
-                writer.write(body[start : start + route.drip_chunk])
-                await writer.drain()
-                await asyncio.sleep(route.drip_delay)
-        else:
-            writer.write(body)
+
+async def _respond(route: Route, request: Request, writer: asyncio.StreamWriter) -> None:
+    if route.fail_status is not None and (
+        route.fail_times is None or request.hits <= route.fail_times
+    ):
+        return await send_response(writer, route.fail_status, b"scripted failure\n")
+    if route.location is not None:
+        status = route.status if 300 <= route.status < 400 else 302
+        return await send_response(writer, status, b"", {"Location": route.location})
+    body = route.data
+    headers = {"Content-Type": "application/octet-stream", **route.headers}
+    length = len(body) if route.content_length is None else route.content_length
+    if length >= 0:
+        headers["Content-Length"] = str(length)
+    writer.write(response_head(route.status, headers))
+    if route.reset_after is not None:
+        writer.write(body[: route.reset_after])
         await writer.drain()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
         return None
-
-
-def _head(status: int, headers: dict[str, str]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
-    lines += [f"{k}: {v}" for k, v in {"Connection": "close", **headers}.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _send(
-    writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
-    writer.write(_head(status, {**(headers or {}), "Content-Length": str(len(body))}) + body)
+    if route.stall_after is not None:
+        writer.write(body[: route.stall_after])
+        await writer.drain()
+        await asyncio.Event().wait()  # until the client gives up or the server stops
+    if route.drip_chunk > 0:
+        for start in range(0, len(body), route.drip_chunk):
+            writer.write(body[start : start + route.drip_chunk])
+            await writer.drain()
+            await asyncio.sleep(route.drip_delay)
+    else:
+        writer.write(body)
     await writer.drain()
+    return None
 
 
 # payload helpers
