@@ -75,6 +75,7 @@ class ModuleCache:
             check_tree(self.layout)  # InsecureCache: others may write it
             self.layout.ensure()
             store.clean_stale_temps(self.layout)
+            cache_bytes(self.layout)  # the wasm_cache_bytes gauge from the start
             self._ready = True
 
     def _cached_file(self, url: str, data: IndexData) -> Callable[[str], str | None]:
