@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.agentproc import AgentProcess
 from tests.e2e.xds_config import wasm_extension
 from tests.support.istiod import FakeIstiod, FakeStream, sotw_response
 from tests.support.oci_push import RawPusher
@@ -164,3 +165,32 @@ async def test_a_bad_module_is_fetched_again_after_the_backoff(
     forwarded = await short_proxy.ads.read(timeout=30)
     assert forwarded.nonce == nonce
     assert f"{sha256_hex(data)}.wasm".encode() in forwarded.resources[0].value
+
+
+async def test_the_proxy_process_takes_the_flags_and_exports_the_metrics(
+    istiod: FakeIstiod, oci_registry: Registry, oci_pusher: RawPusher
+) -> None:
+    data = padded_module(3000, seed=133)
+    repo = unique_repo("negative")
+    oci_pusher.push_wasm_artifact(repo, "v1", data)
+    url = oci_registry.oci_url(repo, "v1")
+    work = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
+    flags = ("--plaintext", "--fetch-backoff", "1m", "--cache-max-bytes", "10Mi")
+    env = {"WASM_INSECURE_REGISTRIES": oci_registry.host}
+    with AgentProcess(work, istiod.address, *flags, env=env) as agent:
+        ads = AdsClient(f"unix:{agent.socket}")
+        await ads.request(ECDS_TYPE, node=True)
+        streams = await istiod.until(lambda: istiod.open_streams(), what="upstream stream")
+        pushes = Pushes(istiod, streams[-1], ads, oci_registry)
+        before = pushes.registry_requests(repo)
+        for _ in range(5):
+            await pushes.push(url, "ab" * 32)
+        assert pushes.registry_requests(repo) - before == 1  # the first push only
+        metrics = agent.metrics()
+        assert metrics["istio_agent_wasm_cache_negative_hit_count"] == 4
+        assert metrics['istio_agent_wasm_remote_fetch_count{result="checksum_mismatched"}'] == 1
+        nonce = pushes.send(url, sha256_hex(data))
+        assert (await ads.read(timeout=30)).nonce == nonce
+        metrics = agent.metrics()
+        assert metrics["istio_agent_wasm_cache_bytes"] >= len(data)  # plus its compiled artifact
+        await ads.close()
