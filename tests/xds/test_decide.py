@@ -261,3 +261,13 @@ def test_the_first_replayed_request_carries_the_node(flavour: Flavour) -> None:
     own = kind(type_url=CLUSTER_TYPE, node=base_pb2.Node(id="own")).SerializeToString()
     assert with_node(own, flavour, node) is own  # Envoy's own node is kept as sent
     assert with_node(bare, flavour, None) is bare
+
+
+def test_a_nack_message_is_bounded_and_says_what_it_left_out() -> None:
+    from wasm_agent.xds.decide import MAX_NACK_MESSAGE, bounded_message
+
+    assert bounded_message("short") == "short"
+    long = "x" * (8 * 2**20)
+    bounded = bounded_message(long)
+    assert len(bounded) <= MAX_NACK_MESSAGE
+    assert bounded.endswith(f"... ({len(long) - (MAX_NACK_MESSAGE - 40)} more characters)")

@@ -160,7 +160,23 @@ def _rejection_results(plan: ResponsePlan) -> tuple[Result, ...]:
     return tuple(labels)
 
 
+MAX_NACK_MESSAGE = 4096  # characters of error_detail; a hostile response may be megabytes
+
+
+def bounded_message(message: str, limit: int = MAX_NACK_MESSAGE) -> str:
+    """``message`` cut to ``limit`` characters, saying how much was left out.
+
+    A NACK quotes parts of the response (names, type URLs); the control plane controls their
+    size, and the NACK goes upstream and into the log.
+    """
+    if len(message) <= limit:
+        return message
+    kept = limit - 40
+    return f"{message[:kept]}... ({len(message) - kept} more characters)"
+
+
 def _nack(plan: ResponsePlan, message: str, version: str, results: tuple[Result, ...]) -> Nack:
+    message = bounded_message(message)
     request = nack_request(plan.flavour, plan.type_url, plan.nonce, message, version)
     return Nack(request, message, results, plan.nonce)
 
@@ -168,7 +184,7 @@ def _nack(plan: ResponsePlan, message: str, version: str, results: tuple[Result,
 def unparsable(data: bytes, flavour: Flavour, error: WireError, version_info: str = "") -> Nack:
     """The NACK for a response :func:`plan_response` could not parse (it raised ``error``)."""
     head = response_head(data)  # the proxy already scanned the head: this does not raise
-    message = f"ECDS response does not parse: {error}"
+    message = bounded_message(f"ECDS response does not parse: {error}")
     request = nack_request(flavour, head.type_url, head.nonce, message, version_info)
     return Nack(request, message, (), head.nonce)
 
