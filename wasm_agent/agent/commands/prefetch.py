@@ -16,6 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
 from wasm_agent.agent.fetch_settings import fetch_settings_from_env
@@ -27,6 +28,9 @@ from wasm_agent.core.errors import UsageError
 from wasm_agent.core.settings import cache_settings_from_env, with_insecure_registries
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
+
+if TYPE_CHECKING:
+    from wasm_agent.xds.converter import ModuleStore
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     return _report([r for r in results if r is not None], args.json)
 
 
-def _keep(cache: ModuleCache, module: CachedModule) -> None:
+def _keep(cache: ModuleStore, module: CachedModule) -> None:
     """Hold ``module`` for the rest of the run: a later one never evicts it (--cache-max-bytes)."""
     with contextlib.suppress(LookupError):  # removed by another process meanwhile
         cache.hold(f"prefetch:{module.sha256}", [module])
