@@ -216,7 +216,7 @@ podman volume create "$volume" >/dev/null
   prefetch --sha256 "$sha" --json "$url" >"$work/prefetch.json" 2>"$work/prefetch.log" \
   || { cat "$work/prefetch.log" >&2; fail "prefetch $url exited non-zero"; }
 mountpoint=$(podman volume inspect --format '{{.Mountpoint}}' "$volume")
-module=$mountpoint/modules/$sha.wasm
+module=$mountpoint/cache/modules/$sha.wasm
 [ -f "$module" ] || fail "$sha.wasm not in the cache volume"
 [ "$(sha256sum <"$module" | cut -d' ' -f1)" = "$sha" ] || fail "cached module's sha256 differs"
 [ "$(stat -c %u "$module")" = "$uid" ] || fail "cached module not owned by $uid"
@@ -228,7 +228,7 @@ server_pid=""
   prefetch --sha256 "$sha" --json "$url" >"$work/prefetch2.json" 2>"$work/prefetch2.log" \
   || { cat "$work/prefetch2.log" >&2; fail "second prefetch (server stopped) exited non-zero"; }
 grep -q '"cached": true' "$work/prefetch2.json" || fail "second prefetch did not come from the cache"
-echo "prefetch ok: $url -> volume $volume: modules/$sha.wasm; again with the server stopped: cached"
+echo "prefetch ok: $url -> volume $volume: cache/modules/$sha.wasm; again with the server stopped: cached"
 
 # --- 6. proxy: status port published on the host's loopback, SIGTERM -------------------------
 step proxy "status port published on 127.0.0.1, SIGTERM"

@@ -143,7 +143,7 @@ def test_final_stage_holds_the_environment_not_the_sources() -> None:
 def test_cache_directory_matches_the_manifests() -> None:
     stage = final_stage()
     env = " ".join(i.arg for i in stage if i.op == "ENV")
-    assert "WASM_AGENT_CACHE_DIR=/var/lib/wasm-agent" in env
+    assert "WASM_AGENT_CACHE_DIR=/var/lib/wasm-agent/cache" in env
     assert json.loads(last(stage, "VOLUME").arg) == ["/var/lib/wasm-agent"]
     assert any(
         "install -d -o 65532 -g 65532" in i.arg and "/var/lib/wasm-agent" in i.arg
@@ -152,7 +152,7 @@ def test_cache_directory_matches_the_manifests() -> None:
     )
     sidecar = yaml.safe_load((ROOT / "deploy/kubernetes/sidecar/deployment.yaml").read_text())
     [agent] = sidecar["spec"]["template"]["spec"]["initContainers"]
-    assert "--cache-dir=/var/lib/wasm-agent" in agent["args"]
+    assert "--cache-dir=/var/lib/wasm-agent/cache" in agent["args"]
     assert "--status-address=0.0.0.0:" + last(stage, "EXPOSE").arg in agent["args"]
 
 

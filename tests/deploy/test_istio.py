@@ -141,7 +141,9 @@ def test_the_cache_is_shared_read_only_at_the_same_path() -> None:
     agent, envoy = container(pod, "wasm-agent"), container(pod, "istio-proxy")
     cache = str(options.cache_dir)
     assert mount(agent, cache)["name"] == mount(envoy, cache)["name"]
-    assert mount(agent, cache)["mountPath"] == mount(envoy, cache)["mountPath"] == cache
+    assert mount(agent, cache)["mountPath"] == mount(envoy, cache)["mountPath"]
+    # the agent's cache is a directory it creates inside the emptyDir (whose root is 0777)
+    assert cache != mount(agent, cache)["mountPath"]
     assert mount(envoy, cache).get("readOnly") is True
     assert not mount(agent, cache).get("readOnly")
     [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == mount(agent, cache)["name"]]

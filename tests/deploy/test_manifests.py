@@ -33,7 +33,10 @@ ENVOY_DIR = ROOT / "deploy" / "envoy"
 # Oldest supported (native sidecars, on by default since 1.29) and the newest schemas shipped.
 K8S_VERSIONS = ("1.29", "1.37")
 AGENT_IMAGE = "wasm-agent"
-CACHE_DIR = "/var/lib/wasm-agent"
+# The cache volume is mounted at CACHE_MOUNT; the agent's cache is a directory it creates inside
+# (an emptyDir's root is world-writable, which the agent refuses for the cache itself).
+CACHE_MOUNT = "/var/lib/wasm-agent"
+CACHE_DIR = CACHE_MOUNT + "/cache"
 # The public interface of the two commands the manifests run, as fixed in issue 6.
 PROXY_FLAGS = {
     "--discovery-address",
@@ -373,7 +376,7 @@ def test_only_the_node_cache_variant_leaves_pod_security_restricted() -> None:
         if where.startswith("daemonset/"):
             assert types - RESTRICTED_VOLUMES == {"hostPath"}, where
             [host] = [v["hostPath"] for v in volumes if "hostPath" in v]
-            assert host["path"] == CACHE_DIR
+            assert host["path"] == CACHE_MOUNT
         else:
             assert types <= RESTRICTED_VOLUMES, (where, types)
 
@@ -432,7 +435,7 @@ def test_agent_and_envoy_share_the_socket_and_the_cache() -> None:
         assert cache == CACHE_DIR
         agent_cache, envoy_cache = mount_of(agent, cache), mount_of(envoy, cache)
         assert agent_cache["name"] == envoy_cache["name"], where
-        assert agent_cache["mountPath"] == envoy_cache["mountPath"] == cache, where
+        assert agent_cache["mountPath"] == envoy_cache["mountPath"] == CACHE_MOUNT, where
         assert envoy_cache.get("readOnly") is True and not agent_cache.get("readOnly"), where
         # istiod: TLS with Istio's root cert and an istio-ca token, nothing in plaintext.
         assert "--plaintext" not in options
@@ -552,12 +555,12 @@ def test_daemonset_shares_the_node_cache_with_the_workload() -> None:
     ds_spec, wl_spec = pod_spec(daemonset), pod_spec(workload)
     [ds_cache] = [v["hostPath"] for v in ds_spec["volumes"] if "hostPath" in v]
     [wl_cache] = [v["hostPath"] for v in wl_spec["volumes"] if "hostPath" in v]
-    assert ds_cache == {"path": CACHE_DIR, "type": "DirectoryOrCreate"}
+    assert ds_cache == {"path": CACHE_MOUNT, "type": "DirectoryOrCreate"}
     # The workload waits for the DaemonSet to create (and chown) the directory.
-    assert wl_cache == {"path": CACHE_DIR, "type": "Directory"}
+    assert wl_cache == {"path": CACHE_MOUNT, "type": "Directory"}
     # Every process writing or reading the node cache runs as the UID that owns it.
     [init] = [c for c in ds_spec["initContainers"] if c["name"] == ROOT_INIT[1]]
-    assert init["command"] == ["chown", "65532:65532", CACHE_DIR]
+    assert init["command"] == ["chown", "65532:65532", CACHE_MOUNT]
     assert ds_spec["securityContext"]["runAsUser"] == wl_spec["securityContext"]["runAsUser"]
     # Runs on every node, tainted ones included, and shuts down promptly on SIGTERM.
     assert {"operator": "Exists"} in ds_spec["tolerations"]
@@ -681,7 +684,7 @@ def mover(node: dict[str, Any]) -> Callable[[str], str]:
     moves = {
         "/etc/wasm-agent/plugins/wasmplugins.yaml": str(node["plugins"]),
         "/etc/wasm-agent/docker": str(node["dir"] / "docker"),
-        CACHE_DIR: str(node["dir"] / "cache"),
+        CACHE_MOUNT: str(node["dir"] / "cache"),
         "/tmp": str(node["dir"] / "tmp"),
     }
     pattern = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, moves)) + r")(?=[/\s\"';]|$)")
