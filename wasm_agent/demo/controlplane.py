@@ -1,9 +1,13 @@
-"""The demo's control plane: a minimal ADS server (SotW) on grpcio, standing in for istiod.
+"""The demo's control plane: a small ADS server (SotW and Delta) on grpc.aio, like istiod.
 
 It keeps one snapshot per type URL (a version and named resources), sends it on each stream's
 first request for that type and pushes it again to every subscribed stream when it changes.
-Every request that answers a response is recorded as a :class:`Reply` (an ACK, or a NACK with
-its ``error_detail``), so the demo can show exactly what came back. Delta ADS is refused.
+Every request is kept on its :class:`Stream`, and every one answering a response is recorded as
+a :class:`Reply` (an ACK, or a NACK with its ``error_detail``), so the demo can show exactly
+what came back. Responses go through a per-stream outbox written one at a time, so a client that
+does not read holds the control plane back (HTTP/2 flow control); tests also put raw bytes or an
+abort in an outbox. It listens on ``HOST:PORT`` (port 0: one from the OS) or ``unix:PATH``,
+optionally with TLS (``credentials``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from wasm_agent.xds.upstream import ADS_SERVICE
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -41,82 +47,149 @@ class Reply:
         return self.error is not None
 
 
+@dataclass(frozen=True)
+class Abort:
+    """An outbox item: end the stream with this status."""
+
+    code: grpc.StatusCode
+    details: str = ""
+
+
+CLOSE = object()  # an outbox item: end the stream with OK
+
+
 @dataclass
-class _Stream:
+class Stream:
+    """One ADS stream as the control plane sees it."""
+
     id: int
-    context: Any
+    delta: bool
+    metadata: dict[str, str]
+    peer_identity: list[bytes] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    sent: list[tuple[str, str, str]] = field(default_factory=list)  # (type_url, version, nonce)
     subscribed: set[str] = field(default_factory=set)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
+    closed: bool = False
+    yielded: int = 0  # responses handed to gRPC (flow control holds the rest in the outbox)
+
+    def send(self, item: object) -> None:
+        """Queue serialized bytes, :class:`Abort` or :data:`CLOSE` (in the server's loop)."""
+        if not self.closed:
+            self.outbox.put_nowait(item)
+
+
+def pack(resources: dict[str, Message | any_pb2.Any]) -> dict[str, any_pb2.Any]:
+    """Resources packed into ``Any`` (type.googleapis.com prefix), already packed ones kept."""
+    packed = {}
+    for name, resource in resources.items():
+        if isinstance(resource, any_pb2.Any):
+            packed[name] = resource
+        else:
+            packed[name] = any_pb2.Any()
+            packed[name].Pack(resource)
+    return packed
+
+
+def response(
+    delta: bool, type_url: str, version: str, nonce: str, resources: dict[str, any_pb2.Any]
+) -> discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse:
+    """A SotW or Delta discovery response carrying ``resources``."""
+    if not delta:
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version, type_url=type_url, nonce=nonce, resources=resources.values()
+        )
+    message = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=version, type_url=type_url, nonce=nonce
+    )
+    for name, resource in resources.items():
+        message.resources.add(name=name, version=version, resource=resource)
+    return message
 
 
 class ControlPlane:
     """``await cp.start()``; ``cp.address`` is ``127.0.0.1:PORT``; ``await cp.stop()``."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = 0
+    def __init__(
+        self,
+        address: str = "127.0.0.1:0",
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        nonce_prefix: str = "",
+    ) -> None:
+        self.unix = address if address.startswith("unix:") else ""
+        self.host, _, port = ("", "", "0") if self.unix else address.rpartition(":")
+        self.port = int(port)
+        self.credentials = credentials
+        self.nonce_prefix = nonce_prefix
         self.server: grpc.aio.Server | None = None
-        self.snapshot: dict[str, tuple[str, list[any_pb2.Any]]] = {}
+        self.snapshot: dict[str, tuple[str, dict[str, any_pb2.Any]]] = {}
+        self.auto_respond = True  # answer a stream's first request for a type with the snapshot
+        self.streams: list[Stream] = []
         self.replies: list[Reply] = []
         self.sent: dict[str, tuple[str, str]] = {}  # nonce -> (type_url, version)
-        self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
         self._nonces = itertools.count(1)
         self._changed = asyncio.Condition()
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.unix or f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind a port chosen by the OS and serve."""
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        handlers: dict[str, grpc.RpcMethodHandler] = {
+        """Bind (port 0: a port chosen by the OS) and serve."""
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(self._sotw),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(self._delta),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
         )
-        self.port = self.server.add_insecure_port(f"{self.host}:0")
-        if not self.port:
-            raise OSError(f"control plane cannot listen on {self.host}")
+        if self.credentials is None:
+            bound = self.server.add_insecure_port(self.address)
+        else:
+            bound = self.server.add_secure_port(self.address, self.credentials)
+        if not bound:
+            raise OSError(f"control plane cannot listen on {self.address}")
+        if not self.unix:
+            self.port = bound
         await self.server.start()
         log.info("demo control plane listening", extra={"address": self.address})
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = 0.2) -> None:
         """Stop serving; open streams end."""
         if self.server is not None:
-            await self.server.stop(grace=0.2)
+            for stream in self.open_streams():
+                stream.send(CLOSE)
+            await self.server.stop(grace=grace)
             self.server = None
+
+    def open_streams(self) -> list[Stream]:
+        return [s for s in self.streams if not s.closed]
 
     # -- the snapshot ------------------------------------------------------------------------
 
     async def set_resources(
-        self, type_url: str, resources: dict[str, Message], version: str
+        self, type_url: str, resources: dict[str, Message | any_pb2.Any], version: str
     ) -> list[str]:
         """Replace the snapshot of ``type_url`` and push it; return the nonces sent."""
-        packed = []
-        for resource in resources.values():
-            item = any_pb2.Any()
-            item.Pack(resource)
-            packed.append(item)
-        self.snapshot[type_url] = (version, packed)
-        nonces = []
-        for stream in list(self._streams.values()):
-            if type_url in stream.subscribed:
-                nonces.append(await self._send(stream, type_url))
-        return nonces
+        self.snapshot[type_url] = (version, pack(resources))
+        return [self._send(s, type_url) for s in self.open_streams() if type_url in s.subscribed]
 
-    async def _send(self, stream: _Stream, type_url: str) -> str:
+    def _send(self, stream: Stream, type_url: str) -> str:
         version, resources = self.snapshot[type_url]
-        nonce = str(next(self._nonces))
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce, resources=resources
-        )
+        nonce = f"{self.nonce_prefix}{next(self._nonces)}"
+        message = response(stream.delta, type_url, version, nonce, resources)
         self.sent[nonce] = (type_url, version)
-        async with stream.lock:
-            await stream.context.write(response.SerializeToString())
+        stream.sent.append((type_url, version, nonce))
+        stream.send(message.SerializeToString())
         log.info(
             "sent a discovery response",
             extra={"type": type_name(type_url), "version": version, "nonce": nonce},
@@ -141,17 +214,17 @@ class ControlPlane:
         """Until some stream has asked for ``type_url``."""
 
         def subscribed() -> bool:
-            return any(type_url in s.subscribed for s in self._streams.values())
+            return any(type_url in s.subscribed for s in self.open_streams())
 
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(subscribed), timeout)
 
-    async def _record(self, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _record(self, request: Any) -> None:
         error = request.error_detail.message if request.HasField("error_detail") else None
         reply = Reply(
             type_url=request.type_url,
             nonce=request.response_nonce,
-            version_info=request.version_info,
+            version_info=getattr(request, "version_info", ""),
             error=error,
             code=request.error_detail.code,
         )
@@ -163,26 +236,58 @@ class ControlPlane:
 
     # -- streams -----------------------------------------------------------------------------
 
-    async def _delta(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the demo serves SotW ADS only")
+    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await self._serve(False, requests, context)
 
-    async def _sotw(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
-        stream = _Stream(id=next(self._ids), context=context)
-        self._streams[stream.id] = stream
+    async def _delta(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await self._serve(True, requests, context)
+
+    async def _serve(
+        self, delta: bool, requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        stream = Stream(id=next(self._ids), delta=delta, metadata=metadata)
+        stream.peer_identity = list(context.peer_identities() or [])
+        self.streams.append(stream)
+        reader = asyncio.create_task(self._read(stream, requests))
+        try:
+            while True:
+                item = await stream.outbox.get()
+                if item is CLOSE:
+                    return
+                if isinstance(item, Abort):
+                    await context.abort(item.code, item.details)
+                stream.yielded += 1
+                assert isinstance(item, bytes)
+                await context.write(item)
+        finally:
+            stream.closed = True
+            reader.cancel()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _read(self, stream: Stream, requests: Any) -> None:
+        kind = (
+            discovery_pb2.DeltaDiscoveryRequest if stream.delta else discovery_pb2.DiscoveryRequest
+        )
         try:
             async for raw in requests:
                 try:
-                    request = discovery_pb2.DiscoveryRequest.FromString(raw)
+                    request = kind.FromString(raw)
                 except DecodeError:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request")
+                    stream.send(Abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request"))
                     return
-                first = request.type_url not in stream.subscribed
-                stream.subscribed.add(request.type_url)
+                stream.requests.append(request)
                 if request.response_nonce:
-                    await self._record(request)
+                    self._record(request)
+                if not request.HasField("error_detail") and self.auto_respond:
+                    first = request.type_url not in stream.subscribed
+                    stream.subscribed.add(request.type_url)
+                    if first and request.type_url in self.snapshot:
+                        self._send(stream, request.type_url)
                 async with self._changed:
                     self._changed.notify_all()
-                if first and request.type_url in self.snapshot:
-                    await self._send(stream, request.type_url)
+        except grpc.RpcError:
+            pass
         finally:
-            self._streams.pop(stream.id, None)
+            stream.send(CLOSE)
