@@ -387,7 +387,14 @@ def answered(istiod: Any, nonce: str) -> list[Any]:
 
 
 class Agent(AgentProcess):
-    """:class:`AgentProcess` in its own session, so :meth:`kill` takes its compile worker too."""
+    """:class:`AgentProcess` in its own session, so :meth:`kill` takes its compile worker too.
+
+    The negative cache is off (``--fetch-backoff 0``): these cases check that the agent recovers
+    as soon as the fault is gone; the back-off itself is tested in tests/xds/test_negative_push.py.
+    """
+
+    def __init__(self, workdir: Path, discovery: str, *extra: str, **kwargs: Any) -> None:
+        super().__init__(workdir, discovery, "--fetch-backoff", "0", *extra, **kwargs)
 
     def start(self, timeout: float = 15.0) -> Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
