@@ -43,16 +43,12 @@ METADATA_SPELLINGS = [
     "http://169.254.169.254.nip.io.invalid/",  # a name: never resolvable here, must not pass
 ]
 # spellings of "this host": with loopback blocked, each must be refused like 127.0.0.1
-# Finding (open, not in this suite's files): FetchSettings.is_blocked (core/settings.py) checks
-# the unspecified addresses 0.0.0.0 and :: as themselves, but connect() to them reaches this
-# host: with loopback blocked they still fetch from 127.0.0.1. Fix: check them as 127.0.0.1/::1.
-UNSPECIFIED = pytest.mark.xfail(
-    strict=True, reason="finding: 0.0.0.0 and :: bypass a blocked loopback (is_blocked)"
-)
+# Once a finding: FetchSettings.is_blocked (core/settings.py) checked the unspecified addresses
+# 0.0.0.0 and :: as themselves, but connect() to them reaches this host; now judged as loopback.
 LOOPBACK_SPELLINGS = [
-    pytest.param("http://0.0.0.0:{port}/target.wasm", marks=UNSPECIFIED),
-    pytest.param("http://0:{port}/target.wasm", marks=UNSPECIFIED),
-    pytest.param("http://[::]:{port}/target.wasm", marks=UNSPECIFIED),
+    "http://0.0.0.0:{port}/target.wasm",
+    "http://0:{port}/target.wasm",
+    "http://[::]:{port}/target.wasm",
     "http://[::1]:{port}/target.wasm",
     "http://2130706433:{port}/target.wasm",
     "http://0x7f000001:{port}/target.wasm",

@@ -103,6 +103,8 @@ class FetchSettings:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
+        if ip.is_unspecified:  # connect() to 0.0.0.0 or :: reaches this host: judge it as such
+            ip = ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")
         return any(ip.version == net.version and ip in net for net in self.blocked_networks)
 
 
