@@ -89,7 +89,7 @@ def prefetch_results(text: str) -> str:
 
 
 def without_results(where: str, text: str) -> str:
-    """Logs only: drop prefetch's own result output (checked by the xfail test below)."""
+    """Logs only: drop prefetch's own result output (checked by the test below)."""
     if "prefetch" in where and "stdout" in where:
         return ""
     return "\n".join(
@@ -97,13 +97,10 @@ def without_results(where: str, text: str) -> str:
     )
 
 
-# Finding (open; wasm_agent/agent/commands/prefetch.py was being edited by another engineer):
-# prefetch prints each module's URL as given (stdout text and --json, and its error lines) with
-# the user-info and query; it should print redact_url(url).
-PREFETCH_ECHO = pytest.mark.xfail(strict=True, reason="finding: prefetch echoes the URL as given")
+# Once a finding: prefetch printed each module's URL as given (stdout text and --json, and its
+# error lines) with the user-info and query; it prints redact_url(url) now.
 
 
-@PREFETCH_ECHO
 def test_prefetch_result_lines_never_print_a_url_secret(
     modserver: ModServer, cache_dir: Path
 ) -> None:

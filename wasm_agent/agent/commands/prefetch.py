@@ -191,6 +191,13 @@ async def _fetch_all(cache: ModuleCache, requests: list[ModuleRequest]) -> list[
 
 
 def _report(results: list[Result], as_json: bool) -> int:
+    from wasm_agent.core.logs import redact_url, scrub
+
+    # what is printed never carries a URL's user-info or query, nor a secret an error quotes
+    results = [
+        replace(r, url=redact_url(r.url), error=scrub(r.error) if r.error else r.error)
+        for r in results
+    ]
     failed = [r for r in results if r.error]
     if as_json:
         json.dump([r.__dict__ for r in results], sys.stdout, indent=2)
