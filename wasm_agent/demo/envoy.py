@@ -276,13 +276,6 @@ class Envoy:
         """The port listener ``name`` bound, or None while it is not up."""
         return listener_port_in(await self.admin_json("/listeners?format=json"), name)
 
-    async def stats(self, filter_regex: str = "") -> dict[str, int]:
-        """Counter and gauge values (histograms omitted), see :func:`parse_stats`."""
-        query = f"?filter={filter_regex}" if filter_regex else ""
-        response = await self.admin(f"/stats{query}")
-        response.raise_for_status()
-        return parse_stats(response.text)
-
     async def ecds_config(self) -> dict[str, Any]:
         """The first ECDS filter in ``/config_dump`` (``{}`` while there is none)."""
         response = await self.admin("/config_dump?resource=ecds_filters")
