@@ -14,8 +14,10 @@ import logging
 import os
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from wasm_agent.core import config
 from wasm_agent.core.logs import setup_logging
 from wasm_agent.core.settings import SettingsError, cache_settings_from_env, parse_duration
 from wasm_agent.fetch.trust_policy import fetch_settings_from_env
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="node cache (default $WASM_AGENT_CACHE_DIR)"
     )
+    config.add_flags(parser, (config.CACHE_MAX_BYTES,), env)  # --cache-max-bytes, as proxy's
     parser.add_argument(
         "--status-address", metavar="HOST:PORT", help="serve /healthz/ready and /metrics"
     )
@@ -82,7 +85,9 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         raise NodeSettingsError("--csi-endpoint is required (unix:PATH)")
     return NodeSettings(
         csi_socket=parse_csi_endpoint(args.csi_endpoint),
-        cache=cache_settings_from_env(args.cache_dir),
+        cache=replace(
+            cache_settings_from_env(args.cache_dir), max_bytes=args.cache_max_bytes
+        ),  # the flag wins over the variable
         fetch=fetch_settings_from_env(verify_policy=args.verify_policy),
         status_address=args.status_address,
         node_id=args.node_id,
