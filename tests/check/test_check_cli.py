@@ -318,3 +318,21 @@ def test_bad_manifest_exits_2(tmp_path: Path) -> None:
     result = run_cli("-f", str(manifest))
     assert result.returncode == 2
     assert "plugins.yaml:1: WasmPlugin '' has no spec.url" in result.stderr
+
+
+def test_allow_capability_enforces_envoys_allow_list() -> None:
+    """``--allow-capability`` lists the imports outside the allow-list and exits 1."""
+    golden = str(plugin("wat/golden"))
+    allowed = ("proxy_log", "proxy_on_context_create", "proxy_on_vm_start", "proxy_on_configure",
+               "proxy_on_request_headers", "proxy_on_memory_allocate",
+               "proxy_get_header_map_value")  # fmt: skip
+    flags = [word for name in allowed for word in ("--allow-capability", name)]
+    result = run_cli(golden, *flags, "--format", "json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [report] = json.loads(result.stdout)["modules"]
+    [caps] = [
+        c for c in report["checks"] if (c["section"], c["name"]) == ("compat", "capabilities")
+    ]
+    assert caps["status"] == "fail"
+    assert "proxy_send_local_response" in caps["details"]["not_allowed"]
+    assert "--allow-capability" in run_cli("--help").stdout

@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--insecure-registry", action="append", default=[], metavar="HOST",
         help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
              "repeatable")  # fmt: skip
+    add("--allow-capability", dest="allow_capabilities", action="append", default=None,
+        metavar="NAME",
+        help="an ABI function the plugin may call, as in Envoy's capability_restriction_config "
+             "(repeatable; default: the spec's capabilities, else all); a call outside the list "
+             "fails as in Envoy, and imports outside it are reported")  # fmt: skip
     table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY, *table.REGISTRY), os.environ)
 
 
@@ -180,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     from wasm_agent.check.model import ModuleReport
     from wasm_agent.check.runner import Options
 
-    options = Options(envoy_abi=args.envoy_abi, spec=spec)
+    allowed = frozenset(args.allow_capabilities) if args.allow_capabilities else None
+    options = Options(envoy_abi=args.envoy_abi, spec=spec, allowed_capabilities=allowed)
     reports = [
         ModuleReport(module=t.module, url=t.url, plugin=t.plugin, origin=t.origin) for t in targets
     ]
