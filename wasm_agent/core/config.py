@@ -156,8 +156,15 @@ def socket_address(lowest_port: int) -> Parser:
     allowed = f"unix:PATH or HOST:PORT with a port from {lowest_port} to 65535"
 
     def parse(raw: str) -> str:
-        if raw.strip().startswith("unix:") and raw.strip()[5:]:
-            return raw.strip()
+        text = raw.strip()
+        if text.startswith("unix:") and text[5:]:
+            path = text[5:]
+            if path.startswith("//") and not path.startswith("///"):
+                # gRPC reads unix://HOST/PATH as an authority: only unix:///ABS is a path
+                raise Invalid(
+                    f"{allowed} (unix:PATH, or unix:///ABSOLUTE-PATH; not unix://{path[2:]})"
+                )
+            return text
         try:
             return host_port(lowest_port)(raw)
         except Invalid:
