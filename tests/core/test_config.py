@@ -48,7 +48,7 @@ BAD = [
     ("WASM_AGENT_DISCOVERY_ADDRESS", "istiod:0", "unix:PATH or HOST:PORT with a port from 1 to"),
     ("WASM_AGENT_DISCOVERY_ADDRESS", "istiod:70000", "unix:PATH or HOST:PORT with a port from 1"),
     ("WASM_AGENT_LISTEN", "unix:", "unix:PATH or HOST:PORT with a port from 0 to 65535"),
-    ("WASM_AGENT_DISCOVERY_ADDRESS", "unix://rel/x", "not unix://rel/x"),
+    ("WASM_AGENT_DISCOVERY_ADDRESS", "unix://rel/x", "unix:PATH or HOST:PORT with a port from 1"),
     ("WASM_AGENT_STATUS_ADDRESS", "unix:/x", "HOST:PORT with a port from 0 to 65535"),
     ("WASM_AGENT_MAX_MESSAGE_SIZE", "lots", "a positive size in bytes"),
     ("WASM_AGENT_MAX_MESSAGE_SIZE", "0", "a positive size in bytes"),
