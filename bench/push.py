@@ -43,6 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
 from envoy.config.core.v3 import (  # noqa: E402
     address_pb2,
@@ -283,12 +285,33 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def permissive_istiod() -> FakeIstiod:
+    """A started fake istiod that accepts keepalive pings every 15 s without data, as istiod
+    does (its gRPC keepalive enforcement policy: MinTime 15 s, PermitWithoutStream). grpcio's
+    default (5 min) answers the agent's 30 s pings on an idle stream with GOAWAY
+    ``too_many_pings``."""
+    real = grpc.aio.server
+
+    def server(*args: Any, options: Any = (), **kwargs: Any) -> grpc.aio.Server:
+        extra = [
+            ("grpc.http2.min_ping_interval_without_data_ms", 15000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        return real(*args, options=[*options, *extra], **kwargs)
+
+    grpc.aio.server = server  # only while FakeIstiod.start builds its server
+    try:
+        return FakeIstiod().start()
+    finally:
+        grpc.aio.server = real
+
+
 class Stack:
     """Fake istiod, maybe the agent, and Envoy with ADS to either."""
 
     def __init__(self, name: str, workdir: Path, agent: bool) -> None:
         self.name = name
-        self.istiod = FakeIstiod().start()
+        self.istiod = permissive_istiod()
         self.agent: AgentProcess | None = None
         config = demo_bootstrap(workdir / "unused.sock", 9)
         config["dynamic_resources"]["cds_config"] = {"ads": {}, "resource_api_version": "V3"}
@@ -312,7 +335,7 @@ class Stack:
             timeout,
             "an ADS stream subscribed to CDS, EDS, LDS and RDS",
         )
-        return streams[0]
+        return streams[-1]  # the newest: a stream Envoy or the agent replaced may linger
 
     def push(self, responses: dict[str, bytes], nonces: list[str], timeout: float) -> float:
         """Send the four responses; seconds until Envoy ACKed all four."""
@@ -320,7 +343,7 @@ class Stack:
         seen = len(stream.requests)
         started = time.perf_counter()
         for type_url in TYPES:
-            stream.send(responses[type_url])
+            self.istiod.send_raw(responses[type_url], stream)  # onto istiod's own loop
         waiting = set(nonces)
         deadline = started + timeout
         while waiting:
@@ -331,7 +354,12 @@ class Stack:
                         raise RuntimeError(f"{self.name}: NACK {request.error_detail.message}")
                     waiting.discard(request.response_nonce)
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"{self.name}: no ACK for {sorted(waiting)} in {timeout}s")
+                tail = self.agent.logs()[-3000:] if self.agent is not None else ""
+                streams = len(self.istiod.open_streams())
+                raise TimeoutError(
+                    f"{self.name}: no ACK for {sorted(waiting)} in {timeout}s"
+                    f" ({streams} open streams at istiod)\n{tail}\n{self.envoy.logs()[-3000:]}"
+                )
             time.sleep(0.001)
         return time.perf_counter() - started
 
@@ -442,7 +470,7 @@ async def rss(workdir: Path, data: bytes, floor: bool = False) -> dict[str, floa
             stream = istiod.wait_for(istiod.open_streams, 10, "the agent's stream")[0]
             await asyncio.sleep(2.0)
             idle = rss_kib(pid) * 1024
-            stream.send(data)
+            istiod.send_raw(data, stream)  # onto istiod's own loop
             read = asyncio.ensure_future(client.call.read())
             peak = idle
             while not read.done():
