@@ -146,3 +146,17 @@ def test_blocked_is_final_other_transport_errors_retry():
     assert is_retryable(ResolveError("h", "cannot resolve host h"))
     assert is_retryable(httpx.ReadError("reset"))
     assert not is_retryable(ValueError("x"))
+
+
+def test_the_system_tls_context_is_built_once_per_trust_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading the system trust store costs tens of ms per fetch: it is built once per setting."""
+    from wasm_agent.fetch.transport import tls_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    first = tls_context()
+    assert tls_context() is first
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    assert tls_context() is not first  # another trust store, another context
+    assert tls_context(False) is not tls_context(False)  # unverified contexts stay per client

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -138,13 +139,20 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+@functools.lru_cache(maxsize=4)
+def _system_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The verifying context on the system trust store, built once per trust-store setting
+    (loading the store costs tens of milliseconds, more under load)."""
+    return ssl.create_default_context()
+
+
 def tls_context(verify: bool | ssl.SSLContext = True) -> ssl.SSLContext:
     """The TLS context for a client: the system trust store (which honours ``SSL_CERT_FILE`` and
     ``SSL_CERT_DIR``, as Go does), no verification when ``verify`` is False, or ``verify``."""
     if isinstance(verify, ssl.SSLContext):
         return verify
     if verify:
-        return ssl.create_default_context()
+        return _system_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
