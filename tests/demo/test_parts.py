@@ -4,6 +4,7 @@ records, aborts), the HTTP server (TLS, hooks, request log) and Envoy's command 
 from __future__ import annotations
 
 import asyncio
+import queue
 import ssl
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import grpc
 import httpx
 import yaml
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.support.modserver import self_signed_cert
 from tests.xds.proxy_helpers import AdsClient
@@ -18,6 +20,7 @@ from wasm_agent.demo.controlplane import Abort, ControlPlane
 from wasm_agent.demo.envoy import envoy_command, listener_port_in, parse_stats
 from wasm_agent.demo.modserver import HttpServer, Request, send_response
 from wasm_agent.xds.types import CLUSTER_TYPE
+from wasm_agent.xds.upstream import ADS_SERVICE
 
 
 async def test_control_plane_serves_delta_records_nacks_and_aborts() -> None:
@@ -96,3 +99,29 @@ def test_admin_parsing() -> None:
     }
     assert listener_port_in(listeners, "l") == 8080
     assert listener_port_in(listeners, "other") is None
+
+
+def test_a_stream_send_from_another_thread_wakes_the_server_loop() -> None:
+    """``Stream.send`` from a test thread reaches the client at once (no other wake-up)."""
+    import threading
+
+    from tests.support.istiod import FakeIstiod
+
+    with FakeIstiod() as istiod:
+        channel = grpc.insecure_channel(istiod.address)
+        call = channel.stream_stream(
+            f"/{ADS_SERVICE}/StreamAggregatedResources",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        requests: queue.Queue[bytes | None] = queue.Queue()
+        replies = call(iter(requests.get, None))
+        requests.put(discovery_pb2.DiscoveryRequest(type_url="t").SerializeToString())
+        [stream] = istiod.wait_for(lambda: istiod.open_streams(), what="a stream")
+        payload = discovery_pb2.DiscoveryResponse(type_url="t", nonce="x").SerializeToString()
+        sender = threading.Thread(target=stream.send, args=(payload,))
+        sender.start()
+        sender.join()
+        assert next(replies) == payload
+        requests.put(None)
+        channel.close()

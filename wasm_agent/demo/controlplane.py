@@ -72,10 +72,20 @@ class Stream:
     outbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     closed: bool = False
     yielded: int = 0  # responses handed to gRPC (flow control holds the rest in the outbox)
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)  # the server's
 
     def send(self, item: object) -> None:
-        """Queue serialized bytes, :class:`Abort` or :data:`CLOSE` (in the server's loop)."""
-        if not self.closed:
+        """Queue serialized bytes, :class:`Abort` or :data:`CLOSE`; from any thread (a call from
+        outside the server's loop is handed to it, so the loop wakes up for it)."""
+        if self.closed:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self.loop is not None and running is not self.loop:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        else:
             self.outbox.put_nowait(item)
 
 
@@ -143,6 +153,10 @@ class ControlPlane:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
+                # like istiod: keepalive pings from clients every 15 s or more are welcome (gRPC's
+                # default answers a 30 s keepalive on an idle connection with GOAWAY too_many_pings)
+                ("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+                ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
@@ -246,7 +260,9 @@ class ControlPlane:
         self, delta: bool, requests: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        stream = Stream(id=next(self._ids), delta=delta, metadata=metadata)
+        stream = Stream(
+            id=next(self._ids), delta=delta, metadata=metadata, loop=asyncio.get_running_loop()
+        )
         stream.peer_identity = list(context.peer_identities() or [])
         self.streams.append(stream)
         reader = asyncio.create_task(self._read(stream, requests))
