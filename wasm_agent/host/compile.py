@@ -19,6 +19,8 @@ from pathlib import Path
 
 import wasmtime
 
+from wasm_agent.core import config
+
 _ENGINES: dict[tuple[bool, bool], wasmtime.Engine] = {}
 EPOCH_TICK_S = 0.005  # how often the epoch ticker advances epoch-mode engines
 _MODULES: dict[str, wasmtime.Module] = {}
@@ -57,9 +59,11 @@ def wasmtime_version() -> str:
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("WASM_AGENT_HOST_CACHE")
-    if env:
-        return Path(env)
+    """The compiled-module cache: ``$WASM_AGENT_HOST_CACHE`` (read through the configuration
+    table), else ``~/.cache/wasm-agent/host``."""
+    configured = config.values(config.HOST, os.environ)["host_cache"]
+    if configured:
+        return Path(configured)
     return Path.home() / ".cache" / "wasm-agent" / "host"
 
 
