@@ -10,6 +10,7 @@ ECDS responses go to an :class:`~wasm_agent.xds.ecds.EcdsSequencer`, off the mai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ _ids = itertools.count(1)
 MAX_REPLAY = 64  # requests remembered for re-sending while no response has arrived
 DIRECT_WRITE = 64 * 1024  # smaller responses skip the outbox when it is empty
 OUTBOX = 2  # responses read from istiod but not yet sent to Envoy, at most
+WRITE_SETTLE_SECONDS = 1.0  # a write to Envoy under way may finish this long when a stream ends
 REOPEN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0)  # upstream re-open attempts (about 4.5 s)
 
 
@@ -285,9 +287,17 @@ class ProxyStream:
         finally:
             if self.ecds is not None:
                 await self.ecds.close()
+            # A write to Envoy cancelled half-way leaves its operation pending in gRPC, and the
+            # handler's final status then fails (TOO_MANY_OPERATIONS): Envoy sees UNAVAILABLE
+            # instead of a clean end. Let a write under way finish first (briefly).
+            settled = False
+            with contextlib.suppress(TimeoutError):
+                settled = await asyncio.wait_for(self._down_lock.acquire(), WRITE_SETTLE_SECONDS)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if settled:
+                self._down_lock.release()
             self._close_call()
             if self.upstream_up:
                 self.proxy.stream_down(self)
