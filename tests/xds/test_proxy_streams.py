@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,7 +96,10 @@ async def test_requests_reach_istiod_node_first_and_envoy_nacks_pass(
     await ads.close()
 
 
-async def test_node_is_resent_when_the_upstream_stream_is_reopened(sock: Path) -> None:
+async def test_node_is_resent_when_the_upstream_stream_is_reopened(
+    sock: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wasm_agent.xds.streams")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -105,6 +109,8 @@ async def test_node_is_resent_when_the_upstream_stream_is_reopened(sock: Path) -
     await ads.request(LISTENER_TYPE)
     await asyncio.sleep(0.3)  # istiod is down: the first upstream stream fails
     assert not proxy.ready
+    [reopen, *_] = [r for r in caplog.records if "re-opening" in r.getMessage()]
+    assert reopen.discovery == f"127.0.0.1:{port}" and reopen.cause  # type: ignore[attr-defined]
     with FakeIstiod(port=port) as istiod:
         istiod.set_resources(LISTENER_TYPE, {}, "l1")
         response = await ads.read(timeout=15)

@@ -22,6 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 
+from wasm_agent.core.logs import scrub
 from wasm_agent.xds import metrics
 from wasm_agent.xds.decide import acked_ecds_version, with_node
 from wasm_agent.xds.ecds import EcdsSequencer
@@ -153,7 +154,7 @@ class ProxyStream:
                 raw = await self.call.read()
             except grpc.aio.AioRpcError as error:
                 if self._may_reopen(error, attempt):
-                    await self._reopen(REOPEN_DELAYS[attempt])
+                    await self._reopen(REOPEN_DELAYS[attempt], error.details() or "")
                     attempt += 1
                     continue
                 self._count_upstream_end(error.code())
@@ -200,10 +201,18 @@ class ProxyStream:
             and not self._stop.is_set()
         )
 
-    async def _reopen(self, delay: float) -> None:
+    async def _reopen(self, delay: float, cause: str = "") -> None:
         """Open a new upstream stream and re-send Envoy's requests (node on the first)."""
         metrics.ISTIOD_CONNECTION_FAILURES.inc()
-        log.info("istiod unavailable; re-opening the upstream stream", extra={"stream": self.id})
+        log.info(
+            "istiod unavailable; re-opening the upstream stream",
+            extra={
+                "stream": self.id,
+                "discovery": self.proxy.upstream.settings.address,
+                "cause": scrub(cause),
+                "retry_in_s": delay,
+            },
+        )
         async with self._up_lock:
             self._close_call()
             await asyncio.sleep(delay)
