@@ -271,6 +271,12 @@ class _Reader:
     def body(self, node: Any, where: str) -> bytes:
         return self.string(node, where).encode()
 
+    def fill(self, target: Any, keys: dict[str, Any], where: str, **readers: Any) -> None:
+        """Set on ``target`` each field of ``readers`` that ``keys`` has, read by its reader."""
+        for name, read in readers.items():
+            if name in keys:
+                setattr(target, name, read(keys[name], f"{where}.{name}"))
+
     def request(self, node: Any, where: str) -> Request:
         request = Request()
         if node is None:
@@ -278,15 +284,9 @@ class _Reader:
         keys = self.mapping(
             node, where, ("method", "path", "authority", "scheme", "headers", "body", "trailers")
         )
-        for name in ("method", "path", "authority", "scheme"):
-            if name in keys:
-                setattr(request, name, self.string(keys[name], f"{where}.{name}"))
-        if "headers" in keys:
-            request.headers = self.headers(keys["headers"], f"{where}.headers")
-        if "body" in keys:
-            request.body = self.body(keys["body"], f"{where}.body")
-        if "trailers" in keys:
-            request.trailers = self.headers(keys["trailers"], f"{where}.trailers")
+        text, headers = self.string, self.headers
+        self.fill(request, keys, where, method=text, path=text, authority=text, scheme=text,
+                  headers=headers, body=self.body, trailers=headers)  # fmt: skip
         return request
 
     def response(self, node: Any, where: str) -> Response:
@@ -294,14 +294,8 @@ class _Reader:
         if node is None:
             return response
         keys = self.mapping(node, where, ("status", "headers", "body", "trailers"))
-        if "status" in keys:
-            response.status = self.integer(keys["status"], f"{where}.status")
-        if "headers" in keys:
-            response.headers = self.headers(keys["headers"], f"{where}.headers")
-        if "body" in keys:
-            response.body = self.body(keys["body"], f"{where}.body")
-        if "trailers" in keys:
-            response.trailers = self.headers(keys["trailers"], f"{where}.trailers")
+        self.fill(response, keys, where, status=self.integer, headers=self.headers,
+                  body=self.body, trailers=self.headers)  # fmt: skip
         return response
 
     def expect(self, node: Any, where: str) -> Expect:

@@ -93,15 +93,8 @@ def callout_replies(reader: Any, node: Any, where: str) -> list[CalloutReply]:
         w = f"{where}[{i}]"
         keys = reader.mapping(item, w, ("cluster", "path", "status", "headers", "body", "timeout"))
         reply = CalloutReply()
-        for name in ("cluster", "path"):
-            if name in keys:
-                setattr(reply, name, reader.string(keys[name], f"{w}.{name}"))
-        if "status" in keys:
-            reply.status = reader.integer(keys["status"], f"{w}.status")
-        if "headers" in keys:
-            reply.headers = reader.headers(keys["headers"], f"{w}.headers")
-        if "body" in keys:
-            reply.body = reader.body(keys["body"], f"{w}.body")
+        reader.fill(reply, keys, w, cluster=reader.string, path=reader.string,
+                    status=reader.integer, headers=reader.headers, body=reader.body)  # fmt: skip
         if "timeout" in keys:
             reply.timeout = bool(reader.value(keys["timeout"]))
         out.append(reply)
@@ -114,13 +107,9 @@ def grpc_replies(reader: Any, node: Any, where: str) -> list[GrpcReply]:
         w = f"{where}[{i}]"
         keys = reader.mapping(item, w, ("service", "method", "message", "status", "status_message"))
         reply = GrpcReply()
-        for name in ("service", "method", "status_message"):
-            if name in keys:
-                setattr(reply, name, reader.string(keys[name], f"{w}.{name}"))
-        if "message" in keys:
-            reply.message = reader.body(keys["message"], f"{w}.message")
-        if "status" in keys:
-            reply.status = reader.integer(keys["status"], f"{w}.status")
+        text = reader.string
+        reader.fill(reply, keys, w, service=text, method=text, status_message=text,
+                    message=reader.body, status=reader.integer)  # fmt: skip
         if reply.message is None and reply.status is None:
             raise reader.error(item, f"{w} needs a 'message' or a 'status'")
         out.append(reply)
