@@ -35,10 +35,10 @@ def engine(fuel: bool, epoch: bool = False) -> wasmtime.Engine:
     """
     eng = _ENGINES.get((fuel, epoch))
     if eng is None:
-        config = wasmtime.Config()
-        config.consume_fuel = fuel
-        config.epoch_interruption = epoch
-        eng = _ENGINES[(fuel, epoch)] = wasmtime.Engine(config)
+        settings = wasmtime.Config()
+        settings.consume_fuel = fuel
+        settings.epoch_interruption = epoch
+        eng = _ENGINES[(fuel, epoch)] = wasmtime.Engine(settings)
         if epoch:
             threading.Thread(target=_tick, args=(eng,), name="wasm-epoch", daemon=True).start()
     return eng
