@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wasm_agent.agent.inputs import add_remote_module_flags
 from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from wasm_agent.core.settings import FetchSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_TIMEOUT = 300.0
 ABI_VERSIONS = ("0.1.0", "0.2.0", "0.2.1")
 
 
@@ -64,14 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output format (default text)")  # fmt: skip
     add("--envoy-abi", choices=ABI_VERSIONS, default="0.2.1", metavar="|".join(ABI_VERSIONS),
         help="newest Proxy-Wasm ABI version the target Envoy serves (default 0.2.1)")  # fmt: skip
-    add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
-    add("--pull-secret", type=Path, metavar="FILE",
-        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
-    add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
-    add("--insecure-registry", action="append", default=[], metavar="HOST",
-        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
-             "repeatable")  # fmt: skip
+    add_remote_module_flags(parser)
     add("--allow-capability", dest="allow_capabilities", action="append", default=None,
         metavar="NAME",
         help="an ABI function the plugin may call, as in Envoy's capability_restriction_config "

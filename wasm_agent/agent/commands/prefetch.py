@@ -32,8 +32,6 @@ from wasm_agent.fetch.model import normalize_sha256
 if TYPE_CHECKING:
     from wasm_agent.xds.converter import ModuleStore
 
-DEFAULT_TIMEOUT = 300.0
-
 
 @dataclass
 class Result:
@@ -60,29 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="Istio WasmPlugin manifest (YAML, several documents allowed); repeatable",
     )
-    parser.add_argument("--sha256", metavar="HEX", help="expected sha256 (one URL only)")
-    parser.add_argument(
-        "--pull-secret",
-        type=Path,
-        metavar="FILE",
-        help="registry credentials, a .dockerconfigjson file (OCI only)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})",
-    )
-    parser.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="allow plain HTTP / unverified TLS to this registry ('*' for all); repeatable",
-    )
+    from wasm_agent.agent.inputs import add_remote_module_flags
     from wasm_agent.node.settings import NODE_SOCKET
 
+    add_remote_module_flags(parser, noun="URL")
     rows = (config.CACHE_DIR, config.CACHE_MAX_BYTES, config.VERIFY_POLICY, *config.REGISTRY)
     rows = (*rows, NODE_SOCKET)
     config.add_flags(parser, rows, os.environ)

@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from wasm_agent.agent.inputs import add_remote_module_flags
 from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-DEFAULT_TIMEOUT = 300.0
 
 
 class ModuleUnusable(Exception):
@@ -50,14 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="'K: V'", help="upstream response header; repeatable")  # fmt: skip
     add("--response-body", default="", metavar="STR|@FILE", help="upstream response body")
     add("--json", action="store_true", help="print JSON")
-    add("--sha256", metavar="HEX", help="expected sha256 (one MODULE only)")
-    add("--pull-secret", type=Path, metavar="FILE",
-        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
-    add("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help=f"deadline for each module's whole fetch (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
-    add("--insecure-registry", action="append", default=[], metavar="HOST",
-        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
-             "repeatable")  # fmt: skip
+    add_remote_module_flags(parser)
     table.add_flags(parser, (table.CACHE_DIR, table.VERIFY_POLICY, *table.REGISTRY), os.environ)
 
 
