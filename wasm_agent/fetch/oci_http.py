@@ -75,11 +75,14 @@ class RegistryConnection:
         self.settings = settings
         self.insecure = settings.is_insecure(ref.registry)
         self.scheme = "http" if self.insecure and ref.registry in _PLAIN_HTTP_HOSTS else "https"
-        self.client = make_client(settings, insecure=self.insecure)
+        self.client = self._make_client()
         self.auth = RegistryAuth(url, credentials, allow_http_realm=self.insecure)
         self.scope = pull_scope(ref.repository)
         self.deadline = Deadline(timeout)
         self.backoff = backoff or DEFAULT_BACKOFF
+
+    def _make_client(self) -> httpx.AsyncClient:
+        return make_client(self.settings, insecure=self.insecure)
 
     async def __aenter__(self) -> RegistryConnection:
         return self

@@ -365,9 +365,8 @@ class HostConnection(RegistryConnection):
         *,
         endpoint: Endpoint | None = None,
     ) -> None:
-        super().__init__(url, ref, settings, credentials, timeout, backoff)
         self.endpoint = endpoint or Endpoint("https", ref.registry)
-        self._spare: httpx.AsyncClient | None = None
+        super().__init__(url, ref, settings, credentials, timeout, backoff)
         ep = self.endpoint
         if ep.headers:
             log.warning(
@@ -379,18 +378,15 @@ class HostConnection(RegistryConnection):
         self.insecure = settings.is_insecure(ep.host)
         self.scheme = ep.scheme
         self.auth.allow_http_realm = self.insecure or ep.scheme == "http"
-        if ep.custom_tls:
-            self._spare, self.client = (
-                self.client,
-                make_client(settings, verify=ep.ssl_context(verify=not self.insecure)),
-            )
-        elif self.insecure != settings.is_insecure(ref.registry):
-            self._spare, self.client = self.client, make_client(settings, insecure=self.insecure)
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._spare is not None:
-            await self._spare.aclose()
-        await super().__aexit__(*exc)
+    def _make_client(self) -> httpx.AsyncClient:
+        """The one client of this connection: the endpoint's TLS context, or the system trust
+        store (none with ``WASM_INSECURE_REGISTRIES`` naming the endpoint's host)."""
+        ep = self.endpoint
+        insecure = self.settings.is_insecure(ep.host)
+        if ep.custom_tls:
+            return make_client(self.settings, verify=ep.ssl_context(verify=not insecure))
+        return make_client(self.settings, insecure=insecure)
 
     def _api_url(self, path: str) -> str:
         ep = self.endpoint
