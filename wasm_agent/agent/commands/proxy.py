@@ -102,9 +102,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
     from wasm_agent.xds.upstream import Upstream
 
     log = logging.getLogger("wasm_agent.proxy")
-    fetch_settings = fetch_settings_from_env(
-        verify_policy=getattr(args, "verify_policy", None), flags=args
-    )
+    fetch_settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     if args.node_socket:  # modules from the node service, in the pod's CSI volume
         from wasm_agent.node.client import NodeModuleSource
 
@@ -140,7 +138,7 @@ async def _serve(args: argparse.Namespace, upstream_settings) -> int:
             "listen": args.listen,
             "status": f"{status.host}:{status.port}",
             "fetch_failure": args.fetch_failure,
-            "verify_policy": getattr(args, "verify_policy", None) or "",
+            "verify_policy": args.verify_policy or "",
         },
     )
     number = await wait_for_signal()
