@@ -93,14 +93,15 @@ class ModuleCache:
 
         return cached
 
-    def _decide(self, request: ModuleRequest, url: str, data: IndexData) -> Decision:
+    def _decide(self, request: ModuleRequest, url: str, key: str, data: IndexData) -> Decision:
+        """The pull-policy decision for ``url``, named ``key`` in the index (its url_key)."""
         return decide(
             url,
             normalize_sha256(request.sha256),
             request.pull_policy,
             request.resource_name,
             request.resource_version,
-            data.urls.get(self.index.url_key(url)),
+            data.urls.get(key),
             self._cached_file(url, data),
         )
 
@@ -119,7 +120,8 @@ class ModuleCache:
     def _serve_cached(
         self, request: ModuleRequest, url: str, data: IndexData
     ) -> CachedModule | None:
-        decision = self._decide(request, url, data)
+        key = self.index.url_key(url)  # once per hit: a credentialed URL costs a MAC
+        decision = self._decide(request, url, key, data)
         if decision.cached is None:
             return None
         checksum = decision.checksum or decision.cached
@@ -135,8 +137,7 @@ class ModuleCache:
             st = self._prover.prove(path, decision.cached)  # touching moved the ctime
             if st is None:
                 return None
-        self._remember(request, url, data, checksum, decision.cached, defer=True)
-        key = self.index.url_key(url)
+        self._remember(request, url, key, data, checksum, decision.cached, defer=True)
         return CachedModule(
             path=path, sha256=decision.cached, url=key, size=st.st_size, hit=True,
             checksum=checksum, oci_digest=_digest(checksum, decision.cached),
@@ -164,6 +165,7 @@ class ModuleCache:
         self,
         request: ModuleRequest,
         url: str,
+        key: str,
         data: IndexData,
         checksum: str,
         sha256: str,
@@ -172,12 +174,12 @@ class ModuleCache:
         defer: bool = False,
     ) -> None:
         """Record URL -> checksum (and this resource's version) unless nothing changed, and
-        the keys that verified the module's signature. ``defer``: inside an event loop, batch
+        the keys that verified the module's signature. ``key``: how ``url`` is named in the
+        index (:meth:`Index.url_key`). ``defer``: inside an event loop, batch
         the write with the other hits of this loop iteration (one index write, not one each)."""
         now = time.time()
         name = _oci_name(url) if verified_keys else None
-        url = self.index.url_key(url)
-        old = data.urls.get(url)
+        old = data.urls.get(key)
         if (
             name is None
             and old is not None
@@ -189,19 +191,19 @@ class ModuleCache:
             return
 
         def change(current: IndexData) -> None:
-            rec = current.urls.get(url)
+            rec = current.urls.get(key)
             if rec is None or (rec.checksum, rec.sha256) != (checksum, sha256):
                 versions = dict(rec.resource_versions) if rec else {}
                 rec = UrlRecord(checksum=checksum, sha256=sha256, resource_versions=versions)
-                current.urls[url] = rec
+                current.urls[key] = rec
             rec.resource_versions[request.resource_name] = request.resource_version
             rec.last_used = now
             if checksum != sha256:
                 current.digests[checksum] = sha256
             if name is not None:
-                key = f"{name}@sha256:{checksum}"
-                known = current.signatures.get(key, [])
-                current.signatures[key] = sorted(set(known) | set(verified_keys))
+                signed = f"{name}@sha256:{checksum}"
+                known = current.signatures.get(signed, [])
+                current.signatures[signed] = sorted(set(known) | set(verified_keys))
 
         self.index.record(change, defer=defer)
 
@@ -243,7 +245,8 @@ class ModuleCache:
     async def _fetch_and_store(
         self, request: ModuleRequest, url: str, progress: Progress | None
     ) -> CachedModule:
-        decision = self._decide(request, url, self.index.load())
+        key = self.index.url_key(url)
+        decision = self._decide(request, url, key, self.index.load())
         fetched = await self._fetch(
             FetchRequest(
                 url=url,
@@ -259,7 +262,9 @@ class ModuleCache:
             await self._store(fetched, url, path)
         else:
             store.touch(path)
-        self._remember(request, url, data, fetched.checksum, fetched.sha256, fetched.verified_keys)
+        self._remember(
+            request, url, key, data, fetched.checksum, fetched.sha256, fetched.verified_keys
+        )
         CACHE_ENTRIES.set(len(self.layout.module_files()))
         log.info(
             "cached a Wasm module",
@@ -268,7 +273,7 @@ class ModuleCache:
         return CachedModule(
             path=path,
             sha256=fetched.sha256,
-            url=self.index.url_key(url),
+            url=key,
             size=len(fetched.data),
             hit=False,
             checksum=fetched.checksum,
