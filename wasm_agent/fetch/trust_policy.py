@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from wasm_agent.core.errors import WasmAgentError
@@ -43,7 +42,12 @@ from wasm_agent.core.settings import (
 )
 from wasm_agent.fetch.keyless import KeylessIdentity
 from wasm_agent.fetch.reference import DOCKER_HUB, DOCKER_HUB_ALIASES
-from wasm_agent.fetch.trust_root import TrustRoot, TrustRootError, load_trust_root
+from wasm_agent.fetch.trust_root import (
+    TrustRoot,
+    TrustRootError,
+    load_trust_root,
+    verify_signature,
+)
 
 NONE = "none"
 RULE_KEYS = frozenset({"repository", "keys", "keyless"})
@@ -67,15 +71,7 @@ class PublicKey:
 
     def verify(self, signature: bytes, payload: bytes) -> bool:
         """True if ``signature`` (DER ECDSA-SHA256 or raw Ed25519) signs ``payload``."""
-
-        try:
-            if self.algorithm == "ed25519":
-                self.key.verify(signature, payload)
-            else:
-                self.key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return verify_signature(self.key, signature, payload)
 
 
 @dataclass(frozen=True)
