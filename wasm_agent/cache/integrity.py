@@ -225,10 +225,6 @@ class Prover:
             self._proofs.popitem(last=False)
         return st
 
-    def forget(self) -> None:
-        """Drop every remembered proof."""
-        self._proofs.clear()
-
 
 def hash_fd(fd: int) -> str:
     """sha256 hex of everything readable from ``fd`` (from offset 0)."""

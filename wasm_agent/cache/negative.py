@@ -119,11 +119,6 @@ class NegativeCache:
             self.remember(url, request, error)
             raise
 
-    def forget(self, url: str, request: ModuleRequest) -> None:
-        """Drop what is remembered of ``request`` (it was fetched after all)."""
-        if self._failures:
-            self._failures.pop(failure_key(url, request), None)
-
 
 def _again(failure: Failure, now: float) -> FetchError:
     """A copy of the remembered error (same class and metric result) saying it is remembered."""

@@ -75,10 +75,6 @@ class AccessChecker:
                 self._granted.clear()
         self._granted[key] = now + self.ttl
 
-    def forget(self) -> None:
-        """Drop every remembered answer."""
-        self._granted.clear()
-
 
 def _secret_key(secret: bytes | None) -> str:
     """Remembered answers are keyed by a hash of the credentials, never the credentials."""
