@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ssl
 import subprocess
 import sys
@@ -248,6 +249,10 @@ async def test_tampered_mirror_is_caught_and_the_upstream_used(
     layer = "sha256:" + sha256_hex(module)
     evil = bytearray(module)
     evil[-1] ^= 0xFF
+    # the pull-through cache stores the blob after it has streamed it to us: wait for the file
+    deadline = time.monotonic() + 10
+    while not mirror.blob_path(layer).exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     mirror.tamper_blob(layer, bytes(evil))
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module
