@@ -16,10 +16,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wasm_agent.agent.inputs import add_remote_module_flags
 from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from wasm_agent.core.settings import FetchSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -105,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
     sha = _expected_sha256(args.sha256)
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    settings = None
     if args.verify_policy:  # a policy named is read (exit 2 if unusable) even for a local file
         from wasm_agent.agent.fetch_settings import fetch_settings_from_env
 
-        fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
+        settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     try:
-        wasm = _module_bytes(args, sha)
+        wasm = _module_bytes(args, sha, settings)
     except ModuleUnusable as error:
         print(f"wasm-agent run: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -141,12 +146,15 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
-def _module_bytes(args: argparse.Namespace, sha: str | None) -> bytes:
-    """MODULE's Wasm bytes: read, fetched through the cache, or compiled from WAT."""
+def _module_bytes(
+    args: argparse.Namespace, sha: str | None, settings: FetchSettings | None
+) -> bytes:
+    """MODULE's Wasm bytes: read, fetched through the cache, or compiled from WAT.
+    ``settings``: the fetch settings when ``run`` has built them already (a verify policy)."""
     module: str = args.module
     scheme = module.split("://", 1)[0].lower() if "://" in module else ""
     if scheme in ("http", "https", "oci"):
-        return _fetch(args, module, sha)
+        return _fetch(args, module, sha, settings)
     if scheme == "file":
         from urllib.parse import unquote, urlsplit
 
@@ -178,7 +186,9 @@ def _module_bytes(args: argparse.Namespace, sha: str | None) -> bytes:
         raise ModuleUnusable(str(error)) from None
 
 
-def _fetch(args: argparse.Namespace, url: str, sha: str | None) -> bytes:
+def _fetch(
+    args: argparse.Namespace, url: str, sha: str | None, settings: FetchSettings | None
+) -> bytes:
     from wasm_agent.agent.fetch_settings import fetch_settings_from_env
     from wasm_agent.agent.inputs import read_pull_secret, with_flag_hints
     from wasm_agent.cache.model import ModuleRequest
@@ -187,7 +197,8 @@ def _fetch(args: argparse.Namespace, url: str, sha: str | None) -> bytes:
     from wasm_agent.fetch.dispatch import normalize_url
 
     secret = read_pull_secret(args.pull_secret) if args.pull_secret is not None else None
-    settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
+    if settings is None:
+        settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
     settings = with_insecure_registries(settings, args.insecure_registry)
     request = ModuleRequest(
         url=normalize_url(url), sha256=sha, pull_secret=secret, timeout=args.timeout
