@@ -61,6 +61,11 @@ class IndexData:
         """The module file sha256 a checksum names (identity for HTTP/file checksums)."""
         return self.digests.get(checksum, checksum)
 
+    def forget_modules(self, gone: set[str]) -> None:
+        """Drop the URLs and digests that name a module file (sha256) in ``gone``."""
+        self.urls = {u: r for u, r in self.urls.items() if r.sha256 not in gone}
+        self.digests = {c: s for c, s in self.digests.items() if s not in gone}
+
 
 def _url_fields(url: str, rec: UrlRecord) -> tuple[str, ...]:
     return ("url", url, rec.checksum, rec.sha256)

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from wasm_agent.cache.index import Index, IndexData
+from wasm_agent.cache.index import Index
 from wasm_agent.cache.layout import CacheLayout
 from wasm_agent.cache.locks import try_lock
 from wasm_agent.cache.store import clean_stale_temps
@@ -49,15 +49,10 @@ def purge_expired(layout: CacheLayout, index: Index, expiry: float, now: float) 
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
     if removed:
-        index.update(lambda data: _forget(data, {p.stem for p in removed}))
+        index.update(lambda data: data.forget_modules({p.stem for p in removed}))
     clean_stale_temps(layout)
     _clean_index_temps(layout, now)
     return removed
-
-
-def _forget(data: IndexData, gone: set[str]) -> None:
-    data.urls = {u: r for u, r in data.urls.items() if r.sha256 not in gone}
-    data.digests = {c: s for c, s in data.digests.items() if s not in gone}
 
 
 def _clean_index_temps(layout: CacheLayout, now: float) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasm_agent.cache.errors import CacheWriteError
-from wasm_agent.cache.index import Index, IndexData
+from wasm_agent.cache.index import Index
 from wasm_agent.cache.layout import CacheLayout
 from wasm_agent.cache.locks import try_lock
 from wasm_agent.cache.metrics import CACHE_ENTRIES
@@ -131,7 +131,7 @@ class SizeCap:
             if entry.kind == "module":
                 gone.add(entry.path.stem)
         if gone:
-            self.index.update(lambda data: _forget(data, gone))
+            self.index.update(lambda data: data.forget_modules(gone))
             CACHE_ENTRIES.set(len(self.layout.module_files()))
         CACHE_BYTES.set(total)
         if total + needed > cap:
@@ -184,8 +184,3 @@ def _unlink_unheld(path: Path, mtime: float) -> bool:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _forget(data: IndexData, gone: set[str]) -> None:
-    data.urls = {u: r for u, r in data.urls.items() if r.sha256 not in gone}
-    data.digests = {c: s for c, s in data.digests.items() if s not in gone}
