@@ -10,6 +10,8 @@ from pathlib import Path
 
 from wasm_agent.core.settings import FetchSettings, build_fetch_settings, verify_policy_path
 
+FETCH_TIMEOUT = 300.0
+
 
 def fetch_settings_from_env(
     env: Mapping[str, str] | None = None,
@@ -41,3 +43,17 @@ def with_registry_flags(settings: FetchSettings, flags: argparse.Namespace | Non
         credential_helper_ttl=flags.credential_helper_ttl,
         credential_helper_timeout=flags.credential_helper_timeout,
     )
+
+
+def add_remote_module_flags(parser: argparse.ArgumentParser, noun: str = "MODULE") -> None:
+    """The flags of ``prefetch``, ``check`` and ``run`` for fetching a remote module:
+    ``--sha256``, ``--pull-secret``, ``--timeout`` and ``--insecure-registry``."""
+    add = parser.add_argument
+    add("--sha256", metavar="HEX", help=f"expected sha256 (one {noun} only)")
+    add("--pull-secret", type=Path, metavar="FILE",
+        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
+    add("--timeout", type=float, default=FETCH_TIMEOUT, metavar="SECONDS",
+        help=f"deadline for each module's whole fetch (default {FETCH_TIMEOUT:g})")  # fmt: skip
+    add("--insecure-registry", action="append", default=[], metavar="HOST",
+        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
+             "repeatable")  # fmt: skip

@@ -9,7 +9,6 @@ operation failing (exit 1).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -21,24 +20,9 @@ from wasm_agent.core.errors import UsageError, WasmAgentError
 
 log = logging.getLogger("wasm_agent.agent")
 
-FETCH_TIMEOUT = 300.0
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")
 _INSECURE_HINT = re.compile(r"list (?P<host>\S+ )?in WASM_INSECURE_REGISTRIES")
 _warned_proxy = False
-
-
-def add_remote_module_flags(parser: argparse.ArgumentParser, noun: str = "MODULE") -> None:
-    """The flags of ``prefetch``, ``check`` and ``run`` for fetching a remote module:
-    ``--sha256``, ``--pull-secret``, ``--timeout`` and ``--insecure-registry``."""
-    add = parser.add_argument
-    add("--sha256", metavar="HEX", help=f"expected sha256 (one {noun} only)")
-    add("--pull-secret", type=Path, metavar="FILE",
-        help="registry credentials, a .dockerconfigjson file (OCI only)")  # fmt: skip
-    add("--timeout", type=float, default=FETCH_TIMEOUT, metavar="SECONDS",
-        help=f"deadline for each module's whole fetch (default {FETCH_TIMEOUT:g})")  # fmt: skip
-    add("--insecure-registry", action="append", default=[], metavar="HOST",
-        help="allow plain HTTP / unverified TLS to this registry ('*' for all); "
-             "repeatable")  # fmt: skip
 
 
 def read_pull_secret(path: Path | str) -> bytes:

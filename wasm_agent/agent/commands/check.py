@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wasm_agent.agent.inputs import add_remote_module_flags
+from wasm_agent.agent.fetch_settings import add_remote_module_flags
 from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
 

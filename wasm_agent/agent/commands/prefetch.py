@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wasm_agent.agent.cli import EXIT_FAILED, EXIT_OK
-from wasm_agent.agent.fetch_settings import fetch_settings_from_env
+from wasm_agent.agent.fetch_settings import add_remote_module_flags, fetch_settings_from_env
 from wasm_agent.cache.layout import HEX64
 from wasm_agent.cache.model import CachedModule, ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache
@@ -58,7 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="Istio WasmPlugin manifest (YAML, several documents allowed); repeatable",
     )
-    from wasm_agent.agent.inputs import add_remote_module_flags
     from wasm_agent.node.settings import NODE_SOCKET
 
     add_remote_module_flags(parser, noun="URL")
