@@ -34,10 +34,8 @@ DEFAULT_TIMEOUT = 30.0
 # it (the cache's compile limit is 120 s).
 NODE_MARGIN = 150.0
 _BY_RESULT: dict[str, type[FetchError]] = {
-    "download_failure": DownloadFailure,
-    "manifest_failure": ManifestFailure,
-    "checksum_mismatched": ChecksumMismatch,
-}
+    cls.result: cls for cls in (DownloadFailure, ManifestFailure, ChecksumMismatch)
+}  # the node's answer carries the failure's metric result label (FetchError.result)
 
 
 class NodeModuleSource:
