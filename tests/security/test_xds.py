@@ -90,15 +90,27 @@ class Healthy:
             pass
 
 
+async def streams_settle(agent: Agent, expected: int, timeout: float = 60.0) -> None:
+    """Wait until the agent reports ``expected`` open Envoy streams (``xds_proxy_streams``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (count := await asyncio.to_thread(agent.counter, "xds_proxy_streams")) != expected:
+        assert loop.time() < deadline, f"{count:.0f} Envoy streams still open after {timeout} s"
+        await asyncio.sleep(0.1)
+
+
 async def victim_stream(agent: Agent, istiod: FakeIstiod) -> tuple[AdsClient, FakeStream]:
     """An ECDS stream through the agent and istiod's side of it."""
     before = {id(s) for s in istiod.open_streams()}
     victim = AdsClient(f"unix:{agent.socket}")
     await victim.request(ECDS_TYPE, node=True, resource_names=["evil"])
-    (stream,) = await istiod.until(
-        lambda: [s for s in istiod.open_streams() if id(s) not in before and s.requests],
-        what="victim stream",
-    )
+
+    def opened() -> list[FakeStream]:
+        if victim.call.done():  # refused or ended before istiod saw it: say why, do not wait
+            raise AssertionError(f"victim stream ended early: {victim.call!r}")
+        return [s for s in istiod.open_streams() if id(s) not in before and s.requests]
+
+    (stream,) = await istiod.until(opened, timeout=30.0, what="victim stream")
     return victim, stream
 
 
@@ -239,6 +251,9 @@ async def test_thousand_streams_and_a_client_that_never_reads(
         call.cancel()
     await flood.close()
     await healthy.check()
+    # The cancelled streams are released (only the healthy one stays open): otherwise the next
+    # stream would itself be refused. Under CI load the release can take seconds, so wait for it.
+    await streams_settle(agent, 1)
     # a client that never reads
     sleeper, stream = await victim_stream(agent, istiod)
     one_mb = discovery_pb2.DiscoveryResponse(type_url=CLUSTER_TYPE, nonce="n")
