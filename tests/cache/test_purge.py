@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -106,8 +107,6 @@ async def test_entries_list_urls_sizes_and_use(cache: ModuleCache, tmp_path: Pat
 
 
 async def test_purge_periodically_uses_the_interval(tmp_path: Path) -> None:
-    import asyncio
-
     settings = CacheSettings(directory=tmp_path / "c", module_expiry=0.0, purge_interval=0.05)
     cache = ModuleCache(settings, FetchSettings())
     module = await _cached(cache, tmp_path, 4)
@@ -119,3 +118,23 @@ async def test_purge_periodically_uses_the_interval(tmp_path: Path) -> None:
         await asyncio.sleep(0.02)
     task.cancel()
     assert not module.path.exists()
+
+
+async def test_a_fifo_or_link_planted_under_a_module_name_is_skipped(
+    cache: ModuleCache, tmp_path: Path
+) -> None:
+    """Purge neither waits on a FIFO nor follows a link planted under an expired module name."""
+    modules = cache.layout.modules
+    modules.mkdir(parents=True, exist_ok=True)
+    fifo, link = modules / f"{'c' * 64}.wasm", modules / f"{'d' * 64}.wasm"
+    os.mkfifo(fifo)
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"keep")
+    link.symlink_to(outside)
+    old = await _cached(cache, tmp_path, 7)
+    now = time.time()
+    for path in (fifo, link, old.path):
+        os.utime(path, (now - 2 * DAY, now - 2 * DAY), follow_symlinks=False)
+    removed = await asyncio.wait_for(asyncio.to_thread(cache.purge, now=now), 30)
+    assert removed == [old.path]
+    assert fifo.exists() and link.is_symlink() and outside.read_bytes() == b"keep"

@@ -4,6 +4,7 @@ compiled by the real wasmtime worker; holders are real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -163,3 +164,28 @@ def test_prefetch_flag_and_variable(cache_dir: Path, tmp_path: Path) -> None:
     assert (cache_dir / "modules" / f"{sha256_hex(small.read_bytes())}.wasm").exists()
     bad = run_prefetch(cache_dir, str(small), env={**os.environ, "WASM_AGENT_CACHE_MAX_BYTES": "x"})
     assert bad.returncode == 2 and "WASM_AGENT_CACHE_MAX_BYTES" in bad.stderr
+
+
+async def test_a_fifo_or_link_planted_under_a_module_name_neither_blocks_nor_is_followed(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    """A writer of the cache directory plants, under module names older than every real one, a
+    FIFO (opening it to lock it would wait forever) and a link to a file outside the cache.
+    Eviction skips both: the fetch completes, the link's target is untouched."""
+    (old,) = await _fill(cache_dir, tmp_path, (51,))
+    modules = cache_dir / "modules"
+    fifo, link = modules / f"{'a' * 64}.wasm", modules / f"{'b' * 64}.wasm"
+    os.mkfifo(fifo)
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"x" * (4 * SIZE))
+    link.symlink_to(outside)
+    ancient = time.time() - 10 * 24 * 3600
+    for path in (fifo, link):
+        os.utime(path, (ancient, ancient), follow_symlinks=False)
+    total, entries = scan(CacheLayout(cache_dir))
+    assert {e.path for e in entries if e.kind == "module"} == {old.path}  # neither is counted
+    cache = _capped(cache_dir, total + SIZE + SIZE // 2)  # room only if `old` (or more) goes
+    new = await asyncio.wait_for(cache.get(ModuleRequest(url=str(_source(tmp_path, 52)))), 60)
+    assert new.path.exists() and not old.path.exists()
+    assert fifo.exists() and link.is_symlink() and outside.read_bytes() == b"x" * (4 * SIZE)
+    cache.close()

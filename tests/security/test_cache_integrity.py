@@ -297,3 +297,17 @@ async def test_no_symlink_inside_the_cache_is_followed(
     assert result.returncode == 1 and f"CORRUPT {link}" in result.stderr, result.stderr
     assert "is a symlink" in result.stderr and not link.exists()
     assert outside.read_bytes() == b"keep me"
+
+
+async def test_a_fifo_as_the_index_key_is_refused_without_waiting(
+    cache: ModuleCache, cache_dir: Path, modserver: ModServer
+) -> None:
+    """Must hold: a FIFO planted as ``index.key`` (opening it to read would wait for a writer
+    forever) is refused at once with an error naming it."""
+    url_a, _ = await two_modules(cache, modserver)
+    key = cache_dir / "index.key"
+    key.unlink()
+    os.mkfifo(key, 0o600)
+    fresh = ModuleCache(CacheSettings(directory=cache_dir), FetchSettings())
+    with pytest.raises(InsecureCache, match=r"index\.key is not a regular file"):
+        fresh.lookup(ModuleRequest(url=url_a, sha256=SHA_A))

@@ -132,9 +132,11 @@ def load_key(layout: CacheLayout, create: bool) -> IndexKey:
 
 
 def _read_key(layout: CacheLayout, path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(layout, path, "is not a regular file")
         if st.st_mode & 0o077:
             raise _refuse(
                 layout, path, f"is readable or writable by others ({st.st_mode & 0o777:o})"

@@ -15,6 +15,10 @@ from pathlib import Path
 from wasm_agent.cache.layout import FILE_MODE
 from wasm_agent.core.errors import WasmAgentError
 
+# Opening a module file to lock it must neither follow a link nor wait on a FIFO planted
+# under its name (a writer of the cache directory is not trusted with the agent's liveness).
+MODULE_LOCK_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 
 class LockTimeout(WasmAgentError):
     """A lock was still held by someone else when the wait ran out."""

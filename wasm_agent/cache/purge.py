@@ -5,11 +5,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 from pathlib import Path
 
 from wasm_agent.cache.index import Index
 from wasm_agent.cache.layout import CacheLayout
-from wasm_agent.cache.locks import try_lock
+from wasm_agent.cache.locks import MODULE_LOCK_OPEN_FLAGS, try_lock
 from wasm_agent.cache.store import clean_stale_temps
 
 log = logging.getLogger(__name__)
@@ -25,9 +26,13 @@ def purge_expired(layout: CacheLayout, index: Index, expiry: float, now: float) 
     removed: list[Path] = []
     for path in layout.module_files():
         try:
-            if now - path.stat().st_mtime <= expiry:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):  # a link or FIFO: `cache verify` reports it
+                log.warning("skipped a module path that is not a file", extra={"path": str(path)})
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if now - st.st_mtime <= expiry:
+                continue
+            fd = os.open(path, MODULE_LOCK_OPEN_FLAGS)
         except FileNotFoundError:
             continue
         except OSError as error:  # a symlink (ELOOP) is never followed; `cache verify` reports it

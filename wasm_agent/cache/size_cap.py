@@ -16,13 +16,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.index import Index
 from wasm_agent.cache.layout import CacheLayout
-from wasm_agent.cache.locks import try_lock
+from wasm_agent.cache.locks import MODULE_LOCK_OPEN_FLAGS, try_lock
 from wasm_agent.cache.metrics import CACHE_ENTRIES
 from wasm_agent.core.metrics import REGISTRY
 
@@ -71,7 +72,9 @@ def scan(layout: CacheLayout) -> tuple[int, list[Entry]]:
     entries: list[Entry] = []
     for path in layout.module_files():
         with contextlib.suppress(FileNotFoundError):
-            st = path.stat()
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue  # a link or a FIFO planted under a module's name: `cache verify` says so
             total += st.st_size
             entries.append(Entry(path, st.st_size, st.st_mtime, "module"))
     artifacts = layout.compiled / "artifacts"
@@ -168,8 +171,8 @@ def _unlink(path: Path) -> bool:
 def _unlink_unheld(path: Path, mtime: float) -> bool:
     """Remove a module file unless some process holds it or used it since it was scanned."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, MODULE_LOCK_OPEN_FLAGS)
+    except OSError:  # gone already, or a link (ELOOP) planted since the scan: never followed
         return False
     try:
         if not try_lock(fd, exclusive=True):
