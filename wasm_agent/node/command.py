@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="node cache (default $WASM_AGENT_CACHE_DIR)"
     )
-    config.add_flags(parser, (config.CACHE_MAX_BYTES,), env)  # --cache-max-bytes, as proxy's
+    # --cache-max-bytes and --fetch-backoff, as proxy's
+    config.add_flags(parser, (config.CACHE_MAX_BYTES, config.FETCH_BACKOFF), env)
     parser.add_argument(
         "--status-address", metavar="HOST:PORT", help="serve /healthz/ready and /metrics"
     )
@@ -85,9 +86,11 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         raise NodeSettingsError("--csi-endpoint is required (unix:PATH)")
     return NodeSettings(
         csi_socket=parse_csi_endpoint(args.csi_endpoint),
-        cache=replace(
-            cache_settings_from_env(args.cache_dir), max_bytes=args.cache_max_bytes
-        ),  # the flag wins over the variable
+        cache=replace(  # the flags win over the variables
+            cache_settings_from_env(args.cache_dir),
+            max_bytes=args.cache_max_bytes,
+            fetch_backoff=args.fetch_backoff,
+        ),
         fetch=fetch_settings_from_env(verify_policy=args.verify_policy),
         status_address=args.status_address,
         node_id=args.node_id,
