@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -42,6 +43,44 @@ async def proxy(istiod: FakeIstiod, sock: Path) -> AsyncIterator[XdsProxy]:
     running = await start_proxy(sock, UpstreamSettings(address=istiod.address, plaintext=True))
     yield running
     await running.stop(grace=1)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``predicate`` in this event loop until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        assert loop.time() < deadline, f"{what or 'condition'} not met in {timeout} s"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def refusals(
+    calls: list[grpc.aio.StreamStreamCall[bytes, bytes]], wanted: int, timeout: float = 45.0
+) -> list[grpc.aio.AioRpcError]:
+    """The calls refused with RESOURCE_EXHAUSTED, once ``wanted`` of them are (or the deadline
+    passes): the accepted ones never end on their own, so waiting for every call would not do."""
+    reads = [asyncio.ensure_future(call.read()) for call in calls]
+
+    def refused() -> list[grpc.aio.AioRpcError]:
+        return [
+            error
+            for read in reads
+            if read.done() and not read.cancelled()
+            if isinstance(error := read.exception(), grpc.aio.AioRpcError)
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        ]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while len(found := refused()) < wanted and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return found
+    finally:
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
 
 
 def client(sock: Path, **kw) -> AdsClient:
@@ -107,9 +146,10 @@ async def test_node_is_resent_when_the_upstream_stream_is_reopened(
     ads = client(sock)
     await ads.request(CLUSTER_TYPE, node=True)
     await ads.request(LISTENER_TYPE)
-    await asyncio.sleep(0.3)  # istiod is down: the first upstream stream fails
+    # istiod is down: the first upstream stream fails and the proxy says it re-opens it
+    reopens = await until(lambda: [r for r in caplog.records if "re-opening" in r.getMessage()])
     assert not proxy.ready
-    [reopen, *_] = [r for r in caplog.records if "re-opening" in r.getMessage()]
+    reopen = reopens[0]
     assert reopen.discovery == f"127.0.0.1:{port}" and reopen.cause  # type: ignore[attr-defined]
     with FakeIstiod(port=port) as istiod:
         istiod.set_resources(LISTENER_TYPE, {}, "l1")
@@ -148,8 +188,7 @@ async def test_upstream_failure_ends_envoy_stream_and_envoy_close_ends_upstream(
     assert len(istiod.open_streams()) == 1
     await other.close()  # Envoy goes away: the upstream stream closes too
     await istiod.until(lambda: not istiod.open_streams(), what="upstream closed")
-    await asyncio.sleep(0.1)
-    assert not proxy.streams
+    await until(lambda: not proxy.streams, what="the proxy forgets the stream")
 
 
 async def test_slow_envoy_holds_back_istiod(
@@ -222,14 +261,7 @@ async def test_a_thousand_streams_are_refused_beyond_the_limit(
     method: grpc.aio.StreamStreamMultiCallable[bytes, bytes]
     method = flood.channel.stream_stream(SOTW_METHOD)
     calls = [method() for _ in range(1000)]
-    results = await asyncio.gather(
-        *(asyncio.wait_for(call.read(), 3) for call in calls), return_exceptions=True
-    )
-    refused = [
-        r
-        for r in results
-        if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    ]
+    refused = await refusals(calls, 1000 - proxy.listen.max_streams)
     assert len(refused) >= 1000 - proxy.listen.max_streams
     for call in calls:
         call.cancel()
