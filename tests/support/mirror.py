@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -53,7 +52,7 @@ class TlsRegistry(Registry):
         ctx.load_cert_chain(str(self.files.client_cert), str(self.files.client_key))
         return httpx.Client(verify=ctx, timeout=timeout)
 
-    def _wait_ready(self, timeout: float = 10.0) -> bool:
+    def _wait_ready(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         with self.client(timeout=1.0) as client:
             while time.monotonic() < deadline:
@@ -66,16 +65,6 @@ class TlsRegistry(Registry):
                     time.sleep(0.05)
         return False
 
-    def sync_log(self, timeout: float = 5.0) -> None:
-        marker = f"/v2/_log_marker/{uuid.uuid4().hex}/tags/list"
-        try:
-            with self.client() as client:
-                client.get(f"{self.url}{marker}")
-        except httpx.HTTPError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if marker in self.log_path.read_text(errors="replace"):
-                time.sleep(0.02)
-                return
-            time.sleep(0.02)
+    def _get(self, url: str, timeout: float) -> None:
+        with self.client(timeout=timeout) as client:
+            client.get(url)

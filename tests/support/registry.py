@@ -161,7 +161,7 @@ class Registry:
             self.stop()
         raise RuntimeError(f"docker-registry did not start; see {self.log_path}")
 
-    def _wait_ready(self, timeout: float = 10.0) -> bool:
+    def _wait_ready(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
@@ -193,22 +193,34 @@ class Registry:
 
     # -- what happened -------------------------------------------------------------------------
 
-    def sync_log(self, timeout: float = 5.0) -> None:
+    def _get(self, url: str, timeout: float) -> None:
+        """One GET to this registry (subclasses add TLS client settings)."""
+        httpx.get(url, timeout=timeout, verify=False)
+
+    def sync_log(self, timeout: float = 30.0) -> None:
         """Wait until every request answered so far is in the access log.
 
         Sends a marker request and waits for its line: the registry logs a request after
         answering it, so a count taken right after a client returns could miss the last one.
+        A loaded machine can take seconds for either step: both are retried until ``timeout``,
+        and a registry that never logs the marker fails the test rather than an undercount.
         """
         marker = f"/v2/_log_marker/{uuid.uuid4().hex}/tags/list"
-        try:
-            httpx.get(f"{self.url}{marker}", timeout=2.0, verify=False)
-        except httpx.HTTPError:
-            return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if marker in self.log_path.read_text(errors="replace"):
-                time.sleep(0.02)
-                return
+        while True:
+            try:
+                self._get(f"{self.url}{marker}", max(1.0, deadline - time.monotonic()))
+                break
+            except httpx.HTTPError as error:
+                if self._proc is None or self._proc.poll() is not None:
+                    return  # stopped: its log is complete
+                if time.monotonic() >= deadline:
+                    message = f"docker-registry: log marker not answered: {error}"
+                    raise RuntimeError(message) from error
+                time.sleep(0.05)
+        while marker not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"docker-registry: log marker not logged in {timeout}s")
             time.sleep(0.02)
 
     def requests(self) -> list[tuple[str, str]]:
