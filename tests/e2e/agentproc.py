@@ -50,7 +50,7 @@ class AgentProcess:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 15.0) -> AgentProcess:
+    def start(self, timeout: float = 60.0) -> AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -77,7 +77,7 @@ class AgentProcess:
         ``allow_error`` (otherwise the error is raised)."""
         try:
             url = f"http://127.0.0.1:{self.status_port}{path}"
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=10) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -97,7 +97,7 @@ class AgentProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
-    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+    def terminate(self, timeout: float = 30.0) -> tuple[int, float]:
         """SIGTERM; return (exit code, seconds it took)."""
         assert self.process is not None
         started = time.monotonic()

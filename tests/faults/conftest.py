@@ -70,7 +70,7 @@ def fake_envoy(
         clients.append(client)
         istiod.wait_for(
             lambda: [s for s in istiod.open_streams() if ECDS_TYPE in s.subscribed],
-            15,
+            60,
             "ECDS subscription",
         )
         return client

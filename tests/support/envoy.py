@@ -52,7 +52,7 @@ class EnvoyProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.admin_address = ""
 
-    def start(self, timeout: float = 20.0) -> EnvoyProcess:
+    def start(self, timeout: float = 60.0) -> EnvoyProcess:
         """Start Envoy and wait until its admin API answers."""
         command = envoy_command(
             envoy_binary(), self.bootstrap, self.workdir, self.log_level, self.extra_args
@@ -83,7 +83,7 @@ class EnvoyProcess:
         """Call the admin API and return the body."""
         request = urllib.request.Request(f"http://{self.admin_address}{path}", method=method)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=15) as response:
                 return response.read().decode()
         except urllib.error.HTTPError as error:
             if allow_error:
@@ -100,7 +100,7 @@ class EnvoyProcess:
         query = f"?filter={filter_regex}" if filter_regex else ""
         return parse_stats(self.admin(f"/stats{query}"))
 
-    def listener_port(self, name: str, timeout: float = 10.0) -> int:
+    def listener_port(self, name: str, timeout: float = 30.0) -> int:
         """The port the listener ``name`` actually bound (bootstrap may use port 0)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -111,7 +111,7 @@ class EnvoyProcess:
         raise TimeoutError(f"listener {name!r} not up in {timeout}s")
 
     def wait_for(
-        self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = ""
+        self, predicate: Callable[[], bool], timeout: float = 30.0, what: str = ""
     ) -> None:
         """Poll ``predicate`` until true; on timeout raise with the log tail."""
         deadline = time.monotonic() + timeout

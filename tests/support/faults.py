@@ -323,7 +323,7 @@ class FakeEnvoy:
                 requests.put(None)
                 self._call = None
 
-    def wait_version(self, version: str, timeout: float = 20.0) -> discovery_pb2.DiscoveryResponse:
+    def wait_version(self, version: str, timeout: float = 45.0) -> discovery_pb2.DiscoveryResponse:
         """The first response received with ``version_info == version``."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -364,7 +364,7 @@ def push(istiod: Any, config: Any, version: str) -> list[str]:
 
 
 def wait_nack(
-    istiod: Any, nonces: Iterable[str], timeout: float = 20.0, agent: Agent | None = None
+    istiod: Any, nonces: Iterable[str], timeout: float = 45.0, agent: Agent | None = None
 ) -> Any:
     """The NACK istiod received for one of ``nonces`` (on timeout: ``agent``'s log tail)."""
     wanted = set(nonces)
@@ -396,7 +396,7 @@ class Agent(AgentProcess):
     def __init__(self, workdir: Path, discovery: str, *extra: str, **kwargs: Any) -> None:
         super().__init__(workdir, discovery, "--fetch-backoff", "0", *extra, **kwargs)
 
-    def start(self, timeout: float = 15.0) -> Agent:
+    def start(self, timeout: float = 60.0) -> Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -472,7 +472,7 @@ class EnvoyMesh:
             return {}
         return configs[0] if configs else {}
 
-    def wait_ecds_version(self, version: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_ecds_version(self, version: str, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             config = self.ecds()
@@ -481,7 +481,7 @@ class EnvoyMesh:
             time.sleep(0.05)
         raise TimeoutError(f"envoy: no ECDS {version} in {timeout}s\n{self.agent.logs()}")
 
-    def header(self, timeout: float = 15.0) -> str | None:
+    def header(self, timeout: float = 30.0) -> str | None:
         """The plugin's response header on a request through Envoy (retrying while warming)."""
         import urllib.request
 
@@ -498,7 +498,7 @@ class EnvoyMesh:
                 time.sleep(0.1)
         raise AssertionError(f"no response through envoy: {error}")
 
-    def header_becomes(self, value: str, timeout: float = 20.0) -> None:
+    def header_becomes(self, value: str, timeout: float = 45.0) -> None:
         deadline = time.monotonic() + timeout
         seen = None
         while time.monotonic() < deadline:

@@ -146,7 +146,7 @@ class FakeIstiod:
     def nacks(self, type_url: str | None = None) -> list[Any]:
         return [r for r in self.all_requests(type_url) if r.HasField("error_detail")]
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
         """Poll ``predicate`` (blocking) until it returns something truthy."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ class FakeIstiod:
         raise TimeoutError(f"fake istiod: {what or 'condition'} not met in {timeout}s")
 
     async def until(
-        self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
+        self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = ""
     ) -> Any:
         """Like :meth:`wait_for`, for asyncio tests."""
         deadline = time.monotonic() + timeout

@@ -53,13 +53,13 @@ class AdsClient:
             message.node.CopyFrom(NODE)
         await self.send(message)
 
-    async def read_raw(self, timeout: float = 10.0) -> bytes:
+    async def read_raw(self, timeout: float = 30.0) -> bytes:
         raw = await asyncio.wait_for(self.call.read(), timeout)
         if not isinstance(raw, bytes):  # grpc.aio.EOF
             raise EOFError("stream ended")
         return raw
 
-    async def read(self, timeout: float = 10.0) -> Any:
+    async def read(self, timeout: float = 30.0) -> Any:
         kind = (
             discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
         )
