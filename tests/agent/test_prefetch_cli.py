@@ -252,9 +252,23 @@ def test_warm_prefetch_imports_nothing_heavy(tmp_path: Path, server: ModServer) 
 
 def test_progress_bar_on_a_terminal(tmp_path: Path, server: ModServer) -> None:
     import pty
+    import threading
 
     url = server.slow("/m.wasm", padded_module(64 * 1024, seed=31), chunk=8192, delay=0.02)
     leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the child writes: a full terminal buffer would block it
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
     try:
         proc = subprocess.Popen(
             [
@@ -275,16 +289,9 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, server: ModServer) -> None:
         )
         os.close(follower)
         follower = -1
+        reader.start()
         out, _ = proc.communicate(timeout=60)
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        reader.join(30)
     finally:
         os.close(leader)
         if follower >= 0:
