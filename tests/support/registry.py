@@ -20,6 +20,7 @@ plain HTTP on 127.0.0.1: put ``registry.host`` in ``FetchSettings.insecure_regis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -46,6 +47,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refused_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port that refuses connections while the block runs: bound but never listening, so
+    no other test or process can take it meanwhile (a port from :func:`free_port` can be)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        yield sock.getsockname()[1]
 
 
 def unique_repo(prefix: str = "wasm") -> str:
