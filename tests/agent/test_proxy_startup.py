@@ -9,15 +9,25 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.agentproc import free_port
+from tests.support.registry import refused_port
 from tests.support.tls import generate
 from wasm_agent.agent.upstream_probe import ProbeTarget, UpstreamProbe, probe
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def closed() -> Iterator[str]:
+    """An address nothing listens on for the whole test (held bound, so no other test can
+    take the port meanwhile)."""
+    with refused_port() as port:
+        yield f"127.0.0.1:{port}"
 
 
 def proxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -63,9 +73,8 @@ def test_listen_directory_must_exist_and_is_never_created(tmp_path: Path) -> Non
 
 
 def test_default_listen_creates_only_istios_directory_and_warns_about_istiod(
-    tmp_path: Path,
+    tmp_path: Path, closed: str
 ) -> None:
-    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
     status = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-m", "wasm_agent", "proxy", "--plaintext", "--discovery-address",
@@ -101,11 +110,10 @@ def test_default_listen_creates_only_istios_directory_and_warns_about_istiod(
 
 
 def test_probe_reports_the_cause_and_warnings_are_rate_limited(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, closed: str
 ) -> None:
     import asyncio
 
-    closed = f"127.0.0.1:{free_port()}"
     assert asyncio.run(probe(ProbeTarget(closed))) == "connection refused"
     assert asyncio.run(probe(ProbeTarget("unix:/nonexistent/sock"))) == "no such file or directory"
     watcher = UpstreamProbe(ProbeTarget(closed), lambda: False, repeat=60.0)

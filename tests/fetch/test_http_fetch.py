@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import tarfile
 import time
 
 import pytest
 
 from tests.support.modserver import ModServer, Route, gzip_bytes, tar_bytes, tar_entry
+from tests.support.registry import refused_port
 from tests.support.wasm import minimal_module, padded_module, sha256_hex
 from wasm_agent.core.logs import redact_url
 from wasm_agent.core.settings import FetchSettings
@@ -46,12 +46,6 @@ async def fails(
     for cause in causes:
         assert cause in str(error), str(error)
     return error
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- success paths ---------------------------------------------------------------------------
@@ -146,8 +140,9 @@ async def test_dns_failure(fast_backoff):
 
 
 async def test_connection_refused(fast_backoff):
-    url = f"http://127.0.0.1:{free_port()}/m.wasm"
-    await fails(DownloadFailure, url, fast_backoff, "connection refused", "after 3 attempts")
+    with refused_port() as port:  # no other test can take the port meanwhile
+        url = f"http://127.0.0.1:{port}/m.wasm"
+        await fails(DownloadFailure, url, fast_backoff, "connection refused", "after 3 attempts")
 
 
 async def test_404_is_not_retried(modserver, fast_backoff):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.support.mirror import PullThroughRegistry, TlsRegistry
 from tests.support.oci_push import RawPusher
-from tests.support.registry import Registry, free_port, unique_repo
+from tests.support.registry import Registry, refused_port, unique_repo
 from tests.support.tls import TlsFiles, generate
 from tests.support.wasm import padded_module, sha256_hex
 from wasm_agent.agent.fetch_settings import fetch_settings_from_env
@@ -200,6 +200,8 @@ async def test_pull_through_mirror_serves_and_caches(
     assert got.data == module
     upstream_blob_gets = upstream.count_blob_gets(repo)
     assert upstream_blob_gets >= 1  # the mirror filled its cache from the upstream
+    # it stores the blob after streaming it to us: a second fetch before that goes upstream
+    await asyncio.to_thread(mirror.wait_for_blob, repo, "sha256:" + sha256_hex(module))
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module
     assert upstream.count_blob_gets(repo) == upstream_blob_gets  # served from the mirror's cache
@@ -213,10 +215,11 @@ async def test_mirror_down_falls_back_to_the_upstream(
     upstream: Registry, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     repo, module, _ = push(upstream, 42)
-    dead = f"http://127.0.0.1:{free_port()}"
-    mirror_hosts(tmp_path, upstream, dead)
-    started = time.monotonic()
-    got = await fetch_oci(FetchRequest(upstream.oci_url(repo, "v1")), settings_for(tmp_path))
+    with refused_port() as port:  # no other test can take the port meanwhile
+        dead = f"http://127.0.0.1:{port}"
+        mirror_hosts(tmp_path, upstream, dead)
+        started = time.monotonic()
+        got = await fetch_oci(FetchRequest(upstream.oci_url(repo, "v1")), settings_for(tmp_path))
     assert got.data == module
     assert time.monotonic() - started < 5.0  # a refused mirror costs one attempt, no backoff
     assert upstream.count_requests("GET", rf"^/v2/{repo}/manifests/v1") == 1
@@ -249,10 +252,7 @@ async def test_tampered_mirror_is_caught_and_the_upstream_used(
     layer = "sha256:" + sha256_hex(module)
     evil = bytearray(module)
     evil[-1] ^= 0xFF
-    # the pull-through cache stores the blob after it has streamed it to us: wait for the file
-    deadline = time.monotonic() + 10
-    while not mirror.blob_path(layer).exists() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await asyncio.to_thread(mirror.wait_for_blob, repo, layer)  # stored after streaming it
     mirror.tamper_blob(layer, bytes(evil))
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module

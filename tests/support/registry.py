@@ -266,6 +266,19 @@ class Registry:
             / "data"
         )
 
+    def wait_for_blob(self, repo: str, digest: str, timeout: float = 30.0) -> None:
+        """Wait until blob ``digest`` is stored and linked into ``repo`` (a pull-through cache
+        stores a blob after it has streamed it to the client, so a fetch returning is not
+        enough; the link is written last)."""
+        algorithm, hexdigest = digest.split(":", 1)
+        link = self.storage / "docker/registry/v2/repositories" / repo / "_layers"
+        link = link / algorithm / hexdigest / "link"
+        deadline = time.monotonic() + timeout
+        while not (link.exists() and self.blob_path(digest).exists()):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"docker-registry: blob {digest} not stored in {timeout}s")
+            time.sleep(0.05)
+
     def tamper_blob(self, digest: str, data: bytes) -> None:
         """Replace the stored bytes of blob ``digest`` (the registry keeps serving it)."""
         path = self.blob_path(digest)
