@@ -76,7 +76,7 @@ def converting_second(istiod: FakeIstiod, plugins: Plugins) -> tuple[object, str
     """Push the slow module; return (the stream it went on, its nonce) once it downloads."""
     stream = istiod.open_streams()[-1]
     (nonce,) = push(istiod, extension(plugins.url2, plugins.sha2), "v2")
-    wait_until(lambda: plugins.downloads2 >= 1, 20, "download of the second module")
+    wait_until(lambda: plugins.downloads2 >= 1, 60, "download of the second module")
     return stream, nonce
 
 
@@ -87,10 +87,10 @@ def settled(
     mesh.wait_ecds_version("v2", timeout=45)
     mesh.header_becomes(f"{name}-2")
     wanted = f"{plugins.sha2}.wasm"
-    wait_until(lambda: watcher.seen and watcher.seen[-1].path.name == wanted, 5, "watcher")
+    wait_until(lambda: watcher.seen and watcher.seen[-1].path.name == wanted, 30, "watcher")
     assert_never_forwarded(watcher, allowed={plugins.sha1, plugins.sha2})
     assert assert_cache_clean(mesh.agent.cache_dir).keys() == {plugins.sha1, plugins.sha2}
-    wait_until(lambda: mesh.agent.status()[0] == 200, 20, "agent ready")
+    wait_until(lambda: mesh.agent.status()[0] == 200, 45, "agent ready")
     assert mesh.agent.serving()
     assert not istiod.nacks(ECDS_TYPE)
 
@@ -108,7 +108,7 @@ def test_istiod_stream_reset_mid_conversion(
         stream, nonce = converting_second(istiod, plugins)
         istiod.abort(stream, grpc.StatusCode.UNAVAILABLE, "injected reset")
         assert mesh.ecds()["version_info"] == "v1"  # the interrupted config never arrived
-        wait_until(lambda: len(istiod.streams) > before, 30, "Envoy reconnected")
+        wait_until(lambda: len(istiod.streams) > before, 60, "Envoy reconnected")
         plugins.fast()
         settled(mesh, istiod, watcher, plugins, "reset")
     assert answered(istiod, nonce) == []
@@ -126,7 +126,7 @@ def test_istiod_restarted_mid_conversion(
         loaded_first(mesh, istiod, plugins, "restart")
         _, nonce = converting_second(istiod, plugins)
         istiod.stop()
-        wait_until(lambda: mesh.agent.status()[0] == 503, 15, "agent not ready")
+        wait_until(lambda: mesh.agent.status()[0] == 503, 45, "agent not ready")
         time.sleep(1.0)
         plugins.fast()
         istiod.start()
@@ -147,7 +147,7 @@ def test_envoy_restarted_mid_conversion(
         assert mesh.envoy is not None and mesh.envoy.process is not None
         mesh.envoy.process.kill()
         mesh.envoy.process.wait(10)
-        wait_until(lambda: mesh.agent.counter("xds_proxy_streams") == 0, 15, "stream gone")
+        wait_until(lambda: mesh.agent.counter("xds_proxy_streams") == 0, 45, "stream gone")
         plugins.fast()
         mesh.start_envoy()
         settled(mesh, istiod, watcher, plugins, "envoy")

@@ -141,7 +141,8 @@ def private_image(oci_registry_basic: Registry) -> tuple[str, bytes]:
     return repo, module
 
 
-TTL = 2  # seconds a registry's "yes" is remembered in the test below
+TTL = 5  # seconds a registry's "yes" is remembered in the test below (a loaded machine
+# needs seconds between the grant and the "remembered" check)
 
 
 async def test_private_module_needs_the_pods_own_credentials(
@@ -159,8 +160,8 @@ async def test_private_module_needs_the_pods_own_credentials(
                 timeout=20,
             )  # fmt: skip
             manifests = rf"^/v2/{repo}/manifests/"
-            granted = time.monotonic()
             placed = await NodeModuleSource(owner.socket).get(good)
+            granted = time.monotonic()  # the node's "yes" is no newer than this
             assert placed.path.read_bytes() == module
             checks = oci_registry_basic.count_requests("GET", manifests)
             again = await NodeModuleSource(owner.socket).get(good)  # remembered: no new check
@@ -218,7 +219,8 @@ async def test_unpublish_releases_holds_so_purge_may_remove(
 
 async def test_killed_mid_download_then_restarted(tmp_path: Path, modserver: ModServer) -> None:
     module = code_module(20000, seed=5)
-    url = modserver.slow("/slow.wasm", module, chunk=1000, delay=0.1)  # about 2 s
+    # 20 s if left to finish: still under way when the node is killed, however loaded
+    url = modserver.slow("/slow.wasm", module, chunk=1000, delay=1.0)
     first = minimal_module()
     first_url = modserver.serve("/first.wasm", first)
     node = start_node(tmp_path)
@@ -230,11 +232,12 @@ async def test_killed_mid_download_then_restarted(tmp_path: Path, modserver: Mod
             import asyncio
 
             pending = asyncio.create_task(source.get(ModuleRequest(url=url, timeout=30)))
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while modserver.count("/slow.wasm") == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)
             node.kill()
+            modserver.serve("/slow.wasm", module)  # the download after the restart is quick
             with pytest.raises(DownloadFailure, match="node service closed the connection"):
                 await pending
             name = f"{sha256_hex(module)}.wasm"
@@ -330,9 +333,8 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
     import asyncio
 
     modules = [code_module(6000, seed=40 + i) for i in range(3)]
-    urls = [
-        modserver.slow(f"/slot{i}.wasm", m, chunk=1000, delay=0.25)  # about 1.5 s each
-        for i, m in enumerate(modules)
+    urls = [  # held (6 s each) until the slots are checked, then released below
+        modserver.slow(f"/slot{i}.wasm", m, chunk=1000, delay=1.0) for i, m in enumerate(modules)
     ]
     node = start_node(tmp_path)
     try:
@@ -342,7 +344,7 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
             tasks = [
                 asyncio.create_task(source.get(ModuleRequest(url=u, timeout=60))) for u in urls
             ]
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while (
                 time.monotonic() < deadline
                 and sum(modserver.count(f"/slot{i}.wasm") for i in range(3)) < 2
@@ -351,6 +353,8 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
             await asyncio.sleep(0.5)
             started = [modserver.count(f"/slot{i}.wasm") for i in range(3)]
             assert sorted(started) == [0, 1, 1], started  # the third waits for a slot
+            for i in range(3):  # release the downloads (the next chunk comes within 1 s)
+                modserver.routes[f"/slot{i}.wasm"].drip_delay = 0.02
             got = await asyncio.gather(*tasks)
             assert [g.path.read_bytes() for g in got] == modules
     finally:
