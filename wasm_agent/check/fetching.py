@@ -9,7 +9,7 @@ from pathlib import Path
 from wasm_agent.cache.many import fetch_many
 from wasm_agent.cache.model import CachedModule, ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache
-from wasm_agent.core.logs import redact_url
+from wasm_agent.core.logs import redact_url, scrub
 from wasm_agent.core.settings import FetchSettings, SettingsError, cache_settings_from_env
 from wasm_agent.fetch.errors import FetchError
 
@@ -30,7 +30,7 @@ def fetch_all(
 
 def _outcome(request: ModuleRequest, found: CachedModule | FetchError) -> Outcome:
     if isinstance(found, FetchError):
-        return f"cannot fetch {redact_url(request.url)}: {found.cause}", ""
+        return scrub(f"cannot fetch {redact_url(request.url)}: {found.cause}"), ""
     try:
         data = found.path.read_bytes()
     except OSError as error:

@@ -131,7 +131,7 @@ def write_junit(reports: Sequence[ModuleReport], out: TextIO) -> None:
 
 
 def _classname(report: ModuleReport) -> str:
-    name = report.plugin or report.module.rstrip("/").rsplit("/", 1)[-1]
+    name = report.plugin or report.module.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return "wasm-agent." + _xml_text(name).replace(".", "_")
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from wasm_agent.agent.fetch_settings import add_remote_module_flags
 from wasm_agent.core import config as table
 from wasm_agent.core.errors import UsageError
+from wasm_agent.core.logs import redact_url
 
 if TYPE_CHECKING:
     from wasm_agent.cache.model import ModuleRequest
@@ -103,9 +104,11 @@ def _target(module: str, sha256: str | None) -> Target:
         try:
             return Target(module, None, path_from_url(url), sha256)
         except FetchError as error:
-            raise UsageError(f"{module}: {error.cause}") from None
+            raise UsageError(f"{redact_url(module)}: {error.cause}") from None
     if scheme not in ("http", "https", "oci"):
-        raise UsageError(f"{module}: unsupported scheme {scheme!r} (use a path, http(s) or oci)")
+        raise UsageError(
+            f"{redact_url(module)}: unsupported scheme {scheme!r} (use a path, http(s) or oci)"
+        )
     return Target(module, url, None, sha256)
 
 
@@ -125,6 +128,16 @@ def _targets(args: argparse.Namespace) -> list[Target]:
     for path in args.files:
         targets.extend(_manifest_targets(path))
     return targets
+
+
+def shown_module(target: Target) -> str:
+    """How the report names a module: as given, without URL user-info or query (either may
+    carry a credential); a local path is shown as is."""
+    if "://" in target.module:
+        return redact_url(target.module)
+    if target.url is None:
+        return target.module
+    return redact_url(target.url).removeprefix("oci://")  # schemeless OCI, as given
 
 
 def _normalize_sha256(value: str) -> str | None:
@@ -181,7 +194,13 @@ def run(args: argparse.Namespace) -> int:
     allowed = frozenset(args.allow_capabilities) if args.allow_capabilities else None
     options = Options(envoy_abi=args.envoy_abi, spec=spec, allowed_capabilities=allowed)
     reports = [
-        ModuleReport(module=t.module, url=t.url, plugin=t.plugin, origin=t.origin) for t in targets
+        ModuleReport(
+            module=shown_module(t),
+            url=redact_url(t.url) if t.url is not None else None,
+            plugin=t.plugin,
+            origin=t.origin,
+        )
+        for t in targets
     ]
     blobs = _load_all(args, targets, reports, fetch_settings, secret)
     from wasm_agent.check.runner import check_module
