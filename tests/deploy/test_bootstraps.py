@@ -216,7 +216,7 @@ def get(url: str) -> tuple[int, str]:
         return 0, str(error)
 
 
-def wait_until_ok(url: str, timeout: float = 30.0) -> str:
+def wait_until_ok(url: str, timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     status, body = get(url)
     while status != 200 and time.monotonic() < deadline:

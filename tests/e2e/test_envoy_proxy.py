@@ -95,14 +95,14 @@ class Mesh:
             return {}
         return configs[0] if configs else {}
 
-    def wait_ecds_version(self, version: str, timeout: float = 20.0) -> dict:
+    def wait_ecds_version(self, version: str, timeout: float = 60.0) -> dict:
         assert self.envoy is not None
         self.envoy.wait_for(
             lambda: self.ecds().get("version_info") == version, timeout, f"ECDS {version}"
         )
         return self.ecds()
 
-    def get(self, timeout: float = 15.0) -> tuple[int, dict[str, str]]:
+    def get(self, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
         """GET through Envoy's listener (retrying while the listener warms up)."""
         assert self.envoy is not None
         deadline = time.monotonic() + timeout
@@ -119,7 +119,7 @@ class Mesh:
                 time.sleep(0.1)
         raise AssertionError(f"no response through envoy: {error}\n{self.agent.logs()}")
 
-    def header_becomes(self, value: str | None, timeout: float = 15.0) -> None:
+    def header_becomes(self, value: str | None, timeout: float = 45.0) -> None:
         deadline = time.monotonic() + timeout
         seen = None
         while time.monotonic() < deadline:
@@ -146,7 +146,7 @@ def reconnected(istiod: FakeIstiod, before: int):
         old_open = [s for s in istiod.streams[:before] if not s.closed]
         return fresh[-1] if fresh and not old_open else None
 
-    return istiod.wait_for(newest, 30, "envoy reconnect")
+    return istiod.wait_for(newest, 60, "envoy reconnect")
 
 
 def wait_acked(istiod: FakeIstiod, nonce: str) -> None:
@@ -157,7 +157,7 @@ def wait_acked(istiod: FakeIstiod, nonce: str) -> None:
             for r in istiod.all_requests(ECDS_TYPE)
             if r.response_nonce == nonce and not r.HasField("error_detail")
         ],
-        20,
+        45,
         f"ACK of {nonce}",
     )
 
@@ -185,7 +185,7 @@ def test_http_module_loads_updates_and_bad_sha_nacks(
         (bad_nonce,) = xc.serve(istiod, xc.wasm_extension(url2, "ab" * 32), "e3")
         nack = istiod.wait_for(
             lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce == bad_nonce],
-            20,
+            45,
             "NACK",
         )[0]
         assert nack.error_detail.code == 13
@@ -231,7 +231,7 @@ def test_istiod_behind_a_unix_socket_as_with_pilot_agent(
             assert mesh.agent.status()[0] == 200  # ready: the upstream stream is up
             (bad,) = xc.serve(istiod, xc.wasm_extension(url, "ab" * 32), "u2")
             istiod.wait_for(
-                lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce == bad], 20, "NACK"
+                lambda: [r for r in istiod.nacks(ECDS_TYPE) if r.response_nonce == bad], 45, "NACK"
             )
         assert istiod.port == 0 and istiod.streams  # every stream came through the socket
 
@@ -275,7 +275,7 @@ def test_deny_mode_returns_403(
     args = ("--fetch-failure", "deny")
     with Mesh(short_dir(tmp_path), istiod, echo, *args, delta=delta) as mesh:
         mesh.wait_ecds_version("d1")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 45
         while mesh.get()[0] != 403 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert mesh.get()[0] == 403
@@ -325,7 +325,7 @@ def test_restarts_of_envoy_and_istiod_are_survived(
         newest = reconnected(istiod, streams_before)
         assert newest.requests[0].HasField("node")
         xc.serve(istiod, xc.wasm_extension(url2, sha256_hex(V2)), "r2")
-        mesh.wait_ecds_version("r2", timeout=30)
+        mesh.wait_ecds_version("r2")
         mesh.header_becomes("v2")
 
         # SIGTERM drains: exit 0 within 5 s while Envoy is connected

@@ -59,7 +59,7 @@ class NodeProcess:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> NodeProcess:
+    def start(self, timeout: float = 60.0) -> NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pods_dir.mkdir(exist_ok=True)
         self.csi_socket.unlink(missing_ok=True)
