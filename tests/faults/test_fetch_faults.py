@@ -22,6 +22,7 @@ from tests.support.faults import (
     extension,
     push,
     wait_nack,
+    wait_until,
 )
 from tests.support.istiod import FakeIstiod
 from tests.support.modserver import ModServer
@@ -99,8 +100,11 @@ def test_module_server_breaks_off_the_body(
         url = mods.slow("/m.wasm", data, chunk=64, delay=0.1)  # ~100 s for the whole body
     agent = make_agent(env=FAST_RETRIES)
     envoy = fake_envoy()
-    started = time.monotonic()
-    nonces = push(istiod, extension(url, sha, timeout=1.5), "b1")
+    # the reset case counts both attempts: a deadline must not cut them short on a slow machine
+    deadline = 30.0 if fault == "reset" else 1.5
+    nonces = push(istiod, extension(url, sha, timeout=deadline), "b1")
+    wait_until(lambda: mods.count("/m.wasm"), 60, "the download")
+    started = time.monotonic()  # the deadline runs from here, not from the push
     message = nacked_cleanly(agent, istiod, envoy, nonces, "b1")
     took = time.monotonic() - started
     if fault == "reset":
@@ -239,7 +243,9 @@ def test_registry_faults_on_the_layer(
 
     action = {"503": "status"}.get(fault, fault)
     registry_proxy.faults.append(Fault("GET", blobs, action, times=100, seconds=2.5))
-    nonces = push(istiod, extension(url, pushed.hex, timeout=1.5), "o2")
+    # the 1.5 s deadline is for the stall; the others fail on their own, however slowly
+    deadline = 1.5 if fault == "stall" else 30.0
+    nonces = push(istiod, extension(url, pushed.hex, timeout=deadline), "o2")
     nack = wait_nack(istiod, nonces, timeout=30)
     assert "o2" not in envoy.versions()
     assert_never_forwarded(envoy, bad_sha=sha256_hex(data[: len(data) // 2]))
