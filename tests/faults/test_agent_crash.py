@@ -46,7 +46,8 @@ def test_sigkill_mid_fetch_then_restart_fetches_again(
     module is fetched again, the leftover is removed, and Envoy gets exactly the right file."""
     if moment == "download":
         data = padded_module(256 * 1024, seed=71)
-        url = mods.slow("/crash.wasm", data, chunk=4096, delay=0.05)  # ~3 s in flight
+        # ~13 s in flight: the kill lands mid-body however slowly the machine gets there
+        url = mods.slow("/crash.wasm", data, chunk=4096, delay=0.2)
     else:
         data = code_module(2 * 1024 * 1024, seed=72)  # compiles for about a second
         url = mods.serve("/crash.wasm", data)
@@ -56,13 +57,13 @@ def test_sigkill_mid_fetch_then_restart_fetches_again(
     push(istiod, extension(url, sha), "k1")
     cache = agent.cache_dir
     if moment == "download":
-        wait_until(lambda: mods.count("/crash.wasm") == 1, 20, "download started")
-        wait_until(lambda: agent.counter("xds_proxy_responses") >= 1, 10, "response read")
+        wait_until(lambda: mods.count("/crash.wasm") == 1, 60, "download started")
+        wait_until(lambda: agent.counter("xds_proxy_responses") >= 1, 30, "response read")
         time.sleep(0.5)  # some of the body has arrived
     else:  # the worker is held stopped mid-compile, then dies with the agent
         assert agent.process is not None
         assert _stop_running_child(agent.process.pid) is not None
-        wait_until(lambda: list((cache / "modules").glob(".tmp-*")), 5, "temp file on disk")
+        wait_until(lambda: list((cache / "modules").glob(".tmp-*")), 30, "temp file on disk")
     agent.kill()
 
     assert "k1" not in envoy.versions()
@@ -96,11 +97,12 @@ def test_sigkill_of_the_downloader_hands_over_to_a_waiting_process(
     agent then serves it from the cache without downloading."""
     data = padded_module(256 * 1024, seed=73)
     sha = sha256_hex(data)
-    url = mods.slow("/handover.wasm", data, chunk=4096, delay=0.05)  # ~3 s
+    # ~13 s: the agent is still downloading when it is killed, however loaded the machine
+    url = mods.slow("/handover.wasm", data, chunk=4096, delay=0.2)
     agent = make_agent()
     envoy = fake_envoy()
     push(istiod, extension(url, sha), "h1")
-    wait_until(lambda: mods.count("/handover.wasm") == 1, 20, "download started")
+    wait_until(lambda: mods.count("/handover.wasm") == 1, 60, "download started")
     waiter = subprocess.Popen(
         [sys.executable, "-m", "wasm_agent", "prefetch", "--json", "--cache-dir",
          str(agent.cache_dir), "--sha256", sha, url],
@@ -110,6 +112,7 @@ def test_sigkill_of_the_downloader_hands_over_to_a_waiting_process(
     try:
         time.sleep(1.0)  # the waiter is polling the download lock
         assert waiter.poll() is None and mods.count("/handover.wasm") == 1
+        mods.serve("/handover.wasm", data)  # the waiter's own download is quick
         agent.kill()
         out, err = waiter.communicate(timeout=30)
     finally:
@@ -150,7 +153,7 @@ def _stop_running_child(parent: int) -> int | None:
     (child,) = wait_until(lambda: _children(parent), 30, "compile worker")
     os.kill(child, signal.SIGSTOP)
     settled = {"T", "t", "Z", "X", "gone"}  # stopped, or it had exited already
-    state = wait_until(lambda: (st := _state(child)) in settled and st, 5, "SIGSTOP")
+    state = wait_until(lambda: (st := _state(child)) in settled and st, 30, "SIGSTOP")
     return child if state in ("T", "t") else None
 
 
