@@ -65,9 +65,17 @@ class Case:
     concurrency: int = 1
     failure_policy: str | None = None
     log_level: str = "info"  # the wasm log component's level
+    plugin: str = PLUGIN  # tests/plugins/<kind>/<file>
+    configuration: str | None = None  # the plugin configuration (StringValue); None: unset
 
     def spec(self) -> WasmFilter:
-        return WasmFilter(NAME, plugin(PLUGIN), ROOT_ID, failure_policy=self.failure_policy)
+        return WasmFilter(
+            NAME,
+            plugin(self.plugin),
+            ROOT_ID,
+            configuration=self.configuration,
+            failure_policy=self.failure_policy,
+        )
 
 
 def _reqs(*paths: str) -> tuple[Request, ...]:
@@ -75,6 +83,48 @@ def _reqs(*paths: str) -> tuple[Request, ...]:
 
 
 PROPS_HEADERS = (*BASE_HEADERS, ("x-dup", "1"), ("X-Mixed", "M"), ("x-dup", "2"))
+GRPC_HEADERS = (*BASE_HEADERS, ("content-type", "application/grpc"))
+PROBE = "c/probe"  # tests/plugins/c/probe.c: driven by the query string and the configuration
+
+
+def _probe(name: str, kind: str, *requests: Request | str, **options: Any) -> Case:
+    reqs = tuple(r if isinstance(r, Request) else Request(r) for r in requests)
+    return Case(name, kind, reqs, plugin=PROBE, **options)
+
+
+# Cases found by the scratch differential runs of session 3 (tests/plugins/c/probe.c).
+PROBE_CASES = [
+    _probe("trap_probe_request_body_fail_closed", "trap",
+           Request("/?tr=rqb", body=b"hello"), Request("/", body=b"again")),
+    _probe("trap_probe_request_body_fail_open", "trap",
+           Request("/?tr=rqb", body=b"hello"), "/", failure_policy="FAIL_OPEN"),
+    _probe("trap_probe_log", "trap", "/?tr=log", "/"),
+    _probe("trap_probe_callout_response", "trap", "/?co=1&tr=cr", "/"),
+    _probe("trap_probe_tick", "trap", Request("/", wait=0.6), configuration="tick,trap:tick"),
+    _probe("trap_probe_grpc", "trap", Request("/?tr=rqh", GRPC_HEADERS)),
+    _probe("props_probe_request", "properties", "/x?pp=rqh&a=1"),
+    _probe("props_probe_response", "properties", "/x?pp=rsh"),
+    _probe("props_probe_log", "properties", "/x?ah=1&pp=log"),
+    _probe("props_probe_callout_configure", "properties", "/?co=1&pp=cr",
+           configuration="props:configure"),
+    _probe("local_probe_grpc", "local_reply",
+           Request("/?lr=rqh&st=403&hs=0&bd=denied&pp=rsh", GRPC_HEADERS)),
+    _probe("local_probe_grpc_response", "local_reply",
+           Request("/?lr=rsh&st=500&hs=1&bd=x", GRPC_HEADERS),
+           Request("/?lr=rqh&st=403&hs=6&gs=3&bd=a%25b", GRPC_HEADERS)),
+    _probe("local_probe_status_header", "local_reply", "/?lr=rqh&st=304&hs=5&pp=rsh"),
+    _probe("local_probe_after_headers", "local_reply", "/?lr=rsb&st=503&bd=down&hs=2"),
+    _probe("local_probe_hop_by_hop", "local_reply", "/?lr=rqh&st=302&hs=7",
+           "/?lr=rqh&st=503&bd=down&hs=2"),
+    _probe("local_probe_request_body", "local_reply",
+           Request("/?lr=rqb&st=401&hs=1&bd=no", body=b"abc"), "/?co=1&lr=cr&st=401&bd=x&hs=1"),
+    _probe("runaway_probe_log", "runaway", "/?lp=log"),
+    _probe("runaway_probe_done_c2", "runaway", "/?lp=done", concurrency=2),
+    _probe("trace_probe_ops", "trace", "/?op=1&co=1", log_level="trace"),
+    _probe("trace_probe_headers", "trace", "/?ah=1&lr=rsh&st=500&bd=b", log_level="trace"),
+    _probe("lifecycle_probe_c2_post", "lifecycle", Request("/", body=b"abc"), concurrency=2),
+    _probe("lifecycle_probe_c3", "lifecycle", "/?op=1", concurrency=3),
+]  # fmt: skip
 
 CASES: dict[str, Case] = {
     c.name: c
@@ -121,6 +171,7 @@ CASES: dict[str, Case] = {
             failure_policy="FAIL_RELOAD",
             log_level="trace",
         ),
+        *PROBE_CASES,
     ]
 }
 
@@ -138,12 +189,17 @@ class Observed:
 
 
 SERVICE_TIME = re.compile(r"(x-envoy-upstream-service-time=)\d+")
-MAP_DUMP = re.compile(r"^(?P<head>.*(?:request|response)\.headers: )(?P<pairs>.*)$", re.S)
+MAP_DUMP = re.compile(
+    r"^(?P<head>.*(?:request|response)\.(?:headers|trailers)(?: rc=\d+)?: )(?P<pairs>.*)$", re.S
+)
+PORT = re.compile(r"(127\.0\.0\.1:)\d+")
+DATE = re.compile(r"(\bdate=)[^|]*")
 
 
 def mask(text: str) -> str:
-    """UUIDs and upstream service times (they differ run to run) masked."""
-    return SERVICE_TIME.sub(r"\1*", UUID.sub("<uuid>", text))
+    """UUIDs, upstream service times, ports and dates (they differ run to run) masked."""
+    text = SERVICE_TIME.sub(r"\1*", UUID.sub("<uuid>", text))
+    return DATE.sub(r"\1*", PORT.sub(r"\1*", text))
 
 
 def comparable(expected: dict[str, Any]) -> dict[str, Any]:
@@ -301,11 +357,13 @@ def observe_host(case: Case) -> Observed:
 
     policy = harness.FailurePolicy[case.failure_policy or "FAIL_CLOSED"]
     host = harness.start_plugin(
-        plugin(PLUGIN), failure_policy=policy, vm_id=NAME, root_id=ROOT_ID, plugin_name=NAME,
+        plugin(case.plugin), plugin_config=case.configuration or "", failure_policy=policy,
+        vm_id=NAME, root_id=ROOT_ID, plugin_name=NAME,
         log_level=harness.LogLevel.TRACE if case.log_level == "trace" else harness.LogLevel.INFO,
-        concurrency=case.concurrency,
+        concurrency=case.concurrency, route_timeout_ms=10000,  # the recorded route's timeout
     )  # fmt: skip
     responses = []
+    hung = False
     for request in case.requests:
         host.advance(request.wait)
         ex = host.exchange(
@@ -314,17 +372,18 @@ def observe_host(case: Case) -> Observed:
              *((k.lower(), v) for k, v in request.headers)],
             request.body,
             upstream=_upstream,
+            callout_responder=_callout,
         )  # fmt: skip
-        if ex.hung:
+        hung = hung or ex.hung
+        client = ex.client
+        if client is None or client.headers is None:  # runaway, or a stream left paused
             responses.append({"status": NO_RESPONSE, "headers": [], "body": ""})
             continue
-        client = ex.client
-        assert client is not None and client.headers is not None
         pairs = client.headers.pairs()
         status = int(dict(pairs)[":status"])
         headers = [(k, v) for k, v in pairs if not k.startswith(":")]
         responses.append(response_view(status, headers, bytes(client.body)))
-    if not any(r["status"] == NO_RESPONSE for r in responses):
+    if not hung:  # a runaway plugin holds its worker: Envoy is killed, nothing shuts down
         host.shutdown()
     lines = [(line.thread, line.level, line.text) for line in host.envoy_log_lines()]
     main, workers = group_threads(lines, "main")
@@ -342,6 +401,16 @@ def _upstream(received: Any) -> tuple[Any, ...]:
     return ([(":status", str(status)), *headers, ("content-length", str(len(body)))], chunks)
 
 
+def _callout(callout: Any) -> tuple[Any, ...]:
+    """The ``callout`` cluster's answer: the same server as the upstream (``record``)."""
+    pseudo = dict(callout.headers.pairs())
+    status, headers, chunks = upstream_response(
+        pseudo.get(":method", ""), pseudo.get(":path", ""), (), bytes(callout.body)
+    )
+    body = b"".join(chunks)
+    return ([(":status", str(status)), *headers, ("content-length", str(len(body)))], body)
+
+
 def golden_path(name: str) -> Path:
     return GOLDEN_DIR / f"{name}.json"
 
@@ -355,7 +424,8 @@ def golden_document(case: Case, observed: Observed, envoy_version: str) -> dict[
         "case": case.name,
         "class": case.kind,
         "recorded_from": envoy_version,
-        "plugin": PLUGIN,
+        "plugin": case.plugin,
+        **({"configuration": case.configuration} if case.configuration is not None else {}),
         "concurrency": case.concurrency,
         "failure_policy": case.failure_policy,
         "wasm_log_level": case.log_level,

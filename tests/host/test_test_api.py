@@ -43,8 +43,11 @@ def test_front_end_model_is_on_by_default() -> None:
     ]  # fmt: skip
     assert host.log_messages()[-4:] == ["3", "0", "0", "1"]  # data frame, then empty end frame
     assert ex.client is not None and ex.client.headers is not None
-    assert ex.client.headers.pairs() == [
-        (":status", "200"), ("x-envoy-upstream-service-time", "1"), ("content-length", "0"),
+    pairs = ex.client.headers.pairs()
+    assert pairs[2][0] == "date" and pairs[2][1].endswith(" GMT")  # HCM's, after the filters
+    assert pairs[:2] + pairs[3:] == [
+        (":status", "200"), ("x-envoy-upstream-service-time", "1"), ("server", "envoy"),
+        ("content-length", "0"),
     ]  # fmt: skip
 
 

@@ -97,6 +97,7 @@ def run(
         raise ValueError("give either upstream= or response_headers/response_body")
     hosted.streams += 1
     s = hosted.http_stream()
+    s.frontend = frontend
     vm = s.vm or hosted.vm
     logs_before = len(vm.logs)  # after a FAIL_RELOAD reload: the new VM's, startup excluded
     request_chunks = _chunks(request_body, chunk_size)
@@ -106,7 +107,7 @@ def run(
         request_chunks = fe.frames(request_chunks)
     _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
           request_headers, request_chunks, request_trailers)  # fmt: skip
-    hosted.answer_callouts(callout_responder)
+    answer_callouts(hosted, callout_responder, frontend)
     hosted.answer_grpc(grpc_responder)
     if s.upstream.complete and not s.closed:
         if upstream is not None:
@@ -119,7 +120,7 @@ def run(
             response_chunks = fe.frames(response_chunks)
         _send(s.send_response_headers, s.send_response_body, s.send_response_trailers,
               headers, response_chunks, response_trailers)  # fmt: skip
-        hosted.answer_callouts(callout_responder)
+        answer_callouts(hosted, callout_responder, frontend)
         hosted.answer_grpc(grpc_responder)
     if complete:
         s.complete()
@@ -193,8 +194,12 @@ def answer_grpc(hosted: HostedPlugin, responder: GrpcResponder | None) -> None:
             hosted.respond_grpc(call.token, **answer)
 
 
-def answer_callouts(hosted: HostedPlugin, responder: Responder | None) -> None:
-    """Answer pending HTTP callouts (including ones made while answering) in order."""
+def answer_callouts(
+    hosted: HostedPlugin, responder: Responder | None, frontend: bool = False
+) -> None:
+    """Answer pending HTTP callouts (including ones made while answering) in order;
+    ``frontend``: the async client's router appends ``x-envoy-upstream-service-time`` to the
+    answer's headers, as for any upstream response (recorded from Envoy 1.40)."""
     if responder is None:
         return
     asked: set[int] = set()
@@ -208,4 +213,6 @@ def answer_callouts(hosted: HostedPlugin, responder: Responder | None) -> None:
         answer = responder(callout)
         if answer is not None:
             headers, body, *rest = answer
+            if frontend:
+                headers = fe.response_headers(_pairs(headers))
             hosted.respond_http_call(callout.token, headers, body, rest[0] if rest else None)

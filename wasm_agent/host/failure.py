@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from wasm_agent.host.abi import LogLevel
 from wasm_agent.host.envoylog import MAIN, EnvoyLine, load_failure_lines
+from wasm_agent.host.frontend import DEFAULT_ROUTE_TIMEOUT_MS
 from wasm_agent.host.shared import SharedState
 from wasm_agent.host.vm import LoadError, PluginVM, VmOptions
 
@@ -58,6 +59,7 @@ class Plugin:
         }
         self.cluster_name = "upstream"  # xds.cluster_name
         self.route_name = ""  # xds.route_name
+        self.route_timeout_ms = DEFAULT_ROUTE_TIMEOUT_MS  # x-envoy-expected-rq-timeout-ms
         if concurrency < 0:
             raise ValueError(f"concurrency must be 0 (one VM) or more, got {concurrency}")
         self.concurrency = concurrency
@@ -96,14 +98,17 @@ class Plugin:
 
     def _start_vms(self) -> None:
         """Start VMs as Envoy 1.40 does for a listener's filter (recorded with --concurrency 1
-        and 2): the base Wasm on the main thread (no callbacks), a thread-local VM on main that
-        is started and dropped without ``proxy_on_done``, another on main that stays, and one
-        per worker. ``concurrency=0``: one VM only (the fast, non-Envoy model)."""
+        and 2): the base Wasm on the main thread (started: ``_initialize`` runs; no root
+        context), a thread-local VM on main that is started and dropped without
+        ``proxy_on_done``, another on main that stays, and one per worker. ``concurrency=0``:
+        one VM only (the fast, non-Envoy model)."""
         if self.concurrency == 0:
             self.workers = [self._new_vm("worker-0")]
             return
         self._alive += 1
         self._debug(MAIN, f"Base Wasm created {self._alive} now active")
+        PluginVM(self.wasm, self.options, self.shared, thread=MAIN,
+                 envoy_lines=self.envoy_lines, base=True)  # fmt: skip
         self._drop_vm(self._new_vm(MAIN))
         self.main_vm = self._new_vm(MAIN)
         self.workers = [self._new_vm(f"worker-{i}") for i in range(self.concurrency)]

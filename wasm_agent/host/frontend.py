@@ -11,18 +11,39 @@ Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
   ``onMessageComplete``), both ways;
 - response headers with ``x-envoy-upstream-service-time`` appended (the router adds it before
   the filters see the response);
+- upstream: the router appends ``x-envoy-expected-rq-timeout-ms`` (the route timeout; Envoy's
+  default 15 s) to the request headers it forwards (``proxy_on_log`` sees it too);
+- to the client, as HCM encodes any response (upstream's, local or failed): ``date`` appended
+  unless present, ``server: envoy`` (overwriting the plugin's), hop-by-hop headers removed
+  (``connection``, ``upgrade``, ``transfer-encoding``, ``keep-alive``, ``proxy-connection``),
+  and ``connection: close`` when
+  the response starts before the request's end of stream reached HCM (HTTP/1 drains the
+  connection); ``proxy_on_log`` sees them (recorded from Envoy 1.40);
 - to the client: ``content-length: 0`` appended when a response without a body has no length
   (a local reply with an empty body), ``transfer-encoding: chunked`` when one with a body has
-  none (checked against Envoy 1.40 in tests/conformance/golden). ``date`` and ``server``, which
-  HCM adds after every filter, are not modelled.
+  none (checked against Envoy 1.40 in tests/conformance/golden).
 """
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Iterable
+
+from wasm_agent.host.maps import HeaderMap
+from wasm_agent.host.messages import set_header as _set
 
 Pairs = list[tuple[str, str]]
 SERVICE_TIME = "x-envoy-upstream-service-time"
+EXPECTED_TIMEOUT = b"x-envoy-expected-rq-timeout-ms"
+DEFAULT_ROUTE_TIMEOUT_MS = 15000
+# Removed from every response by HCM (mutateResponseHeaders, not an upgrade)
+HOP_BY_HOP = (
+    b"connection",
+    b"upgrade",
+    b"transfer-encoding",
+    b"keep-alive",
+    b"proxy-connection",
+)  # Envoy's route timeout when the route sets none
 NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -83,3 +104,21 @@ def client_headers(pairs: Pairs, body_size: int) -> Pairs:
     if body_size == 0:
         return [*pairs, ("content-length", "0")]
     return [*pairs, ("transfer-encoding", "chunked")]
+
+
+def route_request(headers: HeaderMap, timeout_ms: int) -> None:
+    """What the router adds to the request headers it forwards upstream."""
+    if timeout_ms > 0:
+        _set(headers, EXPECTED_TIMEOUT, str(timeout_ms).encode())
+
+
+def encode_response(headers: HeaderMap, request_complete: bool, now_ns: int) -> None:
+    """What HCM adds to every response's headers after the filters (``encodeHeaders``)."""
+    if headers.get(b"date") is None:
+        date = email.utils.formatdate(now_ns / 1e9, usegmt=True)
+        headers.add(b"date", date.encode())
+    _set(headers, b"server", b"envoy")
+    for hop in HOP_BY_HOP:
+        headers.remove(hop)
+    if not request_complete:
+        _set(headers, b"connection", b"close")

@@ -140,6 +140,7 @@ def start_plugin(
     upstream_address: str | None = None,
     cluster_name: str | None = None,
     route_name: str | None = None,
+    route_timeout_ms: int | None = None,
     allowed_capabilities: Iterable[str] | None = None,
 ) -> HostedPlugin:
     """Load, start and configure a plugin from a path or bytes; raise LoadError on failure.
@@ -156,7 +157,9 @@ def start_plugin(
 
     ``source_address``/``destination_address``/``upstream_address`` (``"ip:port"``),
     ``cluster_name`` and ``route_name`` set what ``source.*``, ``destination.*``, ``upstream.*``,
-    ``xds.cluster_name`` and ``xds.route_name`` answer, keeping Envoy's per-phase availability
+    ``xds.cluster_name`` and ``xds.route_name`` answer (``route_timeout_ms``: the route's
+    timeout, which the front-end model's router sends as ``x-envoy-expected-rq-timeout-ms``;
+    Envoy's default 15000, 0 for none), keeping Envoy's per-phase availability
     (``upstream.*`` only once the request went upstream), unlike raw ``properties=``.
 
     ``allowed_capabilities``: Envoy's ``capability_restriction_config`` (host functions and
@@ -196,6 +199,8 @@ def start_plugin(
         plugin.cluster_name = cluster_name
     if route_name is not None:
         plugin.route_name = route_name
+    if route_timeout_ms is not None:
+        plugin.route_timeout_ms = route_timeout_ms
     hosted = HostedPlugin(plugin, clock)
     clock.observe(plugin)
     return hosted

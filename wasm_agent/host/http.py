@@ -14,11 +14,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from wasm_agent.host import abi
+from wasm_agent.host import abi, frontend
 from wasm_agent.host.abi import AbiVersion, BufferType, MapType, StreamType
 from wasm_agent.host.context import Buffer
 from wasm_agent.host.maps import HeaderMap
-from wasm_agent.host.messages import LocalResponse, Message, local_reply_headers
+from wasm_agent.host.messages import (
+    LocalResponse,
+    Message,
+    grpc_reply_headers,
+    is_grpc_request,
+    local_reply_headers,
+)
 from wasm_agent.host.streaminfo import grpc_status_of, http_property
 
 if TYPE_CHECKING:
@@ -71,7 +77,11 @@ class HttpStream:
         self.connection_id = plugin.next_connection_id()
         self.start_ns = plugin.options.clock_ns()
         self.done = False
-        if self.vm is None and not self.skipped:
+        self.frontend = False  # HCM/router additions on (set by ``exchange(frontend=True)``)
+        self.local_code: int | None = None  # a local reply's status (response.code)
+        self.grpc = False  # a gRPC request: local replies become trailers-only gRPC responses
+        self._failed_early = self.vm is None and not self.skipped
+        if self._failed_early:
             self._fail_stream()
 
     @property
@@ -92,6 +102,10 @@ class HttpStream:
         return self.request.out.headers is not None
 
     def response_code(self) -> int | None:
+        """Envoy's stream-info response code: a local reply's code (a gRPC one's too, whose
+        ``:status`` is 200), else the response's ``:status``."""
+        if self.local_code is not None:
+            return self.local_code
         headers = self.response.headers
         status = headers.get(b":status") if headers is not None else None
         return int(status) if status is not None and status.isdigit() else None
@@ -183,6 +197,12 @@ class HttpStream:
 
     def _on_headers(self, d: _Direction, headers: HeaderMap, end: bool) -> str:
         d.headers, d.end_seen = headers, end
+        if d.is_request:
+            self.grpc = is_grpc_request(headers)
+        if self._failed_early and d.is_request:  # the 503 is encoded as the headers arrive
+            self._failed_early = False
+            self.failed = False
+            self._fail_stream()
         if self._blocked(d):
             return "hung" if self.hung else "closed"
         if not self._active():
@@ -210,8 +230,19 @@ class HttpStream:
     def _v01(self) -> bool:
         return self._vm.abi_version is AbiVersion.V0_1_0
 
+    def _sent(self, d: _Direction) -> None:
+        """Headers leave the filter: the router (request) or HCM (response) adds its own."""
+        if not self.frontend or d.out.headers is None:
+            return
+        if d.is_request:
+            frontend.route_request(d.out.headers, self.plugin.route_timeout_ms)
+        else:
+            now = self.plugin.options.clock_ns()
+            frontend.encode_response(d.out.headers, self.request.end_seen, now)
+
     def _forward_headers(self, d: _Direction) -> None:
         d.out.headers = d.headers.copy() if d.headers is not None else HeaderMap()
+        self._sent(d)
         d.headers_sent = True
         self.ctx.maps[d.names[1]] = None
         if d.end_seen and d.pending_body is None and d.pending_trailers is None:
@@ -221,6 +252,7 @@ class HttpStream:
         if self.failed:
             return "failed"
         d.out.headers, d.headers_sent, d.out.complete = headers.copy(), True, end
+        self._sent(d)
         return "CONTINUE"
 
     def _on_data(self, d: _Direction, chunk: bytes, end: bool) -> str:
@@ -337,19 +369,36 @@ class HttpStream:
             return
         self.local_response = reply
         self.request.paused = True
-        headers = local_reply_headers(reply)
+        headers = grpc_reply_headers(reply) if self.grpc else local_reply_headers(reply)
+        body = b"" if self.grpc else reply.body  # gRPC: trailers-only, no body
         d = self.response
+        if self._cut_off():  # Envoy: headers already sent, all it can do is reset the stream
+            return
+        self.local_code = reply.status
         # From the request path the reply runs through the plugin's response callbacks; from
         # the response path it replaces the response without re-entering the plugin (Envoy).
         fresh = d.headers is None
         if via_plugin and fresh and self.ctx is not None and not self._vm.failed:
             d.paused = False
             self._lr_through = True
-            self._on_headers(d, headers, not reply.body)
-            if reply.body and not self._vm.failed:
-                self._on_data(d, reply.body, True)
+            self._on_headers(d, headers, not body)
+            if body and not self._vm.failed:
+                self._on_data(d, body, True)
             return
-        d.out = Message(headers, bytearray(reply.body), None, True)
+        d.out = Message(headers, bytearray(body), None, True)
+        self._sent(d)
+
+    def _cut_off(self) -> bool:
+        """A reply replacing a response whose headers already reached the client: the client
+        keeps what it got (complete when the length was met), the stream is reset (Envoy 1.40,
+        a local reply or a trap on the response's end-of-stream frame)."""
+        d = self.response
+        if not (d.headers_sent and d.out.headers is not None):
+            return False
+        length = d.out.headers.get(b"content-length")
+        d.out.complete = length is not None and length == str(len(d.out.body)).encode()
+        self.reset = not d.out.complete
+        return True
 
     def _reset(self) -> None:
         self.reset = True
@@ -363,13 +412,18 @@ class HttpStream:
         self.failed = True
         self.request.paused = True
         d = self.response
-        if d.headers_sent and d.out.headers is not None:
-            length = d.out.headers.get(b"content-length")
-            d.out.complete = length is not None and length == str(len(d.out.body)).encode()
-            self.reset = not d.out.complete  # the client sees a cut-off reply
+        if self._cut_off():
             return
-        headers = HeaderMap([(b":status", b"503"), (b"content-length", b"0")])
+        # Envoy's reply has no length: its HTTP/1 codec appends content-length: 0 last (after
+        # HCM's connection: close), which the front-end model does in ``client_headers``
+        if self.grpc:
+            headers = grpc_reply_headers(LocalResponse(503, b"", [], "wasm_fail_stream", -1))
+        else:
+            headers = HeaderMap([(b":status", b"503")])
+        if not self.frontend:
+            headers.add(b"content-length", b"0")
         d.out = Message(headers, bytearray(), None, True)
+        self._sent(d)
 
     def _check_failed(self) -> bool:
         if self._vm.hung:
@@ -404,6 +458,11 @@ class HttpStream:
         vm.call_cb("proxy_on_log", ctx, ctx.id)
         ctx.log_phase = False
         ctx.maps = {}
-        vm.call_cb("proxy_on_done", ctx, ctx.id)
-        vm.call_cb("proxy_on_delete", ctx, ctx.id)
+        for callback in ("proxy_on_done", "proxy_on_delete"):
+            if vm.hung:  # Envoy runs these before the response leaves its write buffer
+                break
+            vm.call_cb(callback, ctx, ctx.id)
+        if vm.hung:
+            self.hung = True
+            return
         vm.delete_context(ctx)

