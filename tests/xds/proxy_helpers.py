@@ -68,3 +68,31 @@ class AdsClient:
     async def close(self) -> None:
         self.call.cancel()
         await self.channel.close()
+
+
+async def refusals(
+    calls: list[grpc.aio.StreamStreamCall[bytes, bytes]], wanted: int, timeout: float = 45.0
+) -> list[grpc.aio.AioRpcError]:
+    """The calls refused with RESOURCE_EXHAUSTED, once ``wanted`` of them are (or the deadline
+    passes): the accepted ones never end on their own, so waiting for every call would not do."""
+    reads = [asyncio.ensure_future(call.read()) for call in calls]
+
+    def refused() -> list[grpc.aio.AioRpcError]:
+        return [
+            error
+            for read in reads
+            if read.done() and not read.cancelled()
+            if isinstance(error := read.exception(), grpc.aio.AioRpcError)
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        ]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while len(found := refused()) < wanted and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return found
+    finally:
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)

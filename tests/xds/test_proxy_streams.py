@@ -16,7 +16,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.support.istiod import FakeIstiod, sotw_response
-from tests.xds.proxy_helpers import AdsClient, start_proxy
+from tests.xds.proxy_helpers import AdsClient, refusals, start_proxy
 from wasm_agent.core.metrics import REGISTRY
 from wasm_agent.xds.proxy import XdsProxy
 from wasm_agent.xds.types import CLUSTER_TYPE, ECDS_TYPE, LISTENER_TYPE
@@ -53,34 +53,6 @@ async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str =
         assert loop.time() < deadline, f"{what or 'condition'} not met in {timeout} s"
         await asyncio.sleep(0.02)
     return value
-
-
-async def refusals(
-    calls: list[grpc.aio.StreamStreamCall[bytes, bytes]], wanted: int, timeout: float = 45.0
-) -> list[grpc.aio.AioRpcError]:
-    """The calls refused with RESOURCE_EXHAUSTED, once ``wanted`` of them are (or the deadline
-    passes): the accepted ones never end on their own, so waiting for every call would not do."""
-    reads = [asyncio.ensure_future(call.read()) for call in calls]
-
-    def refused() -> list[grpc.aio.AioRpcError]:
-        return [
-            error
-            for read in reads
-            if read.done() and not read.cancelled()
-            if isinstance(error := read.exception(), grpc.aio.AioRpcError)
-            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        ]
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while len(found := refused()) < wanted and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return found
-    finally:
-        for read in reads:
-            read.cancel()
-        await asyncio.gather(*reads, return_exceptions=True)
 
 
 def client(sock: Path, **kw) -> AdsClient:
