@@ -3,8 +3,11 @@
 For an ``oci://`` module the registry is asked with the pod's own credentials (its pull secret,
 or none: the node's own docker config is never used for a pod) to resolve the manifest, as
 Kubernetes' KEP-2535 re-checks pulls of cached private images. A "yes" is remembered per
-(credentials, repository) for ``ttl`` seconds; a "no" is not remembered. ``http(s)://``
-modules carry no credentials and are open to every pod; other schemes are refused.
+(credentials, repository) for ``ttl`` seconds; a "no" is not remembered. A pull secret that
+names a credential helper (``credsStore``, ``credHelpers``) is refused: the node service never
+runs a helper for a pod (it would run with the node's identity). ``http(s)://`` modules need no
+check here (their URL is their credential: :mod:`origins` binds a cached module to it); other
+schemes are refused.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from wasm_agent.core.logs import redact_url
 from wasm_agent.core.settings import FetchSettings
+from wasm_agent.fetch.credential_helpers import parse_helpers
+from wasm_agent.fetch.dockerconfig import DockerConfigError
 from wasm_agent.fetch.errors import AuthFailure, FetchError
 from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.fetch.oci import resolve_oci_digest
@@ -54,6 +59,8 @@ class AccessChecker:
             name = parse_reference(url).name
         except InvalidReference as error:
             raise AccessDenied(f"invalid image reference: {error}") from None
+        if pull_secret:
+            refuse_helpers(pull_secret)
         key = (_secret_key(pull_secret), name)
         now = time.monotonic()
         expiry = self._granted.get(key)
@@ -76,6 +83,21 @@ class AccessChecker:
         self._granted[key] = now + self.ttl
 
 
+def refuse_helpers(pull_secret: bytes) -> None:
+    """:class:`AccessDenied` if a pod's pull secret names a credential helper (the node service
+    would run it as root with the node's identity) or is not a docker config at all."""
+    try:
+        helpers = parse_helpers(pull_secret)
+    except DockerConfigError as error:
+        raise AccessDenied(f"the pod's pull secret is not a docker config: {error}") from None
+    if helpers.store is not None or helpers.helpers:
+        field = "credsStore" if helpers.store is not None else "credHelpers"
+        raise AccessDenied(
+            f"the pod's pull secret names a credential helper ({field}): the node service does "
+            "not run credential helpers for pods; put the credentials in auths"
+        )
+
+
 def _secret_key(secret: bytes | None) -> str:
     """Remembered answers are keyed by a hash of the credentials, never the credentials."""
     return "" if not secret else hashlib.sha256(secret).hexdigest()
@@ -85,4 +107,4 @@ async def _resolve(request: FetchRequest, settings: FetchSettings) -> str:
     return await resolve_oci_digest(request, settings)
 
 
-__all__ = ["AccessChecker", "AccessDenied", "FetchError"]
+__all__ = ["AccessChecker", "AccessDenied", "FetchError", "refuse_helpers"]

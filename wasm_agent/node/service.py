@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -11,9 +12,12 @@ from pathlib import Path
 from wasm_agent.cache.model import CachedModule, ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache, ModuleGone, normalize_url
 from wasm_agent.core.logs import redact_url
+from wasm_agent.fetch.dispatch import fetch_module
 from wasm_agent.fetch.errors import FetchError
+from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.node.access import AccessChecker, AccessDenied
 from wasm_agent.node.metrics import NODE_REQUESTS, NODE_VOLUMES
+from wasm_agent.node.origins import Origins
 from wasm_agent.node.protocol import MAX_LINE, Answer, BadRequest, decode_request
 from wasm_agent.node.settings import NodeSettings
 from wasm_agent.node.state import PodIdentity, VolumeRecord, VolumeStore
@@ -48,9 +52,11 @@ class NodeService:
         access: AccessChecker | None = None,
     ) -> None:
         self.settings = settings
-        fetch = settings.fetch
+        # a pod's request never uses the node's own docker config (nor its credential helpers)
+        fetch = dataclasses.replace(settings.fetch, docker_config_dir=None)
         self.cache = cache or ModuleCache(settings.cache, fetch)
         self.access = access or AccessChecker(fetch, settings.access_ttl)
+        self.origins = Origins(settings.state_dir / "origins.json", self._in_cache)
         self.store = VolumeStore(settings.state_dir)
         self.volumes: dict[str, VolumeRecord] = {}
         self._servers: dict[str, asyncio.Server] = {}
@@ -268,16 +274,28 @@ class NodeService:
         NODE_REQUESTS.inc(result="placed")
         return answer
 
+    def _in_cache(self, sha256: str) -> bool:
+        try:
+            return self.cache.layout.module_path(sha256).is_file()
+        except ValueError:
+            return False
+
     async def _place(self, record: VolumeRecord, request: ModuleRequest) -> Answer:
         url = normalize_url(request.url)
         await self.access.check(url, request.pull_secret, request.timeout)
         module = self.cache.lookup(request)
-        if module is None:  # a download and compile: bounded per pod and per node
+        if module is None or not self.origins.known(module.sha256, url):
+            # a download (and compile), or a confirming download: bounded per pod and per node
             pod_slots = self._pod_fetches.setdefault(
                 record.volume_id, asyncio.Semaphore(FETCHES_PER_POD)
             )
             async with pod_slots, self._node_fetches:
-                module = await self.cache.get(request)
+                if module is None:
+                    module = await self.cache.get(request)
+                    if not module.hit:  # fetched from this origin with this pod's credentials
+                        self.origins.add(module.sha256, url)
+                if not self.origins.known(module.sha256, url):
+                    await self._confirm_origin(request, url, module)
         if self.volumes.get(record.volume_id) is not record:
             raise ModuleGone("the view was unpublished while the module was fetched")
         name = self._view(record).place(module.sha256, module.path)
@@ -296,6 +314,44 @@ class NodeService:
             },
         )
         return Answer(ok=True, path=name, sha256=module.sha256, size=module.size, hit=module.hit)
+
+    async def _confirm_origin(self, request: ModuleRequest, url: str, module: CachedModule) -> None:
+        """The node cache holds ``module``, but not from this pod's origin: fetch it from the
+        pod's own reference with the pod's credentials and place it only if the answer is the
+        same module (docs/node.md, "Private modules stay private")."""
+        http = url.startswith(("http://", "https://"))
+        fetch_request = FetchRequest(
+            url=url,
+            sha256=module.sha256 if http else None,
+            pull_secret=request.pull_secret,
+            timeout=request.timeout,
+        )
+
+        async def fetch() -> str:
+            fetched = await fetch_module(fetch_request, self.cache.fetch_settings)
+            return fetched.sha256
+
+        try:
+            got = await self.cache.negative.guard(url, request, fetch)
+        except FetchError as error:
+            log.info(
+                "module access denied: its own source did not serve it",
+                extra={"url": redact_url(url), "sha256": module.sha256, "error": error.cause},
+            )
+            raise AccessDenied(
+                f"{redact_url(url)} did not serve this module to this pod ({error.cause}); a "
+                "module in the node cache is placed only for a pod whose own reference, with "
+                "its own credentials, serves it"
+            ) from None
+        if got != module.sha256:
+            raise AccessDenied(
+                f"{redact_url(url)} served a module with sha256 {got}, not {module.sha256}"
+            )
+        self.origins.add(module.sha256, url)
+        log.info(
+            "confirmed a module's source for a pod",
+            extra={"url": redact_url(url), "sha256": module.sha256},
+        )
 
 
 def _refuse(reason: str, error: str, result: str = "fetch_failure") -> Answer:
