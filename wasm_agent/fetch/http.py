@@ -11,13 +11,9 @@ transport (:mod:`wasm_agent.fetch.transport`), so every hop is checked when it c
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import logging
-import time
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 
 import httpx
 
@@ -35,11 +31,14 @@ from wasm_agent.fetch.errors import (
 from wasm_agent.fetch.model import WASM_MAGIC, FetchedModule, FetchRequest, Progress
 from wasm_agent.fetch.model import normalize_sha256 as _normalize
 from wasm_agent.fetch.retry import (
+    RETRY_AFTER_STATUSES,
     Backoff,
     Deadline,
     RetriesExhausted,
     Retryable,
-    retryable_status,
+    ServerBackoff,
+    retry_after,
+    retryable_answer,
     with_retries,
 )
 from wasm_agent.fetch.transport import (
@@ -53,7 +52,6 @@ from wasm_agent.fetch.unbox import unbox
 log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-RETRY_AFTER_STATUSES = frozenset({429, 503})
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "wasm-agent"}
 
 
@@ -70,36 +68,6 @@ class _Clients:
             client = make_client(self._settings, insecure=insecure)
             self._clients[insecure] = await self._stack.enter_async_context(client)
         return self._clients[insecure]
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date); None if bad."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC per RFC 5322
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-@dataclass(frozen=True)
-class _ServerBackoff(Backoff):
-    """``base``'s delays, except where the server said ``Retry-After`` (``hints``)."""
-
-    base: Backoff = field(default_factory=lambda: _retry.DEFAULT_BACKOFF)
-    hints: list[float] = field(default_factory=list, compare=False)
-
-    def delays(self) -> Iterator[float]:
-        base = self.base.delays()
-        while True:
-            delay = next(base)
-            yield self.hints.pop() if self.hints else delay
 
 
 def _host_port(url: httpx.URL) -> str:
@@ -188,7 +156,7 @@ async def _walk(
                         hints.append(wait)
                         cause = f"{cause} (Retry-After: {wait:g}s)"
                     failure = DownloadFailure(url, cause)
-                    if status == 429 or retryable_status(status):
+                    if retryable_answer(status):
                         raise Retryable(failure)
                     raise failure
                 return await _read_body(response, url, settings.max_binary_size, progress)
@@ -238,7 +206,7 @@ async def download(
                 attempt,
                 max_attempts=settings.http_max_retries,
                 deadline=timer,
-                backoff=_ServerBackoff(base=backoff or _retry.DEFAULT_BACKOFF, hints=hints),
+                backoff=ServerBackoff(base=backoff or _retry.DEFAULT_BACKOFF, hints=hints),
                 on_retry=on_retry,
             )
     except RetriesExhausted as exc:

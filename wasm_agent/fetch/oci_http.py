@@ -24,10 +24,13 @@ from wasm_agent.fetch.oci_auth import RegistryAuth, parse_challenge, pull_scope
 from wasm_agent.fetch.reference import OciReference
 from wasm_agent.fetch.retry import (
     DEFAULT_BACKOFF,
+    RETRY_AFTER_STATUSES,
     Backoff,
     Deadline,
     Retryable,
-    retryable_status,
+    ServerBackoff,
+    retry_after,
+    retryable_answer,
     with_retries,
 )
 from wasm_agent.fetch.transport import (
@@ -80,6 +83,7 @@ class RegistryConnection:
         self.scope = pull_scope(ref.repository)
         self.deadline = Deadline(timeout)
         self.backoff = backoff or DEFAULT_BACKOFF
+        self.hints: list[float] = []  # Retry-After answers, consumed by the next backoff
 
     def _make_client(self) -> httpx.AsyncClient:
         return make_client(self.settings, insecure=self.insecure)
@@ -109,7 +113,8 @@ class RegistryConnection:
         return bytes(buf)
 
     async def fail(self, resp: httpx.Response, what: str, reference: str) -> None:
-        """Raise the error for a non-200 answer (retryable 5xx -> :class:`Retryable`)."""
+        """Raise the error for a non-200 answer (429 and retryable 5xx -> :class:`Retryable`,
+        with the answer's ``Retry-After`` as the next backoff delay)."""
         status = resp.status_code
         detail = ""
         try:
@@ -118,9 +123,16 @@ class RegistryConnection:
             detail = f" ({', '.join(c for c in codes if c)})" if any(codes) else ""
         except Exception:  # the error body is only decoration
             pass
-        if status >= 500:
-            error = DownloadFailure(self.url, f"registry answered HTTP {status} for {what}")
-            if retryable_status(status):
+        if status >= 500 or status == 429:
+            cause = f"registry answered HTTP {status} for {what}"
+            wait = None
+            if status in RETRY_AFTER_STATUSES:
+                wait = retry_after(resp.headers.get("retry-after"))
+            if wait is not None:
+                self.hints.append(wait)
+                cause = f"{cause} (Retry-After: {wait:g}s)"
+            error = DownloadFailure(self.url, cause)
+            if retryable_answer(status):
                 raise Retryable(error)
             raise error
         if status == 401:
@@ -173,11 +185,12 @@ class RegistryConnection:
                 },
             )
 
+        self.hints.clear()  # a wait another request was told never delays this one
         return await with_retries(
             one,
             max_attempts=self.settings.http_max_retries,
             deadline=self.deadline,
-            backoff=self.backoff,
+            backoff=ServerBackoff(base=self.backoff, hints=self.hints),
             on_retry=on_retry,
             url=self.url,
         )

@@ -5,11 +5,15 @@ Up to ``max_attempts`` attempts in total; an attempt signals a retryable failure
 is :class:`~wasm_agent.fetch.errors.RetriesExhausted` (a ``DownloadFailure``), for HTTP and
 OCI alike. Between attempts the delay grows
 exponentially (500 ms, x1.5, +-50 % jitter, capped at 60 s) and never sleeps past the deadline.
+A 429 or 503 answer's ``Retry-After`` (seconds or an HTTP date) replaces the next delay
+(:class:`ServerBackoff`), for module URLs and registries alike; a wait that would pass the
+deadline ends the retries at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,10 +24,14 @@ from wasm_agent.fetch.errors import RetriesExhausted
 
 __all__ = [
     "DEFAULT_BACKOFF",
+    "RETRY_AFTER_STATUSES",
     "Backoff",
     "Deadline",
     "RetriesExhausted",
     "Retryable",
+    "ServerBackoff",
+    "retry_after",
+    "retryable_answer",
     "retryable_status",
     "with_retries",
 ]
@@ -34,9 +42,34 @@ T = TypeVar("T")
 NOT_RETRYABLE_5XX = frozenset({501, 505, 511})
 
 
+# Statuses whose Retry-After header is honoured.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
 def retryable_status(status: int) -> bool:
     """True for 5xx statuses other than 501, 505 and 511."""
     return status >= 500 and status not in NOT_RETRYABLE_5XX
+
+
+def retryable_answer(status: int) -> bool:
+    """True for a status worth another attempt: 429 (throttled) or a retryable 5xx."""
+    return status == 429 or retryable_status(status)
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP date); None if bad."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC per RFC 5322
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,21 @@ class Backoff:
 
 
 DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True)
+class ServerBackoff(Backoff):
+    """``base``'s delays, except where the server said ``Retry-After``: an attempt that got
+    one appends the seconds to ``hints``, and the next delay is that wait instead."""
+
+    base: Backoff = field(default_factory=lambda: DEFAULT_BACKOFF)
+    hints: list[float] = field(default_factory=list, compare=False)
+
+    def delays(self) -> Iterator[float]:
+        base = self.base.delays()
+        while True:
+            delay = next(base)
+            yield self.hints.pop() if self.hints else delay
 
 
 class Deadline:
