@@ -92,12 +92,12 @@ async def test_unsupported_scheme() -> None:
 
 
 async def test_deadline_bounds_the_whole_fetch(modserver: ModServer) -> None:
-    url = modserver.slow("/drip", minimal_module() * 100, chunk=16, delay=0.1)
+    url = modserver.slow("/drip", minimal_module() * 100, chunk=16, delay=0.1)  # the body: ~22 s
     before = fetch_count("download_failure")
     started = time.monotonic()
     with pytest.raises(DownloadFailure, match=r"0\.3s"):
         await fetch_module(FetchRequest(url, timeout=0.3), SETTINGS)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
     assert fetch_count("download_failure") == before + 1
 
 

@@ -167,17 +167,17 @@ async def test_backoff_never_sleeps_past_the_deadline(modserver):
     url = modserver.fail("/down", 500)
     start = time.monotonic()
     await fails(
-        DownloadFailure, url, Backoff(initial=30), "deadline of 1s", "HTTP status 500", timeout=1.0
+        DownloadFailure, url, Backoff(initial=30), "deadline of 5s", "HTTP status 500", timeout=5.0
     )
-    assert time.monotonic() - start < 0.9
+    assert time.monotonic() - start < 4  # gave up at once, did not sleep until the deadline
     assert modserver.count("/down") == 1
 
 
 async def test_slow_body_hits_the_deadline(modserver, fast_backoff):
-    url = modserver.slow("/drip", padded_module(20_000), chunk=100, delay=0.05)
+    url = modserver.slow("/drip", padded_module(20_000), chunk=100, delay=0.25)  # 50 s
     start = time.monotonic()
     await fails(DownloadFailure, url, fast_backoff, "fetch deadline of 0.5s exceeded", timeout=0.5)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 5  # the deadline ended it, long before the body
 
 
 async def test_stalled_body_times_out_per_request_and_is_retried(modserver, fast_backoff):
@@ -210,7 +210,7 @@ async def test_body_over_cap_while_streaming(modserver, fast_backoff):
 
 
 async def test_body_over_cap_by_content_length(modserver, fast_backoff):
-    url = modserver.slow("/big", padded_module(300_000), chunk=1000, delay=0.5)
+    url = modserver.slow("/big", padded_module(300_000), chunk=1000, delay=5.0)
     settings = FetchSettings(max_binary_size=100_000)
     start = time.monotonic()
     await fails(
@@ -221,7 +221,7 @@ async def test_body_over_cap_by_content_length(modserver, fast_backoff):
         "Content-Length",
         settings=settings,
     )
-    assert time.monotonic() - start < 0.4  # refused before the body arrives
+    assert time.monotonic() - start < 4  # refused before the body's second chunk (at 5 s)
 
 
 async def test_wrong_sha256(modserver, fast_backoff):

@@ -161,8 +161,8 @@ async def test_retry_after_past_the_deadline_fails_at_once(module: bytes) -> Non
     with _Busy(module, 429, "120") as server:
         started = time.monotonic()
         with pytest.raises(DownloadFailure) as info:
-            await _fetch_http(server.url, timeout=5.0)
-    assert time.monotonic() - started < 3.0
+            await _fetch_http(server.url, timeout=30.0)
+    assert time.monotonic() - started < 10.0  # at once: neither 120 s nor the 30 s deadline
     assert len(server.times) == 1
     assert "429" in str(info.value) and "Retry-After: 120s" in str(info.value)
     assert "deadline" in str(info.value)
