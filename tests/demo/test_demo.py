@@ -222,7 +222,7 @@ def test_plugin_source_exports_the_proxy_wasm_entry_points() -> None:
 def test_a_failing_step_is_named_exit_1_and_processes_stopped() -> None:
     # the agent may not fetch from 127.0.0.1: it NACKs the very first config
     env = {**os.environ, "BLOCKED_CIDRS_IN_WASM_FETCH": "127.0.0.0/8"}
-    result = demo("--timeout", "10", env=env)
+    result = demo("--timeout", "30", env=env)  # per step; the NACK itself comes at once
     out = result.stdout
     assert result.returncode == 1, out
     assert (
