@@ -171,6 +171,8 @@ async def test_http_strangers_are_denied_a_token_module(
         ]  # fmt: skip
         assert 'wasm_node_module_requests{result="denied"} 3' in node.metrics()
         assert TOKEN not in node.logs()
+        origins = node.cache_dir / "node" / "origins.json"  # URLs kept as hashes only, 0600
+        assert TOKEN not in origins.read_text() and origins.stat().st_mode & 0o777 == 0o600
     finally:
         node.cleanup()
 
@@ -211,7 +213,7 @@ async def test_oci_strangers_are_denied_a_private_module(
             bogus = ModuleRequest(url=f"http://127.0.0.1:{dead}/x.wasm", sha256=sha, timeout=5)
             await denied(stranger, bogus)
             evil = f"oci://{fake.host}/evil/copy@{pushed.digest}"
-            await denied(stranger, ModuleRequest(url=evil, timeout=10))
+            await denied(stranger, ModuleRequest(url=evil, timeout=20))
             assert ("GET", f"/v2/evil/copy/manifests/{pushed.digest}", 200) in fake.log
             assert any("/blobs/" in p and s == 404 for _, p, s in fake.log)  # asked, had none
             by_digest = oci_registry_basic.oci_url(pushed.repo, digest=pushed.digest)
