@@ -9,9 +9,11 @@ operation failing (exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -73,16 +75,28 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
     ``WASM_AGENT_HOST_CACHE``, else ``<--cache-dir>/host``, else ``~/.cache/wasm-agent/host``
     when the home directory exists; with no home directory, a temporary directory removed at
     exit, or no disk cache at all when none can be made (a missing ``$HOME`` is never created).
+
+    The directory holds wasmtime-serialized machine code, which the host loads as is, so it
+    is made 0700 and refused (``SystemExit``, exit 1, with the reason) when it, or the
+    ``--cache-dir`` holding it, is a link, not a directory, writable by group or others, or
+    owned by another user than us or root; an entry in it that is not a regular file of ours
+    that only we may write is removed (the host compiles the module again).
     """
     env = os.environ if env is None else env
     named = config.values(config.HOST, env)["host_cache"]
-    if named:
-        return Path(named).expanduser()
-    if cache_dir:
-        return Path(cache_dir).expanduser() / "host"
-    home = env.get("HOME") or str(Path.home())
-    if Path(home).is_dir():
-        return Path(home) / ".cache" / "wasm-agent" / "host"
+    from wasm_agent.cache.integrity import InsecureCache
+
+    try:
+        if named:
+            return _secured(Path(named).expanduser(), None)
+        if cache_dir:
+            root = Path(cache_dir).expanduser()
+            return _secured(root / "host", root)
+        home = env.get("HOME") or str(Path.home())
+        if Path(home).is_dir():
+            return _secured(Path(home) / ".cache" / "wasm-agent" / "host", None)
+    except InsecureCache as error:
+        raise SystemExit(f"wasm-agent: {error.cause}") from None
     import atexit  # rare: imported here, so a warm prefetch never pays for them
     import shutil
     import tempfile
@@ -93,6 +107,44 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
         return Path(os.devnull) / "wasm-agent-host"  # so the host compiles without a disk cache
     atexit.register(shutil.rmtree, scratch, True)
     return Path(scratch)
+
+
+def _secured(host: Path, cache_root: Path | None) -> Path:
+    """``host`` created 0700 and checked (see :func:`host_cache_dir`); ``cache_root``: the
+    ``--cache-dir`` it lives in, checked as every cache command checks it."""
+    from wasm_agent.cache.integrity import check_error, check_path, check_tree
+    from wasm_agent.cache.layout import CacheLayout
+
+    layout = CacheLayout(cache_root if cache_root is not None else host)
+    if cache_root is not None:
+        check_tree(layout)  # InsecureCache; covers <cache-dir>/host (lstat: never a link)
+    with contextlib.suppress(OSError):  # read-only: the host compiles without a disk cache
+        if cache_root is not None and not cache_root.exists():
+            cache_root.mkdir(mode=0o700, parents=True)
+        host.mkdir(mode=0o700, parents=True)
+        os.chmod(host, 0o700)  # mkdir's mode is filtered by the umask
+    if cache_root is None:
+        check_path(layout, host, directory=True)  # the root of its own layout: stat, not lstat
+    elif check_path(layout, host, directory=True) is None:
+        return host
+    try:
+        names = os.listdir(host)
+    except OSError:
+        return host
+    for name in names:
+        path = host / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022 and st.st_uid in (os.geteuid(), 0):
+            continue
+        log.warning("removing a compiled module the host did not write", extra={"path": str(path)})
+        try:
+            os.unlink(path)
+        except OSError:
+            raise check_error(layout, path, "is not a regular file of ours") from None
+    return host
 
 
 def warn_ignored_proxy_variables(env: Mapping[str, str] | None = None) -> None:

@@ -13,6 +13,7 @@ HTTP/file URL record whose checksum is not its module's sha256.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wasm_agent.cache.index import Index
-from wasm_agent.cache.integrity import hash_fd
+from wasm_agent.cache.integrity import InsecureCache, check_error, check_path, hash_fd
 from wasm_agent.cache.layout import DIR_MODE, CacheLayout
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Verified:
 
 def quarantine_dir(layout: CacheLayout) -> Path:
     """``<dir>/quarantine``: corrupt module files moved aside by :func:`verify_modules`."""
-    return layout.root / "quarantine"
+    return layout.quarantine
 
 
 def file_sha256(path: Path) -> str:
@@ -57,9 +58,17 @@ def file_sha256(path: Path) -> str:
 
 
 def audit_index(index: Index) -> list[str]:
-    """Every index entry that does not hold, as a sentence naming it."""
+    """Every index entry that does not hold, as a sentence naming it: an unreadable index, a
+    MAC that does not verify, a URL whose checksum is not its module's sha256, an entry naming
+    a module file that is not in ``modules/``."""
     data = index.load()
-    problems = [
+    problems = []
+    if data.unreadable:
+        problems.append(
+            f"{index.layout.index} cannot be read ({data.unreadable}); it is ignored "
+            "(treated as empty) and rewritten by the next download"
+        )
+    problems += [
         f"index entry {entry}: its MAC does not verify (not written by this cache's writer); "
         "it is ignored"
         for entry in data.problems
@@ -69,7 +78,21 @@ def audit_index(index: Index) -> list[str]:
             problems.append(
                 f"index entry urls[{url}]: checksum {rec.checksum} names module {rec.sha256}"
             )
+    named = [(f"urls[{u}]", r.sha256) for u, r in sorted(data.urls.items())]
+    named += [(f"digests[{c}]", s) for c, s in sorted(data.digests.items())]
+    for entry, sha in named:
+        if not _present(index.layout, sha):
+            problems.append(f"index entry {entry} names module {sha}, which is not in modules/")
     return problems
+
+
+def _present(layout: CacheLayout, sha256: str) -> bool:
+    """Whether ``modules/<sha256>.wasm`` exists (as anything: a bad file is verify's to report)."""
+    try:
+        os.lstat(layout.module_path(sha256))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verified]:
@@ -84,7 +107,7 @@ def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verifie
             continue  # purged meanwhile
         except OSError as error:
             why = "is a symlink" if path.is_symlink() else error.strerror or str(error)
-            moved = _quarantine(layout, path) if quarantine and path.is_symlink() else None
+            moved = _move_aside(layout, path) if quarantine and path.is_symlink() else None
             results.append(Verified(path, name, "", 0, quarantined=moved, error=why))
             continue
         moved = None
@@ -94,16 +117,41 @@ def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verifie
                 extra={"path": str(path), "expected": name, "actual": actual},
             )
             if quarantine:
-                moved = _quarantine(layout, path)
+                moved = _move_aside(layout, path)
         results.append(Verified(path, name, actual, size, quarantined=moved))
     return results
 
 
+def _move_aside(layout: CacheLayout, path: Path) -> Path | None:
+    """:func:`_quarantine`, or None (logged) when the quarantine is unsafe or the move fails."""
+    try:
+        return _quarantine(layout, path)
+    except (InsecureCache, OSError) as error:
+        log.warning(
+            "cannot move a corrupt module aside",
+            extra={"path": str(path), "error": getattr(error, "cause", None) or str(error)},
+        )
+        return None
+
+
 def _quarantine(layout: CacheLayout, path: Path) -> Path:
-    """Rename ``path`` into the quarantine directory (same filesystem: atomic)."""
+    """Rename ``path`` into the quarantine directory (same filesystem: atomic). The directory
+    is opened ``O_NOFOLLOW`` and must be a real directory of ours that no one else may write
+    (:class:`InsecureCache` otherwise), and the rename goes through that descriptor, so a
+    ``quarantine`` link never moves a file out of the cache."""
     target_dir = quarantine_dir(layout)
-    target_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-    target = target_dir / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    os.rename(path, target)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(target_dir, DIR_MODE)
+    check_path(layout, target_dir, directory=True)  # a link, a file, others' or writable
+    try:
+        dir_fd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:  # swapped for a link after the check: ELOOP / ENOTDIR
+        raise check_error(layout, target_dir, "is not a directory") from error
+    name = f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        os.rename(path, name, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    target = target_dir / name
     log.warning("moved a corrupt module aside", extra={"path": str(path), "to": str(target)})
     return target

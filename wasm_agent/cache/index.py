@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wasm_agent.cache.errors import CacheWriteError
-from wasm_agent.cache.integrity import IndexKey, load_key
+from wasm_agent.cache.integrity import IndexKey, load_key, open_regular, read_regular
 from wasm_agent.cache.layout import FILE_MODE, INDEX_MODE, CacheLayout
 from wasm_agent.core.logs import redact_url
 
 log = logging.getLogger(__name__)
 VERSION = 2
+MAX_INDEX_BYTES = 64 << 20  # a few hundred bytes per URL: far beyond any real cache
 
 
 @dataclass
@@ -56,6 +57,7 @@ class IndexData:
     digests: dict[str, str] = field(default_factory=dict)
     signatures: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    unreadable: str = ""  # why index.json could not be read (then it is treated as empty)
 
     def file_sha256(self, checksum: str) -> str:
         """The module file sha256 a checksum names (identity for HTTP/file checksums)."""
@@ -106,7 +108,7 @@ class Index:
         """The authenticated index, without locking (every write is an atomic rename). The
         result is shared with later calls: do not modify it (use :meth:`update`)."""
         try:
-            st = os.stat(self.layout.index)
+            st = os.lstat(self.layout.index)
         except OSError:
             return IndexData()
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -117,19 +119,20 @@ class Index:
         return data
 
     def _parse(self) -> IndexData:
+        """Read and authenticate the index; an unreadable one (not a regular file, over
+        :data:`MAX_INDEX_BYTES`, not JSON) is empty, with the reason in ``unreadable``."""
         try:
-            fd = os.open(self.layout.index, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as handle:
-                doc = json.load(handle)
+            doc = json.loads(read_regular(self.layout.index, MAX_INDEX_BYTES))
             return self._authentic(doc)
         except FileNotFoundError:
             return IndexData()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            reason = _reason(error)
             log.warning(
                 "ignoring unreadable cache index",
-                extra={"path": str(self.layout.index), "error": str(error)},
+                extra={"path": str(self.layout.index), "error": reason},
             )
-            return IndexData()
+            return IndexData(unreadable=reason)
 
     def _authentic(self, doc: dict) -> IndexData:
         """Keep the entries whose MAC verifies; list the others as problems."""
@@ -174,14 +177,10 @@ class Index:
         """
         key = self.key(create=True)
         try:
-            lock_fd = os.open(
-                self.layout.index_lock,
-                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                FILE_MODE,
-            )
+            lock_fd = open_regular(self.layout.index_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as error:
             raise CacheWriteError(
-                str(self.layout.root), f"cannot lock the cache index: {error.strerror}"
+                str(self.layout.root), f"cannot lock the cache index: {_reason(error)}"
             ) from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -246,7 +245,8 @@ class Index:
         }
         tmp = self.layout.root / f".index-{os.urandom(6).hex()}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(tmp, flags, 0o600), "w", encoding="utf-8") as handle:
                 json.dump(doc, handle, indent=1)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -258,6 +258,11 @@ class Index:
             raise CacheWriteError(
                 str(self.layout.root), f"cannot write the cache index: {error.strerror}"
             ) from None
+
+
+def _reason(error: BaseException) -> str:
+    """An error's reason without the errno number."""
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _running_loop() -> Any:

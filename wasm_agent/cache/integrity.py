@@ -15,13 +15,15 @@ Two kinds of evidence (docs/security.md says why they hold):
   directory of the cache and nobody else may write them (a read-only cache baked by root).
 
 File rules: module files and the index are written 0444, directories 0700; the agent refuses a
-cache whose directories, index or key are symlinks, writable by group or others, or owned by a
-user other than itself or root.
+cache whose directories (``modules``, ``locks``, ``compiled``, ``host``, ``quarantine``), index,
+key or index lock are symlinks, writable by group or others, or owned by a user other than
+itself or root. Files opened by name go through :func:`open_regular` (no link, no FIFO wait).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import logging
@@ -52,12 +54,61 @@ def key_path(layout: CacheLayout) -> Path:
     return layout.root / KEY_NAME
 
 
-def _refuse(layout: CacheLayout, path: Path, why: str) -> InsecureCache:
+def check_error(layout: CacheLayout, path: Path, why: str) -> InsecureCache:
+    """The :class:`InsecureCache` refusing ``path`` for ``why``, with the fix to apply."""
+    if why == "is a symlink":
+        fix = "the agent never follows a link inside the cache: remove the link"
+    elif why.startswith(("is not a", "holds")):
+        fix = "remove it (the agent recreates what it needs)"
+    else:
+        fix = "fix it (chmod go-w, chown to the agent's user)"
     return InsecureCache(
         str(layout.root),
-        f"refusing to use the cache: {path} {why}; fix it (chmod go-w, chown to the agent's "
-        f"user) or choose another --cache-dir",
+        f"refusing to use the cache: {path} {why}; {fix} or choose another --cache-dir",
     )
+
+
+class NotRegularFile(OSError):
+    """A file the cache opens by name is not a regular file (a FIFO, a device, a directory)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", str(path))
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """Open ``path`` without following a link or waiting on a FIFO (``O_NOFOLLOW|O_NONBLOCK``)
+    and return the descriptor only if it is a regular file; else raise :class:`NotRegularFile`
+    (or the ``OSError`` of ``open``: ELOOP for a symlink)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFile(path)
+    return fd
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of regular file ``path`` (see :func:`open_regular`), at most ``limit``; a
+    larger file raises ``ValueError`` without being read whole."""
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise ValueError(f"{path} is {size} bytes, over the {limit >> 20} MiB limit")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, min(_CHUNK, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # grew while we read it
+                raise ValueError(f"{path} grew over the {limit >> 20} MiB limit while read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def check_path(layout: CacheLayout, path: Path, directory: bool) -> os.stat_result | None:
@@ -71,24 +122,25 @@ def check_path(layout: CacheLayout, path: Path, directory: bool) -> os.stat_resu
     except (FileNotFoundError, NotADirectoryError):  # layout.ensure() reports the latter
         return None
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(layout, path, "is a symlink")
+        raise check_error(layout, path, "is a symlink")
     if directory != stat.S_ISDIR(st.st_mode):
-        raise _refuse(layout, path, "is not a directory" if directory else "is not a file")
+        raise check_error(layout, path, "is not a directory" if directory else "is not a file")
     if st.st_mode & 0o022:
-        raise _refuse(layout, path, f"is writable by other users (mode {st.st_mode & 0o777:o})")
+        raise check_error(layout, path, f"is writable by other users (mode {st.st_mode & 0o777:o})")
     if st.st_uid not in (os.geteuid(), 0):
-        raise _refuse(layout, path, f"is owned by another user (uid {st.st_uid})")
+        raise check_error(layout, path, f"is owned by another user (uid {st.st_uid})")
     return st
 
 
 def check_tree(layout: CacheLayout) -> bool:
     """Refuse (:class:`InsecureCache`) a cache others may change; True if root owns it all."""
     owners = set()
-    for path in (layout.root, layout.modules, layout.locks, layout.compiled):
+    directories = (layout.root, layout.modules, layout.locks, layout.compiled)
+    for path in (*directories, layout.host, layout.quarantine):
         st = check_path(layout, path, directory=True)
         if st is not None:
             owners.add(st.st_uid)
-    for path in (layout.index, key_path(layout)):
+    for path in (layout.index, key_path(layout), layout.index_lock):
         st = check_path(layout, path, directory=False)
         if st is not None:
             owners.add(st.st_uid)
@@ -136,16 +188,16 @@ def _read_key(layout: CacheLayout, path: Path) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _refuse(layout, path, "is not a regular file")
+            raise check_error(layout, path, "is not a regular file")
         if st.st_mode & 0o077:
-            raise _refuse(
+            raise check_error(
                 layout, path, f"is readable or writable by others ({st.st_mode & 0o777:o})"
             )
         key = os.read(fd, KEY_SIZE + 1)
     finally:
         os.close(fd)
     if len(key) != KEY_SIZE:
-        raise _refuse(layout, path, f"holds {len(key)} bytes, not a {KEY_SIZE}-byte key")
+        raise check_error(layout, path, f"holds {len(key)} bytes, not a {KEY_SIZE}-byte key")
     return key
 
 

@@ -5,13 +5,16 @@
   modules/<sha256>.wasm     0444  content-addressed module files (what Envoy loads)
   modules/.tmp-*.part             downloads in progress; never read as modules
   locks/<sha256(key)>.lock  0644  per-module download locks (fcntl.flock)
-  compiled/                       wasmtime's compiled-artifact cache
+  compiled/                 0700  wasmtime's compiled-artifact cache (the compile check's)
+  host/                     0700  the reference host's compiled modules (``run``, ``check``)
+  quarantine/               0700  corrupt module files moved aside by ``cache verify``
   index.json                0444  URL -> checksum records, each with a MAC (see index.py)
   index.key                 0600  the MAC key (see integrity.py)
-  index.lock                0644  serializes index writers
+  index.lock                0644  serializes index writers (empty; never read)
 ```
 
-Nothing inside the directory may be a symlink or writable by other users (integrity.py).
+Nothing inside the directory may be a symlink or writable by other users (integrity.py); every
+file the cache opens by name is opened ``O_NOFOLLOW|O_NONBLOCK`` and must be a regular file.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ class CacheLayout:
     @property
     def compiled(self) -> Path:
         return self.root / "compiled"
+
+    @property
+    def host(self) -> Path:
+        return self.root / "host"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
 
     @property
     def index(self) -> Path:

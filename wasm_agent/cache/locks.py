@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from wasm_agent.cache.integrity import open_regular
 from wasm_agent.cache.layout import FILE_MODE
 from wasm_agent.core.errors import WasmAgentError
 
@@ -47,7 +48,7 @@ class FileLock:
     async def acquire(self) -> None:
         import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)  # no link, no FIFO
         deadline = time.monotonic() + self.timeout
         delay = self.poll
         while not try_lock(fd):
@@ -73,7 +74,7 @@ def hold_file(path: Path, attempts: int = 50) -> int | None:
     """
     for _ in range(attempts):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, MODULE_LOCK_OPEN_FLAGS)
         except (FileNotFoundError, IsADirectoryError):
             return None
         except OSError as error:  # ELOOP: a symlink, never followed (integrity.py)
@@ -82,7 +83,7 @@ def hold_file(path: Path, attempts: int = 50) -> int | None:
             raise
         if try_lock(fd, exclusive=False):
             try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
             if same:
@@ -97,7 +98,7 @@ def hold_file(path: Path, attempts: int = 50) -> int | None:
 def in_use(path: Path) -> bool:
     """True if some process (this one included) holds ``path`` with :func:`hold_file`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, MODULE_LOCK_OPEN_FLAGS)
     except (FileNotFoundError, IsADirectoryError):
         return False
     except OSError as error:  # ELOOP: a symlink is no module anyone holds

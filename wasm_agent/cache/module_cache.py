@@ -301,7 +301,9 @@ class ModuleCache:
         settings = self._validate_settings
         if validator is None:
             validator = validate_module
-            settings = settings or ValidateSettings(compiled_cache_dir=self.layout.compiled)
+            settings = settings or ValidateSettings(
+                compiled_cache_dir=store.compiled_dir(self.layout)
+            )
         try:
             await validator(path, settings)
         except InvalidModule as error:
@@ -361,7 +363,7 @@ class ModuleCache:
         result = []
         for path in self.layout.module_files():
             try:
-                st = path.stat()
+                st = path.lstat()  # a planted link is listed as itself, never followed
             except FileNotFoundError:
                 continue
             result.append(

@@ -10,11 +10,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.layout import MODULE_MODE, TEMP_PREFIX, CacheLayout
+from wasm_agent.fetch.checks import CACHE_CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def clean_stale_temps(layout: CacheLayout) -> list[Path]:
     for name in names:
         path = layout.modules / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:  # gone, or a symlink (never followed; never read as a module either)
             continue
         try:
@@ -117,3 +119,20 @@ def touch(path: Path) -> bool:
             "cannot refresh a module's last use", extra={"path": str(path), "error": error.strerror}
         )
     return True
+
+
+def compiled_dir(layout: CacheLayout) -> Path | None:
+    """``compiled/`` for the compile check, after removing a link or FIFO planted under the
+    names it reads and replaces (its wasmtime cache config); None if one cannot be removed."""
+    for name in (CACHE_CONFIG_NAME, f".{CACHE_CONFIG_NAME}.{os.getpid()}"):
+        path = layout.compiled / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            log.warning("removing a planted non-file from the cache", extra={"path": str(path)})
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError:  # a directory, or not ours to remove: compile without the artifact cache
+            return None
+    return layout.compiled

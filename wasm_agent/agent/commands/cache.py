@@ -3,8 +3,10 @@
 ``ls`` lists every module (sha256, size, last use, whether some process uses it, URLs).
 ``verify`` re-hashes every module file against its name (its sha256); a corrupt file is moved
 to ``<cache dir>/quarantine/`` so it is never served again (``--no-quarantine`` only reports).
-It also checks the index against the files (every entry's MAC, every URL's checksum) and the
-directory's permissions, and reports every mismatch.
+It also checks the index against the files (that it can be read, every entry's MAC, every
+URL's checksum, every entry's module file present) and the directory's permissions, and reports
+every mismatch; in a cache others may write (or holding a link) it reports that and moves nothing.
+``ls`` and ``prune`` refuse such a cache (exit 1), as every other command does.
 ``prune`` removes modules unused for ``WASM_MODULE_EXPIRY`` (24h; ``--older-than`` overrides,
 ``--all-unused`` means any age) that no process holds: in-use modules are always kept.
 Exit status: 0 ok, 1 corrupt files found, the cache directory is not a directory or cannot be
@@ -82,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     try:
         cache = ModuleCache(settings, fetch_settings_from_env())
+        if args.action != "verify":  # verify reports it among the other problems
+            from wasm_agent.cache.integrity import check_tree
+
+            check_tree(cache.layout)  # InsecureCache: others may write it, or a link
         if args.action == "ls":
             return _ls(cache, args.json)
         if args.action == "verify":
@@ -163,13 +169,14 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
     from wasm_agent.cache.audit import audit_index, verify_modules
     from wasm_agent.cache.integrity import InsecureCache, check_tree
 
+    secure = True
     try:
         check_tree(cache.layout)
         problems = audit_index(cache.index)
-    except InsecureCache as error:
-        problems = [error.cause]
-    urls = {e.sha256: e.urls for e in cache.entries()}
-    results = verify_modules(cache.layout, quarantine=quarantine)
+    except InsecureCache as error:  # the index is not read, nothing is moved
+        problems, secure = [error.cause], False
+    urls = {e.sha256: e.urls for e in cache.entries()} if secure else {}
+    results = verify_modules(cache.layout, quarantine=quarantine and secure)
     bad = [r for r in results if not r.ok]
     if as_json:
         _dump(
