@@ -86,7 +86,7 @@ class NodeProcess:
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.status_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=15) as response:
             return response.read().decode()
 
     def kill(self) -> None:

@@ -26,12 +26,12 @@ def kubelet(node: NodeProcess) -> Iterator[Kubelet]:
 
 
 def test_identity_and_node_info(kubelet: Kubelet, node: NodeProcess) -> None:
-    info = kubelet.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10)
+    info = kubelet.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=30)
     assert info.name == "csi.wasm-agent.io"
     assert info.vendor_version
     caps = kubelet.identity.GetPluginCapabilities(csi_pb2.GetPluginCapabilitiesRequest())
     assert list(caps.capabilities) == []  # node-only plugin: no controller service
-    probe = kubelet.identity.Probe(csi_pb2.ProbeRequest(), timeout=10)
+    probe = kubelet.identity.Probe(csi_pb2.ProbeRequest(), timeout=30)
     assert probe.ready.value is True
     node_caps = kubelet.csi.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest())
     assert list(node_caps.capabilities) == []  # no staging: kubelet calls publish directly
@@ -88,7 +88,7 @@ def test_publish_refuses_bad_requests(kubelet: Kubelet, change: dict, message: s
     if "volume_capability" in change:
         request.ClearField("volume_capability")
     with pytest.raises(grpc.RpcError) as error:
-        kubelet.csi.NodePublishVolume(request, timeout=10)
+        kubelet.csi.NodePublishVolume(request, timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
 
@@ -98,12 +98,12 @@ def test_block_volumes_and_traversal_refused(kubelet: Kubelet, node: NodeProcess
     block = csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume())
     with pytest.raises(grpc.RpcError) as error:
         kubelet.csi.NodePublishVolume(
-            kubelet.publish_request(pod, volume_capability=block), timeout=10
+            kubelet.publish_request(pod, volume_capability=block), timeout=30
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     escape = str(node.pods_dir / ".." / "escape")
     with pytest.raises(grpc.RpcError) as error:
-        kubelet.csi.NodePublishVolume(kubelet.publish_request(pod, target_path=escape), timeout=10)
+        kubelet.csi.NodePublishVolume(kubelet.publish_request(pod, target_path=escape), timeout=30)
     assert "must lie under" in error.value.details()
     assert not (node.workdir / "escape").exists()
 
@@ -148,7 +148,7 @@ def test_the_target_must_be_in_the_pods_own_directory(kubelet: Kubelet) -> None:
     request = kubelet.publish_request(pod)
     request.volume_context["csi.storage.k8s.io/pod.uid"] = other.uid
     with pytest.raises(grpc.RpcError) as error:
-        kubelet.csi.NodePublishVolume(request, timeout=10)
+        kubelet.csi.NodePublishVolume(request, timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "directory of the pod" in error.value.details()
 
