@@ -55,6 +55,7 @@ class Request:
     headers: tuple[tuple[str, str], ...] = BASE_HEADERS
     wait: float = 0.0  # seconds to let pass before sending it (host: ``advance``)
     body: bytes = b""  # sent as a POST with content-length
+    method: str = ""  # default: GET, or POST with a body
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,13 @@ class Case:
     log_level: str = "info"  # the wasm log component's level
     plugin: str = PLUGIN  # tests/plugins/<kind>/<file>
     configuration: str | None = None  # the plugin configuration (StringValue); None: unset
+    root_id: str = ROOT_ID
 
     def spec(self) -> WasmFilter:
         return WasmFilter(
             NAME,
             plugin(self.plugin),
-            ROOT_ID,
+            self.root_id,
             configuration=self.configuration,
             failure_policy=self.failure_policy,
         )
@@ -98,29 +100,29 @@ PROBE_CASES = [
            Request("/?tr=rqb", body=b"hello"), Request("/", body=b"again")),
     _probe("trap_probe_request_body_fail_open", "trap",
            Request("/?tr=rqb", body=b"hello"), "/", failure_policy="FAIL_OPEN"),
-    _probe("trap_probe_log", "trap", "/?tr=log", "/"),
+    _probe("trap_probe_log", "trap", "/?tr=log", "/", log_level="debug"),  # debug: c1 only
     _probe("trap_probe_callout_response", "trap", "/?co=1&tr=cr", "/"),
     _probe("trap_probe_tick", "trap", Request("/", wait=0.6), configuration="tick,trap:tick"),
     _probe("trap_probe_grpc", "trap", Request("/?tr=rqh", GRPC_HEADERS)),
-    _probe("props_probe_request", "properties", "/x?pp=rqh&a=1"),
-    _probe("props_probe_response", "properties", "/x?pp=rsh"),
-    _probe("props_probe_log", "properties", "/x?ah=1&pp=log"),
+    _probe("trap_probe_null_function", "trap", "/?tr=rqh&tk=null", "/",
+           failure_policy="FAIL_OPEN"),
+    _probe("props_probe_phases", "properties", "/x?pp=rqh&a=1", "/x?pp=rsh",
+           "/x?ah=1&pp=log&mo=log"),
     _probe("props_probe_callout_configure", "properties", "/?co=1&pp=cr",
            configuration="props:configure"),
     _probe("local_probe_grpc", "local_reply",
-           Request("/?lr=rqh&st=403&hs=0&bd=denied&pp=rsh", GRPC_HEADERS)),
-    _probe("local_probe_grpc_response", "local_reply",
+           Request("/?lr=rqh&st=403&hs=0&bd=denied&pp=rsh", GRPC_HEADERS),
            Request("/?lr=rsh&st=500&hs=1&bd=x", GRPC_HEADERS),
            Request("/?lr=rqh&st=403&hs=6&gs=3&bd=a%25b", GRPC_HEADERS)),
-    _probe("local_probe_status_header", "local_reply", "/?lr=rqh&st=304&hs=5&pp=rsh"),
-    _probe("local_probe_after_headers", "local_reply", "/?lr=rsb&st=503&bd=down&hs=2"),
-    _probe("local_probe_hop_by_hop", "local_reply", "/?lr=rqh&st=302&hs=7",
-           "/?lr=rqh&st=503&bd=down&hs=2"),
+    _probe("local_probe_headers", "local_reply", "/?lr=rqh&st=304&hs=5&pp=rsh",
+           "/?lr=rsb&st=503&bd=down&hs=2", "/?lr=rqh&st=302&hs=7",
+           "/?lr=rqh&st=503&bd=down&hs=2", "/?lr=rqh&st=204&bd=abc&hs=0",
+           Request("/?lr=rqh&st=200&bd=hello&hs=0", method="HEAD")),
     _probe("local_probe_request_body", "local_reply",
            Request("/?lr=rqb&st=401&hs=1&bd=no", body=b"abc"), "/?co=1&lr=cr&st=401&bd=x&hs=1"),
     _probe("runaway_probe_log", "runaway", "/?lp=log"),
     _probe("runaway_probe_done_c2", "runaway", "/?lp=done", concurrency=2),
-    _probe("trace_probe_ops", "trace", "/?op=1&co=1", log_level="trace"),
+    _probe("trace_probe_ops", "trace", "/?op=1&co=1&mo=rqh", log_level="trace"),
     _probe("trace_probe_headers", "trace", "/?ah=1&lr=rsh&st=500&bd=b", log_level="trace"),
     _probe("lifecycle_probe_c2_post", "lifecycle", Request("/", body=b"abc"), concurrency=2),
     _probe("lifecycle_probe_c3", "lifecycle", "/?op=1", concurrency=3),
@@ -258,7 +260,7 @@ def group_threads(
 def _send(port: int, request: Request) -> dict[str, Any]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
     try:
-        method = "POST" if request.body else "GET"
+        method = request.method or ("POST" if request.body else "GET")
         connection.putrequest(method, request.path, skip_host=True, skip_accept_encoding=True)
         connection.putheader("host", HOST)
         for name, value in request.headers:
@@ -358,8 +360,8 @@ def observe_host(case: Case) -> Observed:
     policy = harness.FailurePolicy[case.failure_policy or "FAIL_CLOSED"]
     host = harness.start_plugin(
         plugin(case.plugin), plugin_config=case.configuration or "", failure_policy=policy,
-        vm_id=NAME, root_id=ROOT_ID, plugin_name=NAME,
-        log_level=harness.LogLevel.TRACE if case.log_level == "trace" else harness.LogLevel.INFO,
+        vm_id=NAME, root_id=case.root_id, plugin_name=NAME,
+        log_level=harness.LogLevel[case.log_level.upper()],
         concurrency=case.concurrency, route_timeout_ms=10000,  # the recorded route's timeout
     )  # fmt: skip
     responses = []
@@ -368,7 +370,7 @@ def observe_host(case: Case) -> Observed:
         host.advance(request.wait)
         ex = host.exchange(
             [(":authority", HOST), (":path", request.path),
-             (":method", "POST" if request.body else "GET"),
+             (":method", request.method or ("POST" if request.body else "GET")),
              *((k.lower(), v) for k, v in request.headers)],
             request.body,
             upstream=_upstream,
@@ -435,6 +437,7 @@ def golden_document(case: Case, observed: Observed, envoy_version: str) -> dict[
                 "headers": [list(h) for h in r.headers],
                 "wait": r.wait,
                 "body": r.body.decode(),
+                **({"method": r.method} if r.method else {}),
             }
             for r in case.requests
         ],

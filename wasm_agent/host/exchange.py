@@ -128,7 +128,8 @@ def run(
     client = s.client if s.client.headers is not None and not s.hung else None
     if frontend and client is not None and client.headers is not None:
         pairs = fe.client_headers(client.headers.pairs(), len(client.body))
-        client = Message(HeaderMap(pairs), client.body, client.trailers, client.complete)
+        body = bytearray() if fe.bodiless(pairs, s.head) else client.body
+        client = Message(HeaderMap(pairs), body, client.trailers, client.complete)
     return Exchange(
         upstream=s.upstream if s.upstream.headers is not None else None,
         client=client,

@@ -19,6 +19,8 @@ Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
   and ``connection: close`` when
   the response starts before the request's end of stream reached HCM (HTTP/1 drains the
   connection); ``proxy_on_log`` sees them (recorded from Envoy 1.40);
+- to the client: no body for a HEAD request or a 204/304 (``bodiless``), and a local reply
+  to HEAD keeps its ``content-length`` but ends at the headers (no body callback);
 - to the client: ``content-length: 0`` appended when a response without a body has no length
   (a local reply with an empty body), ``transfer-encoding: chunked`` when one with a body has
   none (checked against Envoy 1.40 in tests/conformance/golden).
@@ -91,6 +93,13 @@ def frames(chunks: list[bytes]) -> list[bytes]:
     """Body chunks as the codec delivers them: the data, then an empty end-of-stream frame."""
     data = [chunk for chunk in chunks if chunk]
     return [*data, b""] if data else []
+
+
+def bodiless(pairs: Pairs, head_request: bool) -> bool:
+    """No body reaches the client: a reply to HEAD, or a 204/304 (Envoy 1.40: the plugin's
+    body callback still ran, the client read no body; the headers are left as they are)."""
+    status = next((value for name, value in pairs if name == ":status"), "200")
+    return head_request or (status.isdigit() and int(status) in NO_BODY_STATUS)
 
 
 def client_headers(pairs: Pairs, body_size: int) -> Pairs:

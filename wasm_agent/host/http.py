@@ -80,6 +80,7 @@ class HttpStream:
         self.frontend = False  # HCM/router additions on (set by ``exchange(frontend=True)``)
         self.local_code: int | None = None  # a local reply's status (response.code)
         self.grpc = False  # a gRPC request: local replies become trailers-only gRPC responses
+        self.head = False  # a HEAD request: local replies keep their length but send no body
         self._failed_early = self.vm is None and not self.skipped
         if self._failed_early:
             self._fail_stream()
@@ -199,6 +200,7 @@ class HttpStream:
         d.headers, d.end_seen = headers, end
         if d.is_request:
             self.grpc = is_grpc_request(headers)
+            self.head = headers.get(b":method") == b"HEAD"
         if self._failed_early and d.is_request:  # the 503 is encoded as the headers arrive
             self._failed_early = False
             self.failed = False
@@ -370,7 +372,7 @@ class HttpStream:
         self.local_response = reply
         self.request.paused = True
         headers = grpc_reply_headers(reply) if self.grpc else local_reply_headers(reply)
-        body = b"" if self.grpc else reply.body  # gRPC: trailers-only, no body
+        body = b"" if self.grpc or self.head else reply.body  # gRPC: trailers-only
         d = self.response
         if self._cut_off():  # Envoy: headers already sent, all it can do is reset the stream
             return

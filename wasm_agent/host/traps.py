@@ -14,8 +14,9 @@ _V8_TRAPS = {
     "INTEGER_OVERFLOW": "Uncaught RuntimeError: divide result unrepresentable",
     "BAD_CONVERSION_TO_INTEGER": "Uncaught RuntimeError: float unrepresentable in integer range",
     "TABLE_OUT_OF_BOUNDS": "Uncaught RuntimeError: table index is out of bounds",
-    "INDIRECT_CALL_TO_NULL": "Uncaught RuntimeError: null function or function signature mismatch",
-    "BAD_SIGNATURE": "Uncaught RuntimeError: null function or function signature mismatch",
+    # Envoy 1.40's V8 (recorded: a C call through a null function pointer)
+    "INDIRECT_CALL_TO_NULL": "Uncaught RuntimeError: function signature mismatch",
+    "BAD_SIGNATURE": "Uncaught RuntimeError: function signature mismatch",
     "STACK_OVERFLOW": "Uncaught RangeError: Maximum call stack size exceeded",
     "OUT_OF_FUEL": "all fuel consumed by WebAssembly (runaway plugin stopped)",
     "INTERRUPT": "callback deadline exceeded (runaway plugin stopped)",

@@ -15,6 +15,11 @@
  *   ah=1      header ops in both directions (add, replace, remove, duplicates, upper case)
  *   co=1      an HTTP callout to cluster "callout" from the request headers (pause, resume)
  *   op=1      shared data, a shared queue, metrics (define, increment, record, get)
+ *   mo=<ph>   more host calls in phase rqh/rqb/rsh/log: log level, set/get property, pairs,
+ *             buffer, time, a map that does not exist, continue_stream(downstream), and one
+ *             log line per level
+ *   tk=<kind> the kind of trap for tr=: oob, div, ovf, stack, null, abort (default unreachable)
+ *   pv=1      also the volatile properties with pp=
  */
 #include "proxy_wasm.h"
 
@@ -73,6 +78,42 @@ static void say(const char *name, uint32_t a, uint32_t b, int two) {
   log_msg(LOG_INFO, line);
 }
 
+IMPORT(proxy_set_property)
+uint32_t proxy_set_property(const char *path, size_t path_size, const char *value, size_t size);
+IMPORT(proxy_get_current_time_nanoseconds) uint32_t proxy_get_current_time_nanoseconds(uint64_t *);
+
+typedef int (*fn_t)(int);
+static int one(int x) { return x + 1; }
+static volatile fn_t table_fns[2] = {one, 0};
+static volatile int zero = 0;
+
+__attribute__((noinline)) static int deep(int n) {
+  volatile char pad[256];
+  pad[n & 255] = (char)n;
+  return deep(n + 1) + pad[(n + 1) & 255];
+}
+
+/* A trap of the kind named by the query's "tk" (default: unreachable). */
+__attribute__((noinline)) static void trap_kind(void) {
+  const char *kind = arg("tk");
+  if (kind && strcmp(kind, "oob") == 0) {
+    volatile uint32_t *p = (uint32_t *)0xfffffff0u;
+    *p = 1;
+  } else if (kind && strcmp(kind, "div") == 0) {
+    log_msg(LOG_INFO, 10 / zero ? "x" : "y");
+  } else if (kind && strcmp(kind, "ovf") == 0) {
+    volatile int m = -2147483647 - 1, d = -1 + zero;
+    log_msg(LOG_INFO, m / d ? "x" : "y");
+  } else if (kind && strcmp(kind, "stack") == 0) {
+    log_msg(LOG_INFO, deep(zero) ? "x" : "y");
+  } else if (kind && strcmp(kind, "null") == 0) {
+    log_msg(LOG_INFO, table_fns[1 + zero](1) ? "x" : "y");
+  } else if (kind && strcmp(kind, "abort") == 0) {
+    abort();
+  }
+  __builtin_trap();
+}
+
 __attribute__((noinline)) static void spin(void) {
   volatile uint32_t x = 0;
   for (;;) x++;
@@ -80,7 +121,7 @@ __attribute__((noinline)) static void spin(void) {
 
 /* Trap or loop as configured for callback <cb> (config) or stream phase <ph> (query). */
 static void act(const char *cb, const char *ph) {
-  if (conf("trap", cb) || (ph && is("tr", ph))) __builtin_trap();
+  if (conf("trap", cb) || (ph && is("tr", ph))) trap_kind();
   if (conf("loop", cb) || (ph && is("lp", ph))) spin();
 }
 
@@ -267,6 +308,56 @@ static void ops(void) {
   log_msg(LOG_INFO, line);
 }
 
+static void more_ops(void) {
+  uint32_t level = 99, rc;
+  char line[256] = "more";
+  rc = proxy_get_log_level(&level);
+  sb_cat(line, sizeof line, " lvl=", 5);
+  sb_u32(line, sizeof line, rc);
+  sb_cat(line, sizeof line, "/", 1);
+  sb_u32(line, sizeof line, level);
+  rc = proxy_set_property("filter_state_x", 14, "val", 3);
+  sb_cat(line, sizeof line, " setp=", 6);
+  sb_u32(line, sizeof line, rc);
+  bytes_t got;
+  rc = get_property("filter_state_x", 14, &got);
+  sb_cat(line, sizeof line, " getp=", 6);
+  sb_u32(line, sizeof line, rc);
+  free(got.data);
+  char *pairs = NULL;
+  size_t psize = 0;
+  rc = proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, &pairs, &psize);
+  sb_cat(line, sizeof line, " pairs=", 7);
+  sb_u32(line, sizeof line, rc);
+  free(pairs);
+  rc = proxy_get_header_map_pairs(MAP_RESPONSE_HEADERS, &pairs, &psize);
+  sb_cat(line, sizeof line, " rpairs=", 8);
+  sb_u32(line, sizeof line, rc);
+  sb_cat(line, sizeof line, "/", 1);
+  sb_u32(line, sizeof line, (uint32_t)psize);
+  free(pairs);
+  rc = get_buffer(BUFFER_REQUEST_BODY, 0, 10, &got);
+  sb_cat(line, sizeof line, " buf=", 5);
+  sb_u32(line, sizeof line, rc);
+  free(got.data);
+  uint64_t now = 0;
+  rc = proxy_get_current_time_nanoseconds(&now);
+  sb_cat(line, sizeof line, " time=", 6);
+  sb_u32(line, sizeof line, rc);
+  rc = replace_header_str(MAP_HTTP_CALL_RESPONSE_HEADERS, "x", "y");
+  sb_cat(line, sizeof line, " crh=", 5);
+  sb_u32(line, sizeof line, rc);
+  rc = proxy_continue_stream(STREAM_DOWNSTREAM);
+  sb_cat(line, sizeof line, " cont=", 6);
+  sb_u32(line, sizeof line, rc);
+  for (uint32_t l = LOG_TRACE; l <= LOG_CRITICAL; l++) {
+    char text[16] = "level ";
+    sb_u32(text, sizeof text, l);
+    proxy_log(l, text, strlen(text));
+  }
+  log_msg(LOG_INFO, line);
+}
+
 static void headers_ops(uint32_t map) {
   if (!is("ah", "1")) return;
   if (map == MAP_REQUEST_HEADERS) {
@@ -333,6 +424,7 @@ uint32_t proxy_on_request_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
   act("request_headers", "rqh");
   if (is("pp", "rqh")) dump_props("rqh");
   if (is("op", "1")) ops();
+  if (is("mo", "rqh")) more_ops();
   headers_ops(MAP_REQUEST_HEADERS);
   if (local("rqh")) return ACTION_PAUSE;
   if (is("co", "1")) {
@@ -354,6 +446,7 @@ EXPORT(proxy_on_request_body)
 uint32_t proxy_on_request_body(uint32_t ctx, uint32_t size, uint32_t eos) {
   say("request_body", size, eos, 1);
   act("request_body", "rqb");
+  if (is("mo", "rqb")) more_ops();
   if (eos && is("pp", "rqb")) dump_props("rqb");
   if (eos && local("rqb")) return ACTION_PAUSE;
   return ACTION_CONTINUE;
@@ -364,6 +457,7 @@ uint32_t proxy_on_response_headers(uint32_t ctx, uint32_t n, uint32_t eos) {
   say("response_headers", n, eos, 1);
   add_header_str(MAP_RESPONSE_HEADERS, "x-later", "1");
   act("response_headers", "rsh");
+  if (is("mo", "rsh")) more_ops();
   if (is("pp", "rsh")) dump_props("rsh");
   headers_ops(MAP_RESPONSE_HEADERS);
   if (local("rsh")) return ACTION_PAUSE;
@@ -392,6 +486,7 @@ void proxy_on_http_call_response(uint32_t ctx, uint32_t token, uint32_t headers,
 EXPORT(proxy_on_log) void proxy_on_log(uint32_t ctx) {
   say("log", ctx, 0, 0);
   act("log", "log");
+  if (is("mo", "log")) more_ops();
   if (is("pp", "log")) dump_props("log");
 }
 
