@@ -101,3 +101,27 @@ def test_grpc_reply_headers() -> None:
         (":status", "200"), ("grpc-message", "a%25b"), ("x-p", "1"),
         ("content-type", "application/grpc"), ("grpc-status", "7"),
     ]  # fmt: skip
+
+
+def test_plugin_hop_by_hop_response_headers() -> None:
+    """Envoy 1.40 (``/?ah=2``): a plugin's ``connection`` is removed, its ``keep-alive`` kept,
+    its ``server`` overwritten; without content-length the codec chunks the body."""
+    host = start_plugin(plugin(PROBE))
+    ex = host.exchange({**REQ, ":path": "/?ah=2"}, upstream=_ok)
+    assert ex.client is not None and ex.client.headers is not None
+    pairs = ex.client.headers.pairs()
+    names = [k for k, _ in pairs]
+    assert "connection" not in names and ("keep-alive", "timeout=5") in pairs
+    assert ("server", "envoy") in pairs and names[-1] == "transfer-encoding"
+    assert dict(pairs)[":status"] == "201"
+
+
+def test_runaway_in_a_callout_answer_hangs_the_stream() -> None:
+    """Envoy 1.40 (``/?co=1&lp=cr``): no response, and Envoy never shuts down cleanly."""
+    host = start_plugin(plugin(PROBE), fuel=2_000_000)
+
+    def callout(call: object) -> tuple[dict[str, str], bytes]:
+        return {":status": "200"}, b"ok"
+
+    ex = host.exchange({**REQ, ":path": "/?co=1&lp=cr"}, upstream=_ok, callout_responder=callout)
+    assert ex.hung and ex.client is None

@@ -125,7 +125,9 @@ def run(
     if complete:
         s.complete()
     hosted.clock.observe(hosted.plugin)  # callouts made now start their timeouts now
-    client = s.client if s.client.headers is not None and not s.hung else None
+    # a runaway in a callback outside the stream's (a callout's answer) hangs its worker too
+    hung = s.hung or (s.vm is not None and s.vm.hung is not None)
+    client = s.client if s.client.headers is not None and not hung else None
     if frontend and client is not None and client.headers is not None:
         pairs = fe.client_headers(client.headers.pairs(), len(client.body))
         body = bytearray() if fe.bodiless(pairs, s.head) else client.body
@@ -139,7 +141,7 @@ def run(
         failed=vm.failed,
         reset=s.reset,
         stream=s,
-        hung=s.hung,
+        hung=hung,
     )
 
 

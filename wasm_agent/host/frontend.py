@@ -14,10 +14,9 @@ Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
 - upstream: the router appends ``x-envoy-expected-rq-timeout-ms`` (the route timeout; Envoy's
   default 15 s) to the request headers it forwards (``proxy_on_log`` sees it too);
 - to the client, as HCM encodes any response (upstream's, local or failed): ``date`` appended
-  unless present, ``server: envoy`` (overwriting the plugin's), hop-by-hop headers removed
-  (``connection``, ``upgrade``, ``transfer-encoding``, ``keep-alive``, ``proxy-connection``),
-  and ``connection: close`` when
-  the response starts before the request's end of stream reached HCM (HTTP/1 drains the
+  unless present, ``server: envoy`` (overwriting the plugin's), ``connection`` and
+  ``upgrade`` removed (a plugin's ``keep-alive`` stays), and ``connection: close`` when the
+  response starts before the request's end of stream reached HCM (HTTP/1 drains the
   connection); ``proxy_on_log`` sees them (recorded from Envoy 1.40);
 - to the client: no body for a HEAD request or a 204/304 (``bodiless``), and a local reply
   to HEAD keeps its ``content-length`` but ends at the headers (no body callback);
@@ -37,15 +36,10 @@ from wasm_agent.host.messages import set_header as _set
 Pairs = list[tuple[str, str]]
 SERVICE_TIME = "x-envoy-upstream-service-time"
 EXPECTED_TIMEOUT = b"x-envoy-expected-rq-timeout-ms"
-DEFAULT_ROUTE_TIMEOUT_MS = 15000
-# Removed from every response by HCM (mutateResponseHeaders, not an upgrade)
-HOP_BY_HOP = (
-    b"connection",
-    b"upgrade",
-    b"transfer-encoding",
-    b"keep-alive",
-    b"proxy-connection",
-)  # Envoy's route timeout when the route sets none
+DEFAULT_ROUTE_TIMEOUT_MS = 15000  # Envoy's route timeout when the route sets none
+# Removed from every response by HCM (mutateResponseHeaders, not an upgrade); Envoy 1.40 kept
+# a plugin's keep-alive (hop-by-hop clearing is off by default)
+HOP_BY_HOP = (b"connection", b"upgrade")
 NO_BODY_STATUS = frozenset({204, 304})
 
 

@@ -13,6 +13,8 @@
  *             hs=<header set 0..7>, gs=<grpc status>
  *   pp=<ph>   log the properties in phase rqh/rqb/rsh/rsb/log/cr
  *   ah=1      header ops in both directions (add, replace, remove, duplicates, upper case)
+ *   ah=2      rewrites Envoy treats specially (:path, :authority, x-request-id; response
+ *             :status, content-length removed, server, date, connection, keep-alive)
  *   co=1      an HTTP callout to cluster "callout" from the request headers (pause, resume)
  *   op=1      shared data, a shared queue, metrics (define, increment, record, get)
  *   mo=<ph>   more host calls in phase rqh/rqb/rsh/log: log level, set/get property, pairs,
@@ -358,7 +360,24 @@ static void more_ops(void) {
   log_msg(LOG_INFO, line);
 }
 
+static void headers_ops2(uint32_t map) {
+  if (map == MAP_REQUEST_HEADERS) {
+    replace_header_str(map, ":path", "/rewritten?pp=log");
+    replace_header_str(map, ":authority", "other.test");
+    remove_header(map, "x-request-id");
+    add_header_str(map, "x-forwarded-for", "10.0.0.1");
+  } else {
+    remove_header(map, "content-length");
+    replace_header_str(map, ":status", "201");
+    add_header_str(map, "server", "plugin");
+    add_header_str(map, "date", "plugin-date");
+    add_header_str(map, "connection", "keep-alive");
+    add_header_str(map, "keep-alive", "timeout=5");
+  }
+}
+
 static void headers_ops(uint32_t map) {
+  if (is("ah", "2")) headers_ops2(map);
   if (!is("ah", "1")) return;
   if (map == MAP_REQUEST_HEADERS) {
     add_header_str(map, "x-req-add", "1");
