@@ -126,6 +126,11 @@ PROBE_CASES = [
     _probe("trace_probe_headers", "trace", "/?ah=1&lr=rsh&st=500&bd=b", log_level="trace"),
     _probe("lifecycle_probe_c2_post", "lifecycle", Request("/", body=b"abc"), concurrency=2),
     _probe("lifecycle_probe_c3", "lifecycle", "/?op=1", concurrency=3),
+    # AssemblyScript SDK: a throw logs at critical, calls proc_exit, then traps (no name section:
+    # no backtrace)
+    Case("trace_as_throw_response", "trace", (Request("/throw-response"), Request("/local")),
+         plugin="as/probe", root_id="as_probe", configuration="c", log_level="trace",
+         failure_policy="FAIL_OPEN"),
 ]  # fmt: skip
 
 CASES: dict[str, Case] = {

@@ -125,3 +125,15 @@ def test_runaway_in_a_callout_answer_hangs_the_stream() -> None:
 
     ex = host.exchange({**REQ, ":path": "/?co=1&lp=cr"}, upstream=_ok, callout_responder=callout)
     assert ex.hung and ex.client is None
+
+
+def test_trap_backtrace_only_when_the_module_names_functions() -> None:
+    """Envoy 1.40: an AssemblyScript -O3 module (no name section) traps with the bare
+    ``Function: ... failed`` line; a C module (named functions) adds the in-VM backtrace."""
+    for module, root, path, named in (("as/probe", "as_probe", "/throw", False),
+                                      (PROBE, "", "/?tr=rqh", True)):  # fmt: skip
+        host = start_plugin(plugin(module), root_id=root, plugin_config="c")
+        host.exchange({**REQ, ":path": path}, upstream=_ok)
+        errors = [line.text for line in host.envoy_log_lines() if line.level == "error"]
+        assert len(errors) == 1 and errors[0].startswith("Function: proxy_on_request_headers")
+        assert ("in-VM backtrace" in errors[0]) is named, module

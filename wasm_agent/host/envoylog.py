@@ -4,7 +4,8 @@
   on stream contexts and `` <root id> <vm id>`` on the root context (empty parts left out).
 - A trap: ``Function: <callback> failed: <V8 message>`` at **error** under every failure policy,
   followed by ``Proxy-Wasm plugin in-VM backtrace:`` and one ``  <i>:  0x<offset> - <name>`` line
-  per wasm frame (``unknown(function index:<n>)`` for functions without a name).
+  per wasm frame (``unknown(function index:<n>)`` for functions without a name); no backtrace
+  when the module names no function (no ``name`` section).
 - At trace level, every call across the boundary: ``[host->vm] proxy_on_vm_start(1, 0)``, then
   ``[host<-vm] proxy_on_vm_start return: 1`` (``void`` for no result); host functions as
   ``[vm->host] env.proxy_log(2, 2048, 10)`` / ``[vm<-host] env.proxy_log return: 0``; arguments
@@ -18,6 +19,7 @@ Host notes (what the reference host adds, e.g. "runaway plugin stopped") are nev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,6 +91,43 @@ def _v8_offset(wasm: bytes, offset: int, unreachable: bool) -> int:
     return at if at < len(wasm) and wasm[at] == _UNREACHABLE else offset
 
 
+def _leb(data: bytes, at: int) -> tuple[int, int]:
+    """An unsigned LEB128 at ``at``: (value, the offset after it)."""
+    value = shift = 0
+    while at < len(data):
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value, at
+
+
+@functools.lru_cache(maxsize=64)
+def has_function_names(wasm: bytes) -> bool:
+    """The module's ``name`` section names at least one function. cpp-host prints the in-VM
+    backtrace only then (Envoy 1.40: an AssemblyScript -O3 module, which has none, trapped
+    with the bare ``Function: ... failed`` line)."""
+    at = 8
+    while at < len(wasm):
+        section = wasm[at]
+        size, at = _leb(wasm, at + 1)
+        end = at + size
+        if section == 0:
+            length, name_at = _leb(wasm, at)
+            if wasm[name_at : name_at + length] == b"name":
+                sub = name_at + length
+                while sub < end:
+                    kind, sub = wasm[sub], sub + 1
+                    sub_size, sub = _leb(wasm, sub)
+                    if kind == 1:
+                        return _leb(wasm, sub)[0] > 0
+                    sub += sub_size
+        at = end
+    return False
+
+
 def backtrace(exc: BaseException, wasm: bytes) -> str:
     """``\\nProxy-Wasm plugin in-VM backtrace:`` and the frames, as cpp-host's V8 prints them
     (empty when the failure carries no wasm frames)."""
@@ -98,7 +137,7 @@ def backtrace(exc: BaseException, wasm: bytes) -> str:
         frames = exc.frames
     except Exception:  # a trap without frame info
         return ""
-    if not frames:
+    if not frames or not has_function_names(wasm):
         return ""
     unreachable = exc.trap_code is not None and exc.trap_code.name == "UNREACHABLE"
     lines = ["Proxy-Wasm plugin in-VM backtrace:"]

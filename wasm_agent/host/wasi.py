@@ -147,7 +147,9 @@ def random_get(buf_p: int, buf_len: int) -> int:
 
 @host("proc_exit", "i", "", module="wasi")
 def proc_exit(code: int) -> None:
-    Current.vm.log(LogLevel.TRACE, "wasi_unstable proc_exit", host=True)
+    vm = Current.vm
+    vm.log(LogLevel.TRACE, "wasi_unstable proc_exit", host=True)
+    vm.envoy(LogLevel.TRACE, "wasi_unstable proc_exit")  # Envoy 1.40 logs it at trace
 
 
 @host("path_open", "iiiiiIIii", module="wasi")
