@@ -38,6 +38,7 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 PLUGIN = "wat/golden"
 NAME, ROOT_ID = "golden", "gold"
 NO_RESPONSE = "no response"
+RESET = "reset"  # the connection closed before a complete response
 CLIENT_TIMEOUT = 3.0  # a runaway plugin: no answer within this many seconds
 BASE_HEADERS = (("x-b", "2"), ("x-a", "1"), ("accept", "*/*"))
 DROPPED = frozenset({"date", "server"})
@@ -277,6 +278,8 @@ def _send(port: int, request: Request) -> dict[str, Any]:
         return response_view(response.status, response.getheaders(), response.read())
     except TimeoutError:
         return {"status": NO_RESPONSE, "headers": [], "body": ""}
+    except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError):
+        return {"status": RESET, "headers": [], "body": ""}
     finally:
         connection.close()
 
@@ -383,6 +386,9 @@ def observe_host(case: Case) -> Observed:
         )  # fmt: skip
         hung = hung or ex.hung
         client = ex.client
+        if ex.reset and (client is None or not client.complete):
+            responses.append({"status": RESET, "headers": [], "body": ""})
+            continue
         if client is None or client.headers is None:  # runaway, or a stream left paused
             responses.append({"status": NO_RESPONSE, "headers": [], "body": ""})
             continue

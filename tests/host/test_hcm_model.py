@@ -137,3 +137,40 @@ def test_trap_backtrace_only_when_the_module_names_functions() -> None:
         errors = [line.text for line in host.envoy_log_lines() if line.level == "error"]
         assert len(errors) == 1 and errors[0].startswith("Function: proxy_on_request_headers")
         assert ("in-VM backtrace" in errors[0]) is named, module
+
+
+OPS = "c/stream_ops"
+
+
+def test_a_second_local_reply_changes_nothing() -> None:
+    """Envoy 1.40 (``/local-twice``: 401 "one", then 402 "two"): the client got 401 "one"."""
+    host = start_plugin(plugin(OPS))
+    ex = host.exchange({**REQ, ":path": "/local-twice"}, upstream=_ok)
+    assert ex.client is not None and ex.client.headers is not None
+    assert ex.client.headers.to_dict()[":status"] == "401" and bytes(ex.client.body) == b"one"
+
+
+def test_watermark_holds_data_without_showing_it_again() -> None:
+    """Envoy 1.40 (``/body-watermark``: StopIterationAndWatermark on the 6-byte data frame):
+    the end-of-stream call saw size 0, and the upstream got all 6 bytes."""
+    host = start_plugin(plugin(OPS))
+    seen: list[bytes] = []
+
+    def upstream(received: object) -> tuple[dict[str, str], bytes]:
+        seen.append(bytes(received.body))  # type: ignore[attr-defined]
+        return {":status": "200"}, b""
+
+    host.exchange(
+        {**REQ, ":path": "/body-watermark", ":method": "POST"}, b"abcdef", upstream=upstream
+    )
+    assert [m for m in _messages(host) if m.startswith("rqb")] == ["rqb 6", "rqb 0"]
+    assert seen == [b"abcdef"]
+
+
+def test_close_stream_on_the_request_resets_and_still_logs() -> None:
+    """Envoy 1.40 (``/close-req``): proxy_close_stream answered 0, the client's connection was
+    reset without a response, and proxy_on_log still ran."""
+    host = start_plugin(plugin(OPS))
+    ex = host.exchange({**REQ, ":path": "/close-req"}, upstream=_ok)
+    assert ex.reset and (ex.client is None or not ex.client.complete)
+    assert _messages(host)[-2:] == ["close 0", "log"]

@@ -43,6 +43,7 @@ class _Direction:
         self.paused = False  # headers stopped: later events wait in `pending`
         self.headers_sent = False
         self.buffered: bytearray | None = None  # body kept by StopIterationAndBuffer
+        self.watermark = False  # kept by StopIterationAndWatermark: not shown to the next call
         self.pending_body: bytearray | None = None
         self.pending_end = False
         self.pending_trailers: HeaderMap | None = None
@@ -275,7 +276,11 @@ class HttpStream:
 
     def _call_data(self, d: _Direction, chunk: bytes, end: bool) -> str:
         name, _, buf_id, _ = d.names
-        data = (d.buffered or bytearray()) + chunk
+        # StopIterationAndWatermark holds the data but the next call sees only the new chunk
+        # (Envoy 1.40: 6 bytes held, then the end-of-stream call got size 0; all 6 went on)
+        held = (d.buffered or bytearray()) if d.watermark else bytearray()
+        data = bytearray(chunk) if d.watermark else (d.buffered or bytearray()) + chunk
+        d.watermark = False
         # held here: proxy_continue_stream drops the context's request buffer (as Envoy does)
         # but the chunk, with any change made before, still goes on
         buffer = self.ctx.buffers[buf_id] = Buffer(data, mutable=True)
@@ -292,13 +297,15 @@ class HttpStream:
         if status == abi.DataStatus.CONTINUE:
             d.buffered = None
             self.ctx.buffers.pop(buf_id, None)
-            d.out.body += data
+            d.out.body += held + data
             d.out.complete = end and d.pending_trailers is None
         elif status == abi.DataStatus.STOP_ITERATION_NO_BUFFER:
-            d.buffered = None
+            d.buffered = held or None
+            d.watermark = bool(held)
             self.ctx.buffers.pop(buf_id, None)
         else:
-            d.buffered = data
+            d.buffered = held + data
+            d.watermark = status == abi.DataStatus.STOP_ITERATION_AND_WATERMARK
         return status.name
 
     def _on_trailers(self, d: _Direction, trailers: HeaderMap) -> str:
@@ -337,6 +344,7 @@ class HttpStream:
         if d.buffered is not None:
             d.out.body += d.buffered
             d.buffered = None
+            d.watermark = False
             self.ctx.buffers.pop(d.names[2], None)
 
     def _resume(self, d: _Direction) -> None:
@@ -367,8 +375,8 @@ class HttpStream:
     _lr_through = False
 
     def _local_reply(self, reply: LocalResponse, via_plugin: bool) -> None:
-        if self.done or self.reset:
-            return
+        if self.done or self.reset or self.local_response is not None:
+            return  # Envoy 1.40: a second local reply from the plugin changes nothing
         self.local_response = reply
         self.request.paused = True
         headers = grpc_reply_headers(reply) if self.grpc else local_reply_headers(reply)
