@@ -59,6 +59,7 @@ def _top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wasm-agent",
         description="Distributes Proxy-Wasm extensions to Envoy.",
+        epilog=EXIT_RULE,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

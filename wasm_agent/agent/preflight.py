@@ -3,7 +3,9 @@
 ``proxy`` used to start and say "running" with ``--tls-ca /nonexistent``: the files were read
 only when Envoy first connected. Here every TLS file and the token file are read (and the TLS
 ones parsed) at start-up, and the listen socket's directory must exist; a problem raises
-:class:`~wasm_agent.core.errors.UsageError` naming the flag and the file (exit 2).
+:class:`~wasm_agent.core.errors.UsageError` naming the flag and the file (exit 2). A file at the
+listen path that is not a socket is never removed (exit 2); a live socket there is another
+process's (exit 1); only a stale socket (connect refused) is removed.
 
 The one directory created is the default listen path's (``./etc/istio/proxy``, relative to the
 working directory, as Istio's agent has it): Envoy's bootstrap in Istio expects the socket
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from wasm_agent.core.config import DEFAULT_LISTEN
 from wasm_agent.core.errors import UsageError
+from wasm_agent.core.unix_socket import claim_socket_path
 
 log = logging.getLogger("wasm_agent.proxy")
 
@@ -63,12 +66,15 @@ def check_tls_files(ca: str | None, cert: str | None, key: str | None, token: st
 
 
 def prepare_listen(address: str) -> None:
-    """Check ``--listen unix:PATH``'s directory; create it only for the default path."""
+    """Check ``--listen unix:PATH``'s directory (create it only for the default path) and what is
+    at PATH: only a stale socket is removed (:func:`~wasm_agent.core.unix_socket.claim_socket_path`
+    raises :class:`UsageError`, or :class:`~wasm_agent.core.unix_socket.SocketInUse`)."""
     if not address.startswith("unix:"):
         return
     path = Path(address[len("unix:") :].removeprefix("//")).expanduser()
     parent = path.parent
     if parent.is_dir():
+        claim_socket_path(path, f"--listen {address}")  # exit 2 not a socket, 1 a live one
         return
     if parent.exists() or parent.is_symlink():
         raise UsageError(f"--listen {address}: {parent} is not a directory")

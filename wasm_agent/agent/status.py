@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from wasm_agent.core.listen import listen_error, os_reason
 from wasm_agent.core.metrics import REGISTRY, Registry
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class StatusServer:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--status-address: expected HOST:PORT, got {address!r}")
+        self.address = address
         self.host = host.strip("[]")
         self.port = int(port)
         self.ready = ready
@@ -35,7 +37,12 @@ class StatusServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        """Listen; :class:`~wasm_agent.core.listen.ListenError` naming the flag if it cannot."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as error:
+            reason = os_reason(error)
+            raise listen_error("--status-address", self.address, reason) from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("status server listening", extra={"address": f"{self.host}:{self.port}"})
 

@@ -40,10 +40,7 @@ def load_wasmplugins(path: Path) -> list[PluginSource]:
     """
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ManifestError(f"{path}: cannot read: {error}") from None
+    text = _read_manifest(path)
     loader = yaml.SafeLoader(text)
     plugins: list[PluginSource] = []
     try:
@@ -63,6 +60,22 @@ def load_wasmplugins(path: Path) -> list[PluginSource]:
     if not plugins:
         raise ManifestError(f"{path}: no WasmPlugin resource found")
     return plugins
+
+
+def _read_manifest(path: Path) -> str:
+    """The text of ``-f FILE``; the error names the flag and the file as for the other file
+    flags (``-f FILE: cannot read: no such file``), without a raw errno."""
+    where = f"-f {path}: cannot read"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{where}: is a directory, not a file") from None
+    except OSError as error:
+        raise ManifestError(f"{where}: {(error.strerror or str(error)).lower()}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{where}: not UTF-8 text") from None
 
 
 def plugin_request(

@@ -37,7 +37,7 @@ CACHE_EVICTIONS = REGISTRY.counter(
     "wasm_cache_eviction_count",
     "Files evicted to keep the cache under --cache-max-bytes, by kind (module or compiled).",
     labels=("kind",),
-)
+).preset(kind=("module", "compiled"))
 
 
 class CacheFull(CacheWriteError):

@@ -42,12 +42,24 @@ class Invalid(ValueError):
     """Raised by a parser; ``str(error)`` says what is allowed."""
 
 
+def shown(raw: str) -> str:
+    """``raw`` for an error message, without user-info before an ``@`` (``user:pw@host:port``
+    or ``scheme://user:pw@host``): a mistyped address must not echo a password."""
+    if "@" not in raw:
+        return raw
+    scheme, sep, rest = raw.rpartition("://") if "://" in raw else ("", "", raw)
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "<redacted>@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 class ConfigError(SettingsError):
     """A variable or flag has a value that cannot be used."""
 
     def __init__(self, name: str, value: str, allowed: str) -> None:
         self.name, self.value, self.allowed = name, value, allowed
-        super().__init__(f"{name}: invalid value {value!r}: expected {allowed}")
+        super().__init__(f"{name}: invalid value {shown(value)!r}: expected {allowed}")
 
 
 # -- parsers: text -> value, or Invalid(what is allowed) ------------------------------------
@@ -91,6 +103,18 @@ def size(raw: str) -> int:
     if not number.isdigit() or unit not in _SIZE_UNITS or int(number) == 0:
         raise Invalid("a positive size in bytes such as 67108864, 64Mi or 100M")
     return int(number) * _SIZE_UNITS[unit]
+
+
+def size_at_least(minimum: int, shown: str) -> Parser:
+    """A parser of sizes (as :func:`size`) of at least ``minimum`` bytes (``shown``: 1Mi)."""
+
+    def parse(raw: str) -> int:
+        value = size(raw)
+        if value < minimum:
+            raise Invalid(f"a size of at least {shown} ({minimum} bytes), such as 64Mi")
+        return value
+
+    return parse
 
 
 def parse_duration(raw: str, name: str = "duration") -> float:
@@ -312,8 +336,9 @@ PROXY: tuple[Option, ...] = (
     Option("fetch_failure", "WASM_AGENT_FETCH_FAILURE", choice("nack", "deny"), "nack",
            "fail-closed plugin whose module fails: NACK upstream or deny-all (default nack)",
            "--fetch-failure", "nack|deny"),
-    Option("max_message_size", "WASM_AGENT_MAX_MESSAGE_SIZE", size, DEFAULT_MAX_MESSAGE,
-           "gRPC message size limit on both hops (default 64Mi)", "--max-message-size", "BYTES"),
+    Option("max_message_size", "WASM_AGENT_MAX_MESSAGE_SIZE", size_at_least(1 << 20, "1Mi"),
+           DEFAULT_MAX_MESSAGE, "gRPC message size limit on both hops (default 64Mi, at least "
+           "1Mi)", "--max-message-size", "BYTES"),
     Option("max_streams", "WASM_AGENT_MAX_STREAMS", integer(1), 100,
            "concurrent Envoy ADS streams accepted (default 100)", "--max-streams", "N"),
     VERIFY_POLICY,
@@ -369,7 +394,9 @@ def _flag_type(option: Option) -> Callable[[str], Any]:
         try:
             return option.parse(raw)
         except Invalid as error:
-            raise argparse.ArgumentTypeError(f"invalid value {raw!r}: expected {error}") from None
+            raise argparse.ArgumentTypeError(
+                f"invalid value {shown(raw)!r}: expected {error}"
+            ) from None
 
     convert.__name__ = option.field  # argparse names the type in some messages
     return convert

@@ -8,6 +8,7 @@ All names get the ``istio_agent_`` prefix (Istio's agent metric names).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -61,6 +62,16 @@ class Counter(_Metric):
         self._values: dict[LabelValues, float] = {}
         if not self.label_names:  # exported as 0 before its first event, as Prometheus expects
             self._values[()] = 0.0
+
+    def preset(self, **choices: Iterable[str]) -> Counter:
+        """Export every combination of the known label values at 0 before its first event
+        (``kind=("module", "compiled")``), so ``/metrics`` shows the series from the start."""
+        if set(choices) != set(self.label_names):
+            raise ValueError(f"{self.name}: preset {sorted(choices)} != {list(self.label_names)}")
+        columns = [tuple(str(v) for v in choices[name]) for name in self.label_names]
+        for key in itertools.product(*columns):
+            self._values.setdefault(key, 0.0)
+        return self
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels)

@@ -75,6 +75,9 @@ class Reason(enum.StrEnum):
     INVALID_LOG_PROOF = "invalid_log_proof"
 
 
+SIGNATURE_VERIFICATIONS.preset(result=("success", "error", *Reason))  # at 0 from the start
+
+
 _WORDS = {
     Reason.NO_RULE: "no verify-policy rule",
     Reason.NO_SIGNATURE: "no signature",

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 REMOTE_FETCH_COUNT = REGISTRY.counter(
     "wasm_remote_fetch_count", "Wasm module remote fetches, by result.", labels=("result",)
-)
+).preset(  # Istio's closed set of results, at 0 from the start
+    result=("success", "download_failure", "manifest_failure", "checksum_mismatched",
+            "fetch_failure")
+)  # fmt: skip
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PATH_PREFIXES = ("/", "./", "../", "~")

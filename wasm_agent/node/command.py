@@ -18,8 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from wasm_agent.core import config
+from wasm_agent.core.errors import UsageError
 from wasm_agent.core.logs import setup_logging
-from wasm_agent.core.settings import SettingsError, cache_settings_from_env, parse_duration
+from wasm_agent.core.paths import existing_directory, flag_name
+from wasm_agent.core.settings import cache_settings_from_env, parse_duration
+from wasm_agent.core.unix_socket import SocketInUse, claim_socket_path
 from wasm_agent.fetch.trust_policy import fetch_settings_from_env
 from wasm_agent.node.run import serve
 from wasm_agent.node.settings import (
@@ -45,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", metavar="DIR", help="node cache (default $WASM_AGENT_CACHE_DIR)"
     )
-    # --cache-max-bytes and --fetch-backoff, as proxy's
-    config.add_flags(parser, (config.CACHE_MAX_BYTES, config.FETCH_BACKOFF), env)
+    # --cache-max-bytes, --fetch-backoff and the registry flags, the same rows as proxy's
+    config.add_flags(parser, (config.CACHE_MAX_BYTES, config.FETCH_BACKOFF, *config.REGISTRY), env)
     parser.add_argument(
         "--status-address", metavar="HOST:PORT", help="serve /healthz/ready and /metrics"
     )
@@ -91,7 +94,12 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
             max_bytes=args.cache_max_bytes,
             fetch_backoff=args.fetch_backoff,
         ),
-        fetch=fetch_settings_from_env(verify_policy=args.verify_policy),
+        fetch=replace(  # the flags win over the variables, as for proxy
+            fetch_settings_from_env(verify_policy=args.verify_policy),
+            registry_config_dir=Path(hosts) if (hosts := args.registry_config_dir) else None,
+            credential_helper_ttl=args.credential_helper_ttl,
+            credential_helper_timeout=args.credential_helper_timeout,
+        ),
         status_address=args.status_address,
         node_id=args.node_id,
         pods_dir=Path(os.path.normpath(args.kubelet_pods_dir)),
@@ -100,17 +108,46 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
     )
 
 
+def check_paths(settings: NodeSettings, args: argparse.Namespace) -> None:
+    """Start-up checks of the paths the flags name (before anything listens or is written).
+
+    ``--kubelet-pods-dir``, ``--registry-config-dir`` and the CSI endpoint's directory must be
+    existing directories (:class:`UsageError`, exit 2; the endpoint's directory is not created:
+    in a DaemonSet it is the mounted plugin directory). At the endpoint path itself only a stale
+    socket is removed (:func:`~wasm_agent.core.unix_socket.claim_socket_path`).
+    """
+    existing_directory("--kubelet-pods-dir", settings.pods_dir)
+    if settings.fetch.registry_config_dir is not None:
+        variable = "WASM_AGENT_REGISTRY_CONFIG_DIR"
+        hosts = settings.fetch.registry_config_dir
+        name = flag_name("--registry-config-dir", variable, hosts, os.environ.get(variable))
+        existing_directory(name, hosts)
+    flag = f"--csi-endpoint {args.csi_endpoint}"
+    parent = settings.csi_socket.parent
+    if not parent.is_dir():
+        missing = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"{flag}: directory {parent} {missing} (create it, or choose another)")
+    claim_socket_path(settings.csi_socket, flag)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the node service until SIGTERM/SIGINT."""
     setup_logging(args.log_level)
     try:
         settings = settings_from_args(args)
-    except (NodeSettingsError, SettingsError) as error:
+        check_paths(settings, args)
+    except (NodeSettingsError, UsageError) as error:
         print(f"wasm-agent node: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except SocketInUse as error:
+        print(f"wasm-agent node: {error}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     try:
         asyncio.run(serve(settings))
-    except OSError as error:
+    except UsageError as error:  # the endpoint changed since check_paths
+        print(f"wasm-agent node: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except (OSError, SocketInUse) as error:  # bind failures name the flag (core/listen.py)
         log.error("node service failed", extra={"error": str(error)})
         return EXIT_FAILED
     return EXIT_OK

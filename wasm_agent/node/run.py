@@ -10,6 +10,8 @@ import signal
 
 import grpc
 
+from wasm_agent.core.listen import listen_error, os_reason
+from wasm_agent.core.unix_socket import claim_socket_path
 from wasm_agent.node.csi import add_services
 from wasm_agent.node.service import NodeService
 from wasm_agent.node.settings import NodeSettings
@@ -34,17 +36,23 @@ class NodePlugin:
 
     async def start(self) -> None:
         """Restore views, listen on the CSI socket (and the status address)."""
-        if self.settings.status_address:
-            self.status = NodeStatusServer(self.settings.status_address, self.ready)
-            await self.status.start()
+        if address := self.settings.status_address:
+            self.status = NodeStatusServer(address, self.ready)
+            try:
+                await self.status.start()
+            except OSError as error:
+                raise listen_error("--status-address", address, os_reason(error)) from None
         await self.service.start()
         socket_path = self.settings.csi_socket
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
-        socket_path.unlink(missing_ok=True)
+        flag = f"--csi-endpoint unix:{socket_path}"
+        claim_socket_path(socket_path, flag)  # only a stale socket is removed; no parents made
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 20)])
         add_services(self.server, self.service, self.ready)
         with short_path(socket_path) as name:
-            self.server.add_insecure_port(f"unix:{name}")
+            try:
+                self.server.add_insecure_port(f"unix:{name}")
+            except RuntimeError:  # gRPC does not say why
+                raise listen_error("--csi-endpoint", f"unix:{socket_path}", "cannot bind") from None
             await self.server.start()
         os.chmod(socket_path, 0o600)  # kubelet (root) only: pods never reach the CSI API
         self._ready = True

@@ -5,30 +5,23 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-MAX_PATH = 100  # leave room below sun_path's 108 bytes
+from wasm_agent.core.errors import WasmAgentError
+from wasm_agent.core.unix_socket import MAX_PATH, claim_socket_path, short_path
 
-
-@contextmanager
-def short_path(path: Path) -> Iterator[str]:
-    """A path naming the same socket that fits in ``sun_path``; valid inside the block."""
-    text = str(path)
-    if len(text.encode()) <= MAX_PATH:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
+__all__ = ["MAX_PATH", "bind_unix", "connect_unix", "short_path"]
 
 
 def bind_unix(path: Path, mode: int = 0o666) -> socket.socket:
-    """A listening Unix stream socket at ``path`` (a stale file there is replaced)."""
-    path.unlink(missing_ok=True)
+    """A listening Unix stream socket at ``path``; only a stale socket there is replaced.
+
+    Anything else at ``path`` (a file, a live socket) raises :class:`FileExistsError`.
+    """
+    try:
+        claim_socket_path(path, "node socket")
+    except WasmAgentError as error:
+        raise FileExistsError(str(error)) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with short_path(path) as name:

@@ -32,6 +32,7 @@ from wasm_agent.core.logs import redact_url
 from wasm_agent.fetch.errors import FetchError
 from wasm_agent.fetch.model import normalize_sha256
 from wasm_agent.xds import rbac
+from wasm_agent.xds.metrics import WASM_CONVERSION_COUNT
 from wasm_agent.xds.typedstruct import StructError, unwrap_typed_struct
 from wasm_agent.xds.types import HTTP_WASM_TYPE, NETWORK_WASM_TYPE, type_name
 
@@ -84,6 +85,9 @@ class Result(enum.StrEnum):
     UNMARSHAL_FAILURE = "unmarshal_failure"
     FETCH_FAILURE = "fetch_failure"
     MISS_REMOTE_FETCH_HINT = "miss_remote_fetch_hint"
+
+
+WASM_CONVERSION_COUNT.preset(result=tuple(Result))  # every result at 0 from the start
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import TypeAlias
 import grpc
 import grpc.aio
 
+from wasm_agent.core.listen import listen_error, tcp_bind_problem, unix_bind_problem
+from wasm_agent.core.unix_socket import claim_socket_path
 from wasm_agent.xds.ecds import Converter
 from wasm_agent.xds.streams import ProxyStream
 from wasm_agent.xds.types import Flavour
@@ -47,6 +49,23 @@ def grpc_listen_address(address: str) -> tuple[str, Path | None]:
     return address, None
 
 
+def _bind_problem(address: str) -> str | None:
+    """Why ``address`` (a grpc bind address, ``unix:PATH`` or HOST:PORT) cannot be bound."""
+    if address.startswith("unix:"):
+        return unix_bind_problem(address[len("unix:") :])
+    host, _, port = address.rpartition(":")
+    return tcp_bind_problem(host, int(port))
+
+
+def _remove_own_socket(path: Path, inode: int) -> None:
+    """Unlink ``path`` if it is still the socket this proxy bound (not a successor's)."""
+    try:
+        if os.lstat(path).st_ino == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 class XdsProxy:
     """Serves Envoy's ADS streams, each joined to its own upstream stream to istiod."""
 
@@ -61,6 +80,7 @@ class XdsProxy:
         self.server: grpc.aio.Server | None = None
         self.bound_port = 0
         self._socket_path: Path | None = None
+        self._socket_inode = 0
         self.draining = False
         self.refused = 0
 
@@ -92,11 +112,10 @@ class XdsProxy:
     async def start(self) -> None:
         """Bind the listen address and start serving."""
         address, path = grpc_listen_address(self.listen.address)
+        flag = f"--listen {self.listen.address}"
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() or path.is_symlink():
-                path.unlink()  # a stale socket from an earlier run
-            self._socket_path = path
+            claim_socket_path(path, flag)  # only a stale socket is removed (core/unix_socket.py)
         self.server = grpc.aio.server(options=self._server_options())
         handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(self._sotw),
@@ -105,12 +124,18 @@ class XdsProxy:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
         )
-        self.bound_port = self.server.add_insecure_port(address)
+        if problem := _bind_problem(address):  # gRPC would say only "Failed to bind"
+            raise listen_error("--listen", self.listen.address, problem)
+        try:
+            self.bound_port = self.server.add_insecure_port(address)
+        except RuntimeError:  # taken between the check and now
+            raise listen_error("--listen", self.listen.address, "cannot bind") from None
         if path is None and self.bound_port == 0:
-            raise OSError(f"cannot listen on {self.listen.address}")
+            raise listen_error("--listen", self.listen.address, "cannot bind")
         await self.server.start()
         if path is not None:
             os.chmod(path, 0o660)
+            self._socket_path, self._socket_inode = path, os.lstat(path).st_ino
         log.info("xDS proxy listening", extra={"address": self.listen.address})
 
     async def _sotw(self, requests: AsyncIterator[bytes], context: Context) -> None:
@@ -155,5 +180,5 @@ class XdsProxy:
             await self.server.stop(grace=max(0.0, deadline - loop.time()))
         await self.upstream.close()
         if self._socket_path is not None:
-            self._socket_path.unlink(missing_ok=True)
+            _remove_own_socket(self._socket_path, self._socket_inode)
         log.info("xDS proxy stopped")

@@ -53,19 +53,21 @@ def run(args: argparse.Namespace) -> int:
             headers=config.xds_headers(os.environ),
             max_message_size=args.max_message_size,
         )
-    except UpstreamError as error:
-        raise UsageError(str(error)) from None
+    except UpstreamError as error:  # never echo user-info of the address (a password)
+        address = args.discovery_address
+        raise UsageError(str(error).replace(address, config.shown(address))) from None
     from wasm_agent.agent.preflight import check_tls_files, prepare_listen
+    from wasm_agent.core.unix_socket import SocketInUse
 
     check_tls_files(args.tls_ca, args.tls_cert, args.tls_key, args.token_file)  # exit 2 if bad
-    prepare_listen(args.listen)
     try:
+        prepare_listen(args.listen)  # exit 2: not a socket at the path; 1: a live socket
         return asyncio.run(_serve(args, upstream))
     except UsageError:
         raise
     except ValueError as error:  # settings the proxy parts refuse (they name the setting)
         raise UsageError(str(error)) from None
-    except OSError as error:
+    except (OSError, SocketInUse) as error:  # bind failures name the flag (core/listen.py)
         print(f"wasm-agent proxy: {error}", file=sys.stderr)
         return 1
 

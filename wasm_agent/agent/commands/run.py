@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     settings = None
-    if args.verify_policy:  # a policy named is read (exit 2 if unusable) even for a local file
+    # a policy or a registry hosts directory named is checked (exit 2) even for a local file
+    if args.verify_policy or getattr(args, "registry_config_dir", None):
         from wasm_agent.agent.fetch_settings import fetch_settings_from_env
 
         settings = fetch_settings_from_env(verify_policy=args.verify_policy, flags=args)
