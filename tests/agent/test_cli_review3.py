@@ -45,6 +45,10 @@ def test_timeout_takes_durations_and_refuses_non_finite(tmp_path: Path) -> None:
             bad = agent(command, "./m.wasm", "--timeout", value, *cache, cwd=tmp_path)
             assert bad.returncode == 2, (command, value, bad.stderr)
             assert "--timeout" in bad.stderr, (command, value, bad.stderr)
+    for value in ("nan", "inf", "0", "soon"):  # demo's step deadline: the same syntax
+        bad = agent("demo", "--timeout", value, cwd=tmp_path)
+        assert bad.returncode == 2, (value, bad.stderr)
+        assert "--timeout" in bad.stderr, (value, bad.stderr)
 
 
 def test_missing_files_and_directories_name_the_flag(tmp_path: Path) -> None:

@@ -23,12 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave everything running after the story and print how to curl it (Ctrl-C stops)",
     )
+    from wasm_agent.agent.fetch_settings import fetch_timeout  # the one duration syntax
+
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=fetch_timeout,
         default=30.0,
-        metavar="SECONDS",
-        help="how long each step may wait (default 30)",
+        metavar="DURATION",
+        help="how long each step may wait: 30s, 2m or bare seconds (default 30s)",
     )
     config.add_flags(parser, (config.ENVOY,), os.environ)  # --envoy [env WASM_AGENT_ENVOY]
     parser.add_argument(
