@@ -198,10 +198,11 @@ async def test_pull_through_mirror_serves_and_caches(
     url = upstream.oci_url(repo, "v1")
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module
+    # The mirror stores the blob with a GET of its own after streaming it to us: count the
+    # upstream's blob GETs once it has (a second fetch before that would go upstream too).
+    await asyncio.to_thread(mirror.wait_for_blob, repo, "sha256:" + sha256_hex(module))
     upstream_blob_gets = upstream.count_blob_gets(repo)
     assert upstream_blob_gets >= 1  # the mirror filled its cache from the upstream
-    # it stores the blob after streaming it to us: a second fetch before that goes upstream
-    await asyncio.to_thread(mirror.wait_for_blob, repo, "sha256:" + sha256_hex(module))
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module
     assert upstream.count_blob_gets(repo) == upstream_blob_gets  # served from the mirror's cache
@@ -248,11 +249,12 @@ async def test_tampered_mirror_is_caught_and_the_upstream_used(
     settings = settings_for(tmp_path)
     url = upstream.oci_url(repo, "v1")
     await fetch_oci(FetchRequest(url), settings)  # the mirror now caches the blob
-    upstream_blob_gets = upstream.count_blob_gets(repo)
     layer = "sha256:" + sha256_hex(module)
+    # stored with a GET of its own after streaming it to us: count once that is done
+    await asyncio.to_thread(mirror.wait_for_blob, repo, layer)
+    upstream_blob_gets = upstream.count_blob_gets(repo)
     evil = bytearray(module)
     evil[-1] ^= 0xFF
-    await asyncio.to_thread(mirror.wait_for_blob, repo, layer)  # stored after streaming it
     mirror.tamper_blob(layer, bytes(evil))
     got = await fetch_oci(FetchRequest(url, sha256=digest), settings)
     assert got.data == module
