@@ -97,7 +97,7 @@ class ModServer:
     # lifecycle
     def start(self) -> ModServer:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(30)
         return self
 
     def stop(self) -> None:
@@ -109,7 +109,7 @@ class ModServer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()
@@ -177,7 +177,7 @@ class ModServer:
             self.server.counts.clear()
             self.server.requests.clear()
 
-        asyncio.run_coroutine_threadsafe(clear(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(clear(), self._loop).result(30)
 
 
 async def _respond(route: Route, request: Request, writer: asyncio.StreamWriter) -> None:
