@@ -371,7 +371,7 @@ def observe_host(case: Case) -> Observed:
         vm_id=NAME, root_id=case.root_id, plugin_name=NAME,
         log_level=harness.LogLevel[case.log_level.upper()],
         concurrency=case.concurrency, route_timeout_ms=10000,  # the recorded route's timeout
-        clusters={"upstream", "callout"},  # the recorded bootstrap's
+        clusters={"upstream", "callout"}, virtual_host_name="all",  # the recorded bootstrap's
     )  # fmt: skip
     responses = []
     hung = False

@@ -174,3 +174,42 @@ def test_close_stream_on_the_request_resets_and_still_logs() -> None:
     ex = host.exchange({**REQ, ":path": "/close-req"}, upstream=_ok)
     assert ex.reset and (ex.client is None or not ex.client.complete)
     assert _messages(host)[-2:] == ["close 0", "log"]
+
+
+PROPS2 = "c/props2"
+
+
+def _read(paths: list[str], phase: str) -> dict[str, str]:
+    host = start_plugin(plugin(PROPS2), virtual_host_name="all")
+    query = "&".join(f"p={p}" for p in paths)
+    host.exchange({**REQ, ":path": f"/?ph={phase}&{query}"}, upstream=_ok)
+    out = {}
+    for message in _messages(host):
+        name, _, rest = message.partition(" rc=")
+        out[name] = rest.split(" ", 1)[0]
+    return out
+
+
+def test_property_statuses_recorded_from_envoy() -> None:
+    """Envoy 1.40 (``c/props2``, bootstrap without metadata): whole attribute maps and
+    ``filter_state`` are SERIALIZATION_FAILURE (3), a path below a leaf is NOT_FOUND, the xds
+    names and metadata are found (empty), upstream counts exist in every phase, the upstream
+    host's metadata fails to serialize once there is one."""
+    maps = ["source", "request", "response", "connection", "upstream", "xds", "filter_state"]
+    found = ["metadata", "xds.listener_direction", "xds.listener_metadata", "xds.route_metadata",
+             "xds.filter_chain_name", "xds.virtual_host_name", "upstream.num_endpoints",
+             "upstream.request_attempt_count"]  # fmt: skip
+    missing = ["source.address.x", "request.time.x", "node", "upstream.local_address"]
+    early = _read([*maps, *found, *missing, "xds.upstream_host_metadata"], "rqh")
+    assert {p: early[p] for p in maps} == dict.fromkeys(maps, "3")
+    assert {p: early[p] for p in found} == dict.fromkeys(found, "0")
+    assert {p: early[p] for p in missing} == dict.fromkeys(missing, "1")
+    assert early["xds.upstream_host_metadata"] == "1"
+    late_paths = ["upstream.local_address", "upstream.locality", "xds.upstream_host_metadata",
+                  "response.backend_latency", "upstream.cx_pool_ready_duration"]  # fmt: skip
+    late = _read(late_paths, "log")
+    assert late == {
+        "upstream.local_address": "0", "upstream.locality": "0",
+        "xds.upstream_host_metadata": "3", "response.backend_latency": "0",
+        "upstream.cx_pool_ready_duration": "0",
+    }  # fmt: skip

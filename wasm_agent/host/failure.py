@@ -59,6 +59,7 @@ class Plugin:
         }
         self.cluster_name = "upstream"  # xds.cluster_name
         self.route_name = ""  # xds.route_name
+        self.virtual_host_name = ""  # xds.virtual_host_name
         self.route_timeout_ms = DEFAULT_ROUTE_TIMEOUT_MS  # x-envoy-expected-rq-timeout-ms
         if concurrency < 0:
             raise ValueError(f"concurrency must be 0 (one VM) or more, got {concurrency}")

@@ -140,6 +140,7 @@ def start_plugin(
     upstream_address: str | None = None,
     cluster_name: str | None = None,
     route_name: str | None = None,
+    virtual_host_name: str | None = None,
     route_timeout_ms: int | None = None,
     allowed_capabilities: Iterable[str] | None = None,
 ) -> HostedPlugin:
@@ -156,11 +157,11 @@ def start_plugin(
     (default: when ``log_level`` is TRACE).
 
     ``source_address``/``destination_address``/``upstream_address`` (``"ip:port"``),
-    ``cluster_name`` and ``route_name`` set what ``source.*``, ``destination.*``, ``upstream.*``,
-    ``xds.cluster_name`` and ``xds.route_name`` answer (``route_timeout_ms``: the route's
-    timeout, which the front-end model's router sends as ``x-envoy-expected-rq-timeout-ms``;
-    Envoy's default 15000, 0 for none), keeping Envoy's per-phase availability
-    (``upstream.*`` only once the request went upstream), unlike raw ``properties=``.
+    ``cluster_name``, ``route_name`` and ``virtual_host_name`` set what ``source.*``,
+    ``destination.*``, ``upstream.*`` and ``xds.*`` answer, keeping Envoy's per-phase
+    availability (``upstream.*`` only once the request went upstream), unlike raw
+    ``properties=``. ``route_timeout_ms``: the route's timeout, which the front-end model's
+    router sends as ``x-envoy-expected-rq-timeout-ms`` (Envoy's default 15000; 0: none).
 
     ``allowed_capabilities``: Envoy's ``capability_restriction_config`` (host functions and
     callbacks by name, e.g. ``proxy_log``, ``proxy_on_request_headers``): a call to another host
@@ -199,6 +200,8 @@ def start_plugin(
         plugin.cluster_name = cluster_name
     if route_name is not None:
         plugin.route_name = route_name
+    if virtual_host_name is not None:
+        plugin.virtual_host_name = virtual_host_name
     if route_timeout_ms is not None:
         plugin.route_timeout_ms = route_timeout_ms
     hosted = HostedPlugin(plugin, clock)

@@ -16,7 +16,7 @@ from typing import Any
 
 from wasm_agent.host.abi import Status
 from wasm_agent.host.hostfn import Current, VmLike, host
-from wasm_agent.host.streaminfo import ENVOY_NODE
+from wasm_agent.host.streaminfo import ENVOY_NODE, Unserializable
 
 KNOWN_TOKENS = frozenset(
     b"metadata request response connection upstream node source destination listener_direction "
@@ -76,7 +76,10 @@ def get_property(path_ptr: int, path_size: int, value_pp: int, size_p: int) -> i
     path = vm.memory.read(path_ptr, path_size)
     if path is None:
         return Status.INVALID_MEMORY_ACCESS
-    value = resolve(vm, path)
+    try:
+        value = resolve(vm, path)
+    except Unserializable:
+        return Status.SERIALIZATION_FAILURE
     if value is None:
         return Status.NOT_FOUND
     return (

@@ -40,15 +40,51 @@ def _int(value: int) -> bytes:
     return _I64.pack(value)
 
 
+class Unserializable(Exception):
+    """A property Envoy finds but cannot serialize: SERIALIZATION_FAILURE (3)."""
+
+
+# Envoy 1.40 (bootstrap without metadata): found in every HTTP phase.
+_XDS_ALWAYS = {
+    b"listener_direction": _int(0),
+    b"listener_metadata": b"",
+    b"route_metadata": b"",
+    b"cluster_metadata": b"",
+    b"filter_chain_name": b"",
+}
+
+
+def _upstream(stream: Any, tail: bytes) -> bytes | None:
+    """``upstream.*``: counts always; the rest once the router chose the host."""
+    if tail == b"num_endpoints":
+        return _int(1)
+    if tail == b"request_attempt_count":
+        return _int(1 if stream.upstream_known else 0)
+    if not stream.upstream_known:
+        return None
+    addr, port = stream.plugin.connection["upstream"]
+    local, local_port = stream.plugin.connection.get("upstream_local", ("127.0.0.1", 50001))
+    responded = getattr(stream, "response", None) is not None and stream.response.headers
+    values = {
+        b"address": f"{addr}:{port}".encode(),
+        b"port": _int(port),
+        b"local_address": f"{local}:{local_port}".encode(),
+        b"transport_failure_reason": b"",
+        b"locality": b"",
+        b"cx_pool_ready_duration": _int(250_000) if responded else None,
+    }
+    return values.get(tail)
+
+
 def connection_property(stream: Any, path: bytes) -> bytes | None:
-    """Attributes shared by HTTP streams and TCP connections."""
+    """Attributes shared by HTTP streams and TCP connections (raises ``Unserializable``)."""
     props = stream.plugin.connection
     parts = path.split(b"\0")
     head, tail = parts[0], parts[1] if len(parts) > 1 else b""
-    if head in (b"source", b"destination") or (head == b"upstream" and stream.upstream_known):
+    if head == b"upstream":
+        return _upstream(stream, tail)
+    if head in (b"source", b"destination"):
         addr, port = props[head.decode()]
-        if head == b"upstream" and tail == b"transport_failure_reason":
-            return b""
         if tail == b"address":
             return f"{addr}:{port}".encode()
         return _int(port) if tail == b"port" else None
@@ -56,20 +92,44 @@ def connection_property(stream: Any, path: bytes) -> bytes | None:
         return _int(stream.connection_id)
     if head == b"connection":
         return {b"mtls": b"\x00", b"requested_server_name": b""}.get(tail)
-    if head == b"xds" and tail == b"node":
-        return ENVOY_NODE
+    if path == b"metadata":  # the stream's dynamic metadata (empty)
+        return b""
+    if path == b"filter_state":
+        raise Unserializable(path)
     if head == b"xds":
-        return {
-            b"cluster_name": stream.plugin.cluster_name.encode(),
-            b"route_name": stream.plugin.route_name.encode(),
-        }.get(tail, b"" if tail == b"cluster_metadata" else None)
+        return _xds(stream, tail)
     return None
 
 
+def _xds(stream: Any, tail: bytes) -> bytes | None:
+    if tail == b"node":
+        return ENVOY_NODE
+    if tail == b"upstream_host_metadata" and stream.upstream_known:
+        raise Unserializable(tail)
+    names = {
+        b"cluster_name": stream.plugin.cluster_name.encode(),
+        b"route_name": stream.plugin.route_name.encode(),
+        b"virtual_host_name": stream.plugin.virtual_host_name.encode(),
+    }
+    return names.get(tail, _XDS_ALWAYS.get(tail))
+
+
+# A whole attribute map: Envoy finds it but cannot serialize it (Envoy 1.40: status 3).
+_MAPS = frozenset({b"request", b"response", b"source", b"destination", b"connection",
+                   b"upstream", b"xds"})  # fmt: skip
+
+
 def http_property(stream: Any, path: bytes) -> bytes | None:
-    """HTTP ``request.*`` and ``response.*`` attributes, then the connection's."""
+    """HTTP ``request.*`` and ``response.*`` attributes, then the connection's (raises
+    ``Unserializable`` for a whole attribute map). A path below a leaf (``source.address.x``)
+    is NOT_FOUND; only ``request.headers.<name>`` and ``response.headers``/``trailers.<name>``
+    go three deep."""
     parts = path.split(b"\0")
     head = parts[0]
+    if len(parts) == 1 and head in _MAPS:
+        raise Unserializable(path)
+    if len(parts) > 3 or (len(parts) == 3 and parts[1] not in (b"headers", b"trailers")):
+        return None
     if head == b"request":
         return _request(stream, parts[1:]) if len(parts) > 1 else None
     if head == b"response":
@@ -121,6 +181,10 @@ def _response(stream: Any, rest: list[bytes]) -> bytes | None:
     name = rest[0]
     if name == b"flags":
         return _int(0)
+    if name == b"backend_latency":  # set once the upstream answered; read in on_log
+        in_log = stream.ctx is not None and stream.ctx.log_phase
+        answered = stream.upstream_known and stream.response.headers is not None
+        return _int(1_000_000) if in_log and answered else None
     size = len(stream.response.out.body)
     if name == b"size":
         return _int(size)
