@@ -87,7 +87,21 @@ def _reqs(*paths: str) -> tuple[Request, ...]:
 
 PROPS_HEADERS = (*BASE_HEADERS, ("x-dup", "1"), ("X-Mixed", "M"), ("x-dup", "2"))
 GRPC_HEADERS = (*BASE_HEADERS, ("content-type", "application/grpc"))
-PROBE = "c/probe"  # tests/plugins/c/probe.c: driven by the query string and the configuration
+PROBE = "c/probe"
+# c/props2: property paths read in one phase (values that change run to run left out)
+PROPS2_QUERY = "/?ph={}" + "".join(
+    f"&p={name}"
+    for name in (
+        "metadata filter_state source request response connection upstream xds node "
+        "xds.listener_direction xds.listener_metadata xds.route_metadata xds.cluster_metadata "
+        "xds.upstream_host_metadata xds.filter_chain_name xds.virtual_host_name "
+        "upstream.request_attempt_count upstream.num_endpoints upstream.local_address "
+        "upstream.locality upstream.tls_version connection.tls_version connection.mtls "
+        "connection.requested_server_name source.address.x request.headers.x-dup "
+        "request.headers.X-Mixed request.headers.:path request.useragent response.code_details "
+        "response.headers.x-upstream response.trailers.x cluster_metadata listener_direction"
+    ).split()
+)  # tests/plugins/c/probe.c: driven by the query string and the configuration
 
 
 def _probe(name: str, kind: str, *requests: Request | str, **options: Any) -> Case:
@@ -104,7 +118,6 @@ PROBE_CASES = [
     _probe("trap_probe_log", "trap", "/?tr=log", "/", log_level="debug"),  # debug: c1 only
     _probe("trap_probe_callout_response", "trap", "/?co=1&tr=cr", "/"),
     _probe("trap_probe_tick", "trap", Request("/", wait=0.6), configuration="tick,trap:tick"),
-    _probe("trap_probe_grpc", "trap", Request("/?tr=rqh", GRPC_HEADERS)),
     _probe("trap_probe_null_function", "trap", "/?tr=rqh&tk=null", "/",
            failure_policy="FAIL_OPEN"),
     _probe("props_probe_phases", "properties", "/x?pp=rqh&a=1", "/x?pp=rsh",
@@ -114,7 +127,8 @@ PROBE_CASES = [
     _probe("local_probe_grpc", "local_reply",
            Request("/?lr=rqh&st=403&hs=0&bd=denied&pp=rsh", GRPC_HEADERS),
            Request("/?lr=rsh&st=500&hs=1&bd=x", GRPC_HEADERS),
-           Request("/?lr=rqh&st=403&hs=6&gs=3&bd=a%25b", GRPC_HEADERS)),
+           Request("/?lr=rqh&st=403&hs=6&gs=3&bd=a%25b", GRPC_HEADERS),
+           Request("/?tr=rqh", GRPC_HEADERS), Request("/", GRPC_HEADERS)),  # a trap, then failed
     _probe("local_probe_headers", "local_reply", "/?lr=rqh&st=304&hs=5&pp=rsh",
            "/?lr=rsb&st=503&bd=down&hs=2", "/?lr=rqh&st=302&hs=7",
            "/?lr=rqh&st=503&bd=down&hs=2", "/?lr=rqh&st=204&bd=abc&hs=0",
@@ -123,10 +137,13 @@ PROBE_CASES = [
            Request("/?lr=rqb&st=401&hs=1&bd=no", body=b"abc"), "/?co=1&lr=cr&st=401&bd=x&hs=1"),
     _probe("runaway_probe_log", "runaway", "/?lp=log"),
     _probe("runaway_probe_done_c2", "runaway", "/?lp=done", concurrency=2),
-    _probe("trace_probe_ops", "trace", "/?op=1&co=1&mo=rqh", log_level="trace"),
-    _probe("trace_probe_headers", "trace", "/?ah=1&lr=rsh&st=500&bd=b", log_level="trace"),
+    _probe("trace_probe_ops", "trace", "/?op=1&co=1&mo=rqh", "/?ah=1&lr=rsh&st=500&bd=b",
+           log_level="trace"),
     _probe("lifecycle_probe_c2_post", "lifecycle", Request("/", body=b"abc"), concurrency=2),
     _probe("lifecycle_probe_c3", "lifecycle", "/?op=1", concurrency=3),
+    Case("props_props2_statuses", "properties",
+         (Request(PROPS2_QUERY.format("rqh"), PROPS_HEADERS),
+          Request(PROPS2_QUERY.format("log"), PROPS_HEADERS)), plugin="c/props2"),
     # AssemblyScript SDK: a throw logs at critical, calls proc_exit, then traps (no name section:
     # no backtrace)
     Case("trace_as_throw_response", "trace", (Request("/throw-response"), Request("/local")),
