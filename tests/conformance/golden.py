@@ -395,7 +395,7 @@ def observe_host(case: Case) -> Observed:
     for request in case.requests:
         host.advance(request.wait)
         ex = host.exchange(
-            [(":authority", HOST), (":path", request.path),
+            [("host", HOST), (":path", request.path),
              (":method", request.method or ("POST" if request.body else "GET")),
              *((k.lower(), v) for k, v in request.headers)],
             request.body,

@@ -213,3 +213,24 @@ def test_property_statuses_recorded_from_envoy() -> None:
         "xds.upstream_host_metadata": "3", "response.backend_latency": "0",
         "upstream.cx_pool_ready_duration": "0",
     }  # fmt: skip
+
+
+def test_request_headers_hcm_drops_or_rewrites() -> None:
+    """Envoy 1.40 (``c/probe``, ``/?pp=rqh``/``pp=log`` with these client headers): connection,
+    keep-alive, proxy-connection, expect, te other than trailers and every x-envoy-* header
+    never reach the filter; the client's x-forwarded-proto sets :scheme, its x-forwarded-for
+    sets source.address (port 0); a client's ``connection: close`` closes the response too."""
+    host = start_plugin(plugin(PROBE))
+    sent = {**REQ, ":path": "/?pp=log", "host": "a", "connection": "close", "keep-alive": "5",
+            "proxy-connection": "x", "te": "gzip", "expect": "100-continue",
+            "x-envoy-internal": "true", "x-forwarded-proto": "https",
+            "x-forwarded-for": "10.1.1.1, 1.2.3.4"}  # fmt: skip
+    del sent[":authority"]
+    ex = host.exchange(sent, upstream=_ok)
+    request = _prop(host, "request.headers")
+    for dropped in ("connection", "keep-alive", "proxy-connection", "te", "expect", "x-envoy-i"):
+        assert f"|{dropped}" not in f"|{request}", dropped
+    assert ":scheme=https|" in request and ":authority=a|" in request
+    assert _prop(host, "source.address") == "1.2.3.4:0"
+    assert ex.client is not None and ex.client.headers is not None
+    assert ex.client.headers.to_dict()["connection"] == "close"

@@ -103,7 +103,13 @@ def run(
     request_chunks = _chunks(request_body, chunk_size)
     if frontend:
         size = sum(len(chunk) for chunk in request_chunks)
-        request_headers = fe.request_headers(_pairs(request_headers), size, hosted.streams)
+        given = _pairs(request_headers)
+        s.closing = fe.client_closes(given)
+        source = fe.forwarded_source(given)
+        if source is not None:
+            s.overrides[b"source\0address"] = source.encode()
+            s.overrides[b"source\0port"] = (0).to_bytes(8, "little")
+        request_headers = fe.request_headers(given, size, hosted.streams)
         request_chunks = fe.frames(request_chunks)
     _send(s.send_request_headers, s.send_request_body, s.send_request_trailers,
           request_headers, request_chunks, request_trailers)  # fmt: skip

@@ -4,9 +4,13 @@ codec and the router hand the plugin by default, and what the codec writes to th
 Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
 
 - request headers in the order Envoy's HTTP/1 codec and HCM build them: ``:authority`` (from
-  ``host``), ``:path``, ``:method``, the other headers as given (lower-cased), ``content-length``
-  when there is a body, then ``:scheme: http``, ``x-forwarded-proto: http`` and ``x-request-id``
-  (HCM; a fixed UUID per stream, so runs repeat);
+  ``host``; repeated ones joined with ``,``), ``:path``, ``:method``, the other headers as given
+  (lower-cased) less the ones HCM drops (``connection``, ``keep-alive``, ``proxy-connection``,
+  ``upgrade``, ``expect``, ``te`` other than ``trailers``, every ``x-envoy-*``),
+  ``content-length`` when there is a body, then ``:scheme`` (the client's
+  ``x-forwarded-proto``, else ``http``), ``x-forwarded-proto: http`` and ``x-request-id`` (HCM;
+  a fixed UUID per stream, so runs repeat); a client's ``x-forwarded-for`` makes its last entry
+  ``source.address`` (port 0) and a client's ``connection: close`` closes the response too;
 - a body as one data frame followed by an empty end-of-stream frame (the codec's
   ``onMessageComplete``), both ways;
 - response headers with ``x-envoy-upstream-service-time`` appended (the router adds it before
@@ -52,10 +56,11 @@ def request_headers(
     headers: Iterable[tuple[str, str]], body_size: int, stream_number: int
 ) -> Pairs:
     """The request headers as Envoy's HCM delivers them to the first filter."""
-    given = [(name.lower(), value) for name, value in headers]
+    given = [(name.lower(), value) for name, value in headers if _kept(name.lower(), value)]
     names = {name for name, _ in given}
     values = dict(given)
-    authority = values.get(":authority", values.get("host", "localhost"))
+    hosts = [value for name, value in given if name == "host"]  # the codec joins repeats
+    authority = values.get(":authority", ",".join(hosts) if hosts else "localhost")
     out: Pairs = [
         (":authority", authority),
         (":path", values.get(":path", "/")),
@@ -67,12 +72,39 @@ def request_headers(
     method = out[2][1]
     if not has_length and (body_size or method in ("POST", "PUT", "PATCH")):
         out.append(("content-length", str(body_size)))
-    out.append((":scheme", values.get(":scheme", "http")))
+    scheme = values.get("x-forwarded-proto", "http")  # HCM trusts a client's XFP for :scheme
+    out.append((":scheme", values.get(":scheme", scheme)))
     if "x-forwarded-proto" not in names:
         out.append(("x-forwarded-proto", "http"))
     if "x-request-id" not in names:
         out.append(("x-request-id", request_id(stream_number)))
     return out
+
+
+# Request headers HCM drops before the filters (Envoy 1.40, sent by the client): hop-by-hop
+# ones, ``expect: 100-continue`` (HCM answers it) and every ``x-envoy-*`` header.
+_DROPPED_REQUEST = frozenset({"connection", "keep-alive", "proxy-connection", "upgrade", "expect"})
+
+
+def _kept(name: str, value: str) -> bool:
+    if name in _DROPPED_REQUEST or name.startswith("x-envoy-"):
+        return False
+    return name != "te" or value.lower() == "trailers"
+
+
+def client_closes(headers: Iterable[tuple[str, str]]) -> bool:
+    """The client sent ``connection: close``: HCM answers with ``connection: close`` too."""
+    return any(name.lower() == "connection" and "close" in value.lower() for name, value in headers)
+
+
+def forwarded_source(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The address HCM takes as the downstream's from ``x-forwarded-for`` (not using the
+    remote address, Envoy's default: the last entry, port 0; recorded ``1.2.3.4:0``)."""
+    values = [value for name, value in headers if name.lower() == "x-forwarded-for"]
+    if not values:
+        return None
+    last = values[-1].split(",")[-1].strip()
+    return f"{last}:0" if last else None
 
 
 def response_headers(headers: Iterable[tuple[str, str]], service_time: str = "1") -> Pairs:
@@ -115,13 +147,16 @@ def route_request(headers: HeaderMap, timeout_ms: int) -> None:
         _set(headers, EXPECTED_TIMEOUT, str(timeout_ms).encode())
 
 
-def encode_response(headers: HeaderMap, request_complete: bool, now_ns: int) -> None:
-    """What HCM adds to every response's headers after the filters (``encodeHeaders``)."""
+def encode_response(
+    headers: HeaderMap, request_complete: bool, now_ns: int, close: bool = False
+) -> None:
+    """What HCM adds to every response's headers after the filters (``encodeHeaders``);
+    ``close``: the client asked to close the connection."""
     if headers.get(b"date") is None:
         date = email.utils.formatdate(now_ns / 1e9, usegmt=True)
         headers.add(b"date", date.encode())
     _set(headers, b"server", b"envoy")
     for hop in HOP_BY_HOP:
         headers.remove(hop)
-    if not request_complete:
+    if close or not request_complete:
         _set(headers, b"connection", b"close")

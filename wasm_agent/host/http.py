@@ -79,6 +79,7 @@ class HttpStream:
         self.start_ns = plugin.options.clock_ns()
         self.done = False
         self.frontend = False  # HCM/router additions on (set by ``exchange(frontend=True)``)
+        self.closing = False  # the client sent ``connection: close`` (front-end model)
         self.local_code: int | None = None  # a local reply's status (response.code)
         self.grpc = False  # a gRPC request: local replies become trailers-only gRPC responses
         self.head = False  # a HEAD request: local replies keep their length but send no body
@@ -241,7 +242,7 @@ class HttpStream:
             frontend.route_request(d.out.headers, self.plugin.route_timeout_ms)
         else:
             now = self.plugin.options.clock_ns()
-            frontend.encode_response(d.out.headers, self.request.end_seen, now)
+            frontend.encode_response(d.out.headers, self.request.end_seen, now, self.closing)
 
     def _forward_headers(self, d: _Direction) -> None:
         d.out.headers = d.headers.copy() if d.headers is not None else HeaderMap()
