@@ -124,6 +124,12 @@ PROBE_CASES = [
            "/x?ah=1&pp=log&mo=log"),
     _probe("props_probe_callout_configure", "properties", "/?co=1&pp=cr",
            configuration="props:configure"),
+    _probe("props_probe_client_headers", "properties",  # headers HCM drops or acts on
+           Request("/?pp=rqh", (*BASE_HEADERS, ("Connection", "keep-alive"), ("TE", "gzip"),
+                               ("Proxy-Connection", "x"), ("x-envoy-internal", "true"))),
+           Request("/?pp=log", (*BASE_HEADERS, ("X-Forwarded-For", "1.2.3.4"),
+                               ("X-Forwarded-Proto", "https"), ("Connection", "close"))),
+           Request("/?pp=rqh", (("Host", "Other.Test:8080"), ("TE", "trailers")))),
     _probe("local_probe_grpc", "local_reply",
            Request("/?lr=rqh&st=403&hs=0&bd=denied&pp=rsh", GRPC_HEADERS),
            Request("/?lr=rsh&st=500&hs=1&bd=x", GRPC_HEADERS),
