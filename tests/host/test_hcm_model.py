@@ -234,3 +234,19 @@ def test_request_headers_hcm_drops_or_rewrites() -> None:
     assert _prop(host, "source.address") == "1.2.3.4:0"
     assert ex.client is not None and ex.client.headers is not None
     assert ex.client.headers.to_dict()["connection"] == "close"
+
+
+def test_router_refuses_a_header_value_with_a_newline() -> None:
+    """Envoy 1.40 (``c/callout`` copies the callout's body, which ends in a newline, into
+    x-callout-body): 503 "invalid header value for: x-callout-body", upstream never reached."""
+    host = start_plugin(plugin("c/callout"))
+
+    def callout(call: object) -> tuple[dict[str, str], bytes]:
+        return {":status": "200"}, b"two\nlines"
+
+    ex = host.exchange({**REQ, ":path": "/", "x-callout": "/c"}, upstream=_ok,
+                       callout_responder=callout)  # fmt: skip
+    assert ex.upstream is None or ex.upstream.headers is None
+    assert ex.client is not None and ex.client.headers is not None
+    assert ex.client.headers.to_dict()[":status"] == "503"
+    assert bytes(ex.client.body) == b"invalid header value for: x-callout-body"

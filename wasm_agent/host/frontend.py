@@ -17,6 +17,8 @@ Used by ``HostedPlugin.exchange(..., frontend=True)`` (the default):
   the filters see the response);
 - upstream: the router appends ``x-envoy-expected-rq-timeout-ms`` (the route timeout; Envoy's
   default 15 s) to the request headers it forwards (``proxy_on_log`` sees it too);
+- the router answers 503 ``invalid header value for: <name>`` (through the plugin's response
+  callbacks) instead of sending a request whose header values hold control characters;
 - to the client, as HCM encodes any response (upstream's, local or failed): ``date`` appended
   unless present, ``server: envoy`` (overwriting the plugin's), ``connection`` and
   ``upgrade`` removed (a plugin's ``keep-alive`` stays), and ``connection: close`` when the
@@ -160,3 +162,20 @@ def encode_response(
         headers.remove(hop)
     if close or not request_complete:
         _set(headers, b"connection", b"close")
+
+
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def invalid_header(headers: HeaderMap) -> str | None:
+    """Envoy's router check before sending a request upstream (``checkValidRequestHeaders``):
+    the first header whose name is not a lower-case token (pseudo-headers aside) or whose
+    value holds a control character other than tab; None when all are valid (Envoy 1.40:
+    a plugin's header value with a newline got 503 "invalid header value for: <name>")."""
+    for key, value in headers.entries:
+        name = key[1:] if key.startswith(b":") else key
+        if not name or any(c not in _TOKEN for c in name):
+            return "invalid header name: " + key.decode("latin-1")
+        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
+            return "invalid header value for: " + key.decode("latin-1")
+    return None

@@ -251,6 +251,10 @@ class HttpStream:
         self.ctx.maps[d.names[1]] = None
         if d.end_seen and d.pending_body is None and d.pending_trailers is None:
             d.out.complete = True
+        problem = frontend.invalid_header(d.out.headers) if self.frontend and d.is_request else None
+        if problem is not None:  # Envoy's router refuses to send it: 503 through the filters
+            d.out = Message()
+            self._local_reply(LocalResponse(503, problem.encode(), [], "invalid_header", -1), True)
 
     def _passthrough_headers(self, d: _Direction, headers: HeaderMap, end: bool) -> str:
         if self.failed:
