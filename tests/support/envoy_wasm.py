@@ -220,11 +220,14 @@ class _RecordingHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("content-length", str(sum(len(chunk) for chunk in chunks)))
         self.end_headers()
-        for index, chunk in enumerate(chunks):
-            self.wfile.write(chunk)
-            self.wfile.flush()
-            if index + 1 < len(chunks):
-                time.sleep(0.02)
+        try:
+            for index, chunk in enumerate(chunks):
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                if index + 1 < len(chunks):
+                    time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):  # Envoy reset the stream: fine
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
