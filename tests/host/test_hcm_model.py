@@ -250,3 +250,16 @@ def test_router_refuses_a_header_value_with_a_newline() -> None:
     assert ex.client is not None and ex.client.headers is not None
     assert ex.client.headers.to_dict()[":status"] == "503"
     assert bytes(ex.client.body) == b"invalid header value for: x-callout-body"
+
+
+def test_trace_prints_i64_arguments_as_unsigned_64_bit() -> None:
+    """Envoy 1.40 (``c/state`` at trace): ``env.proxy_increment_metric(4, 18446744073709551615)``
+    for an increment of -1."""
+    from wasm_agent.host.harness import LogLevel
+
+    host = start_plugin(plugin("c/state"), log_level=LogLevel.TRACE)
+    host.exchange({**REQ, ":path": "/"}, upstream=_ok)
+    traces = [
+        line.text for line in host.envoy_log_lines() if "proxy_increment_metric(" in line.text
+    ]
+    assert any(t.endswith(", 18446744073709551615)") for t in traces), traces

@@ -47,10 +47,16 @@ def plugin_log(prefix: str, message: str) -> str:
     return f"wasm log{prefix}: {message}"
 
 
-def call_args(args: Sequence[int]) -> str:
-    """Arguments as Envoy traces them: unsigned, comma-separated."""
-    return ", ".join(str(a & 0xFFFFFFFF if -(1 << 31) <= a < (1 << 32) else a & (2**64 - 1))
-                     for a in args)  # fmt: skip
+def call_args(args: Sequence[int], params: str = "") -> str:
+    """Arguments as Envoy traces them: unsigned, comma-separated; ``params`` (``i`` i32, ``I``
+    i64 per argument) gives the width, else the value's range decides (Envoy 1.40 printed an
+    i64 -1 as 18446744073709551615)."""
+    out = []
+    for index, a in enumerate(args):
+        kind = params[index] if index < len(params) else ""
+        wide = kind == "I" or (not kind and not -(1 << 31) <= a < (1 << 32))
+        out.append(str(a & (2**64 - 1) if wide else a & 0xFFFFFFFF))
+    return ", ".join(out)
 
 
 def host_to_vm(name: str, args: Sequence[int]) -> str:
@@ -62,8 +68,8 @@ def host_from_vm(name: str, result: int | None) -> str:
     return f"[host<-vm] {name} return: {value}"
 
 
-def vm_to_host(module: str, name: str, args: Sequence[int]) -> str:
-    return f"[vm->host] {module}.{name}({call_args(args)})"
+def vm_to_host(module: str, name: str, args: Sequence[int], params: str = "") -> str:
+    return f"[vm->host] {module}.{name}({call_args(args, params)})"
 
 
 def vm_from_host(module: str, name: str, result: int | None) -> str:

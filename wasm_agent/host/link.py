@@ -54,15 +54,16 @@ def guard(name: str, fn: Callable) -> Callable:
 _TRACED: dict[tuple[str, str, Callable], Callable] = {}
 
 
-def traced(module: str, name: str, fn: Callable) -> Callable:
-    """``fn`` writing Envoy's ``[vm->host]``/``[vm<-host]`` trace lines around each call."""
+def traced(module: str, name: str, fn: Callable, params: str = "") -> Callable:
+    """``fn`` writing Envoy's ``[vm->host]``/``[vm<-host]`` trace lines around each call
+    (``params``: the argument types, for their printed width)."""
     key = (module, name, fn)
     traced = _TRACED.get(key)
     if traced is None:
 
         def traced(*args: Any) -> Any:
             vm = hostfn.Current.vm
-            vm.envoy(LogLevel.TRACE, vm_to_host(module, name, args))
+            vm.envoy(LogLevel.TRACE, vm_to_host(module, name, args, params))
             result = fn(*args)
             vm.envoy(LogLevel.TRACE, vm_from_host(module, name, result))
             return result
@@ -137,7 +138,7 @@ def link_imports(vm: PluginVM, module: wasmtime.Module, version: AbiVersion) -> 
         if (imp.name or "") not in abi.START_ALLOWED:
             fn = guard(imp.name or "", fn)
         if vm.trace:
-            fn = traced(imp.module, imp.name or "", fn)
+            fn = traced(imp.module, imp.name or "", fn, params)
         imports.append(fastcall.host_func(vm.store, host_ty, params, results, fn))
     return imports
 
