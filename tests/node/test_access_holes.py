@@ -161,7 +161,7 @@ async def test_http_strangers_are_denied_a_token_module(
             assert got.path.read_bytes() == module and not got.hit
             for url in (f"http://127.0.0.1:{dead}/whatever.wasm", f"{base}/p.wasm",
                         f"{base}/other-name.wasm"):  # fmt: skip
-                message = await denied(stranger, ModuleRequest(url=url, sha256=sha, timeout=5))
+                message = await denied(stranger, ModuleRequest(url=url, sha256=sha, timeout=20))
                 assert TOKEN not in message
             again = await NodeModuleSource(owner.socket).get(own)  # the owner is still served
             assert again.hit and again.path.read_bytes() == module
@@ -210,7 +210,7 @@ async def test_oci_strangers_are_denied_a_private_module(
             )
             assert got.path.read_bytes() == module
             await denied(stranger, ModuleRequest(url=tag, timeout=20), "registry refused no cred")
-            bogus = ModuleRequest(url=f"http://127.0.0.1:{dead}/x.wasm", sha256=sha, timeout=5)
+            bogus = ModuleRequest(url=f"http://127.0.0.1:{dead}/x.wasm", sha256=sha, timeout=20)
             await denied(stranger, bogus)
             evil = f"oci://{fake.host}/evil/copy@{pushed.digest}"
             await denied(stranger, ModuleRequest(url=evil, timeout=20))
