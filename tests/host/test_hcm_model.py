@@ -263,3 +263,25 @@ def test_trace_prints_i64_arguments_as_unsigned_64_bit() -> None:
         line.text for line in host.envoy_log_lines() if "proxy_increment_metric(" in line.text
     ]
     assert any(t.endswith(", 18446744073709551615)") for t in traces), traces
+
+
+def test_bodies_are_read_as_the_unchanged_content_length_frames_them() -> None:
+    """Envoy 1.40 (``c/relength``): a body grown under an unchanged content-length reaches the
+    upstream or the client cut to that length; a shrunk one leaves the reader waiting (the
+    client got no response)."""
+    seen: list[bytes] = []
+
+    def upstream(received: object) -> tuple[dict[str, str], bytes]:
+        seen.append(bytes(received.body))  # type: ignore[attr-defined]
+        return {":status": "200", "content-length": "5"}, b"hello"
+
+    host = start_plugin(plugin("c/relength"))
+    post = {**REQ, ":method": "POST"}
+    host.exchange({**post, ":path": "/grow-req"}, b"abc", upstream=upstream)
+    assert seen == [b"abc"]
+    ex = host.exchange({**post, ":path": "/shrink-req"}, b"abcdef", upstream=upstream)
+    assert seen == [b"abc"] and ex.client is None
+    ex = host.exchange({**REQ, ":path": "/grow-resp"}, upstream=upstream)
+    assert ex.client is not None and bytes(ex.client.body) == b"hello"
+    ex = host.exchange({**REQ, ":path": "/shrink-resp"}, upstream=upstream)
+    assert ex.client is None

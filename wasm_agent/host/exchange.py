@@ -115,9 +115,11 @@ def run(
           request_headers, request_chunks, request_trailers)  # fmt: skip
     answer_callouts(hosted, callout_responder, frontend)
     hosted.answer_grpc(grpc_responder)
-    if s.upstream.complete and not s.closed:
+    # HTTP/1 framing: the upstream reads the announced length; a shorter body keeps it waiting
+    received = fe.as_read(s.upstream) if frontend else s.upstream
+    if s.upstream.complete and not s.closed and received is not None:
         if upstream is not None:
-            response_headers, response_body, *rest = upstream(s.upstream)
+            response_headers, response_body, *rest = upstream(received)
             response_trailers = rest[0] if rest else None
         response_chunks = _chunks(response_body, chunk_size)
         headers: Headers = response_headers or {":status": "200"}
@@ -128,16 +130,12 @@ def run(
               headers, response_chunks, response_trailers)  # fmt: skip
         answer_callouts(hosted, callout_responder, frontend)
         hosted.answer_grpc(grpc_responder)
-    if complete:
+    if complete:  # a stream left waiting ends when the client gives up: on_log etc. still run
         s.complete()
     hosted.clock.observe(hosted.plugin)  # callouts made now start their timeouts now
     # a runaway in a callback outside the stream's (a callout's answer) hangs its worker too
     hung = s.hung or (s.vm is not None and s.vm.hung is not None)
-    client = s.client if s.client.headers is not None and not hung else None
-    if frontend and client is not None and client.headers is not None:
-        pairs = fe.client_headers(client.headers.pairs(), len(client.body))
-        body = bytearray() if fe.bodiless(pairs, s.head) else client.body
-        client = Message(HeaderMap(pairs), body, client.trailers, client.complete)
+    client = _client_view(s, frontend) if not hung else None
     return Exchange(
         upstream=s.upstream if s.upstream.headers is not None else None,
         client=client,
@@ -149,6 +147,25 @@ def run(
         stream=s,
         hung=hung,
     )
+
+
+def _client_view(s: HttpStream, frontend: bool) -> Message | None:
+    """What the client read: with the front-end model, as the HTTP/1 codec framed it (no body
+    for HEAD or 204/304, at most the announced length, None while a shorter body keeps the
+    client waiting: Envoy 1.40 with a plugin growing or shrinking a body under an unchanged
+    content-length)."""
+    client = s.client
+    if client.headers is None:
+        return None
+    if not frontend:
+        return client
+    pairs = fe.client_headers(client.headers.pairs(), len(client.body))
+    body: bytearray | None = bytearray() if fe.bodiless(pairs, s.head) else client.body
+    if client.complete and body:
+        body = fe.framed(pairs, body)
+    if body is None:
+        return None
+    return Message(HeaderMap(pairs), body, client.trailers, client.complete)
 
 
 def _chunks(body: Body, chunk_size: int | None) -> list[bytes]:

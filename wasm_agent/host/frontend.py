@@ -37,6 +37,7 @@ import email.utils
 from collections.abc import Iterable
 
 from wasm_agent.host.maps import HeaderMap
+from wasm_agent.host.messages import Message
 from wasm_agent.host.messages import set_header as _set
 
 Pairs = list[tuple[str, str]]
@@ -179,3 +180,27 @@ def invalid_header(headers: HeaderMap) -> str | None:
         if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
             return "invalid header value for: " + key.decode("latin-1")
     return None
+
+
+def framed(pairs: Pairs, body: bytearray) -> bytearray | None:
+    """``body`` as a reader bound by ``content-length`` gets it: cut to the length, or None
+    when it is shorter (the reader keeps waiting for the rest)."""
+    length = next((value for name, value in pairs if name == "content-length"), None)
+    if length is None or not length.isdigit():
+        return body
+    if len(body) < int(length):
+        return None
+    return body[: int(length)]
+
+
+def as_read(message: Message) -> Message | None:
+    """What an HTTP/1 upstream reads of a complete request (see ``framed``); None while it
+    waits for the bytes the request announced."""
+    if message.headers is None or not message.complete:
+        return message
+    body = framed(message.headers.pairs(), message.body)
+    if body is None:
+        return None
+    if len(body) == len(message.body):
+        return message
+    return Message(message.headers, body, message.trailers, message.complete)
