@@ -354,7 +354,12 @@ def test_settings_from_the_environment_and_flags(tmp_path: Path) -> None:
 
 
 def test_flags_win_over_the_variables(tmp_path: Path) -> None:
-    env = {"WASM_AGENT_CREDENTIAL_HELPER_TTL": "2m", "WASM_AGENT_REGISTRY_CONFIG_DIR": "/nowhere"}
+    from_env = tmp_path / "from-env"  # the directory must exist (a missing one is exit 2)
+    from_env.mkdir()
+    env = {
+        "WASM_AGENT_CREDENTIAL_HELPER_TTL": "2m",
+        "WASM_AGENT_REGISTRY_CONFIG_DIR": str(from_env),
+    }
     parser = argparse.ArgumentParser()
     config.add_flags(parser, config.REGISTRY, env)
     args = parser.parse_args(["--registry-config-dir", str(tmp_path)])
@@ -362,7 +367,7 @@ def test_flags_win_over_the_variables(tmp_path: Path) -> None:
     assert settings.registry_config_dir == tmp_path and settings.credential_helper_ttl == 120.0
     args = parser.parse_args(["--credential-helper-ttl", "0", "--credential-helper-timeout", "1s"])
     settings = fetch_settings_from_env(env, flags=args)
-    assert settings.registry_config_dir == Path("/nowhere")
+    assert settings.registry_config_dir == from_env
     assert (settings.credential_helper_ttl, settings.credential_helper_timeout) == (0.0, 1.0)
 
 
