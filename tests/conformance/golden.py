@@ -147,6 +147,10 @@ PROBE_CASES = [
            log_level="trace"),
     _probe("lifecycle_probe_c2_post", "lifecycle", Request("/", body=b"abc"), concurrency=2),
     _probe("lifecycle_probe_c3", "lifecycle", "/?op=1", concurrency=3),
+    Case("local_relength_framing", "local_reply",  # a body resized under its content-length
+         # grow-req last: the bytes past the length stay on the pooled upstream connection
+         (Request("/grow-resp"), Request("/grow-req", body=b"abc")),
+         plugin="c/relength"),
     Case("props_props2_statuses", "properties",
          (Request(PROPS2_QUERY.format("rqh"), PROPS_HEADERS),
           Request(PROPS2_QUERY.format("log"), PROPS_HEADERS)), plugin="c/props2"),
