@@ -87,21 +87,19 @@ def _reqs(*paths: str) -> tuple[Request, ...]:
 
 PROPS_HEADERS = (*BASE_HEADERS, ("x-dup", "1"), ("X-Mixed", "M"), ("x-dup", "2"))
 GRPC_HEADERS = (*BASE_HEADERS, ("content-type", "application/grpc"))
-PROBE = "c/probe"
+PROBE = "c/probe"  # tests/plugins/c/probe.c: driven by the query string and the configuration
 # c/props2: property paths read in one phase (values that change run to run left out)
-PROPS2_QUERY = "/?ph={}" + "".join(
-    f"&p={name}"
-    for name in (
-        "metadata filter_state source request response connection upstream xds node "
-        "xds.listener_direction xds.listener_metadata xds.route_metadata xds.cluster_metadata "
-        "xds.upstream_host_metadata xds.filter_chain_name xds.virtual_host_name "
-        "upstream.request_attempt_count upstream.num_endpoints upstream.local_address "
-        "upstream.locality upstream.tls_version connection.tls_version connection.mtls "
-        "connection.requested_server_name source.address.x request.headers.x-dup "
-        "request.headers.X-Mixed request.headers.:path request.useragent response.code_details "
-        "response.headers.x-upstream response.trailers.x cluster_metadata listener_direction"
-    ).split()
-)  # tests/plugins/c/probe.c: driven by the query string and the configuration
+PROPS2_PATHS = (
+    "metadata filter_state source request response connection upstream xds node "
+    "xds.listener_direction xds.listener_metadata xds.route_metadata xds.cluster_metadata "
+    "xds.upstream_host_metadata xds.filter_chain_name xds.virtual_host_name "
+    "upstream.request_attempt_count upstream.num_endpoints upstream.local_address "
+    "upstream.locality upstream.tls_version connection.tls_version connection.mtls "
+    "connection.requested_server_name source.address.x request.headers.x-dup "
+    "request.headers.X-Mixed request.headers.:path request.useragent response.code_details "
+    "response.headers.x-upstream response.trailers.x cluster_metadata listener_direction"
+)
+PROPS2_QUERY = "/?ph={}" + "".join(f"&p={name}" for name in PROPS2_PATHS.split(" "))
 
 
 def _probe(name: str, kind: str, *requests: Request | str, **options: Any) -> Case:
