@@ -119,7 +119,7 @@ PROBE_CASES = [
     _probe("trap_probe_null_function", "trap", "/?tr=rqh&tk=null", "/",
            failure_policy="FAIL_OPEN"),
     _probe("props_probe_phases", "properties", "/x?pp=rqh&a=1", "/x?pp=rsh",
-           "/x?ah=1&pp=log&mo=log"),
+           "/x?ah=1&pp=log"),  # no mo=log: its pair sizes count service-time digits
     _probe("props_probe_callout_configure", "properties", "/?co=1&pp=cr",
            configuration="props:configure"),
     _probe("props_probe_client_headers", "properties",  # headers HCM drops or acts on

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -39,11 +40,37 @@ def test_host_matches_golden(name: str) -> None:
     assert actual == expected, f"host differs from Envoy on {name}:\n{_diff(expected, actual)}"
 
 
+# Recording: most of a case's time is Envoy starting and the case's own waits (client
+# timeouts, back-offs), so cases are recorded RECORDERS at a time, each in its own Envoy.
+RECORDERS = 3
+
+
+@pytest.fixture(scope="module")
+def recordings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future]]:
+    """The recordings of the cases this session runs, started at once in a small pool (each
+    test waits for its own)."""
+    names = sorted(
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.originalname == "test_envoy_matches_golden"
+    )
+    root = tmp_path_factory.mktemp("golden")
+    with ThreadPoolExecutor(max_workers=RECORDERS) as pool:
+        futures = {
+            name: pool.submit(golden.record, golden.CASES[name], root / name) for name in names
+        }
+        yield futures
+        for future in futures.values():
+            future.cancel()
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize("name", sorted(golden.CASES))
-def test_envoy_matches_golden(name: str, tmp_path: Path) -> None:
+def test_envoy_matches_golden(name: str, recordings: dict[str, Future]) -> None:
     case = golden.CASES[name]
-    observed = golden.record(case, tmp_path)
+    observed = recordings[name].result(timeout=300)
     document = golden.golden_document(case, observed, golden.envoy_version())
     path = golden.golden_path(name)
     if os.environ.get("CI"):
