@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Literal, overload
+from typing import IO, Literal, overload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,20 +50,50 @@ class AgentProcess:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> AgentProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent exited {self.process.returncode}:\n{self.logs()}")
-            if self.socket.exists() and self.status(allow_error=True) is not None:
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"agent did not start in {timeout}s:\n{self.logs()}")
+
+    def _gave_up(self) -> None:
+        """Called when the agent did not come up in time (before the error is raised)."""
+
+    def start(self, timeout: float = 60.0) -> AgentProcess:
+        """Start the agent and wait until its socket and status server answer. The status port
+        comes from :func:`free_port`, so another process can take it before the agent binds
+        it: then the agent is started again on another port (at most twice)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self.process = self._spawn(log)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    if attempt < 2 and self._status_port_taken(offset):
+                        self._new_status_port()
+                        break
+                    raise RuntimeError(f"agent exited {self.process.returncode}:\n{self.logs()}")
+                if self.socket.exists() and self.status(allow_error=True) is not None:
+                    return self
+                time.sleep(0.05)
+            else:
+                self._gave_up()
+                raise RuntimeError(f"agent did not start in {timeout}s:\n{self.logs()}")
+        raise AssertionError("unreachable")
+
+    def _status_port_taken(self, offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        return f"127.0.0.1:{self.status_port}: cannot listen: address already in use" in text
+
+    def _new_status_port(self) -> None:
+        """Move the status server to another free port (in the flags and the environment)."""
+        old, self.status_port = f"127.0.0.1:{self.status_port}", free_port()
+        new = f"127.0.0.1:{self.status_port}"
+        self.args = [new if a == old else a.replace(f"={old}", f"={new}") for a in self.args]
+        self.env = {k: new if v == old else v for k, v in self.env.items()}
 
     @overload
     def status(self, path: str = ..., allow_error: Literal[False] = ...) -> tuple[int, str]: ...

@@ -60,21 +60,41 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
+        """Start the node service and wait until it is ready. The status port comes from
+        :func:`free_port`, so another process can take it first: then the service is started
+        again on another port (at most twice)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pods_dir.mkdir(exist_ok=True)
-        self.csi_socket.unlink(missing_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"node exited {self.process.returncode}:\n{self.logs()}")
-            if self.csi_socket.exists() and self.ready():
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"node did not start in {timeout}s:\n{self.logs()}")
+        for attempt in range(3):
+            self.csi_socket.unlink(missing_ok=True)
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
+                )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    if attempt < 2 and self._status_port_taken(offset):
+                        self._new_status_port()
+                        break
+                    raise RuntimeError(f"node exited {self.process.returncode}:\n{self.logs()}")
+                if self.csi_socket.exists() and self.ready():
+                    return self
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"node did not start in {timeout}s:\n{self.logs()}")
+        raise AssertionError("unreachable")
+
+    def _status_port_taken(self, offset: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        return f"127.0.0.1:{self.status_port}: cannot listen: address already in use" in text
+
+    def _new_status_port(self) -> None:
+        old, self.status_port = f"127.0.0.1:{self.status_port}", free_port()
+        self.args = [f"127.0.0.1:{self.status_port}" if a == old else a for a in self.args]
 
     def ready(self) -> bool:
         try:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from envoy.config.core.v3 import extension_pb2
@@ -396,10 +396,8 @@ class Agent(AgentProcess):
     def __init__(self, workdir: Path, discovery: str, *extra: str, **kwargs: Any) -> None:
         super().__init__(workdir, discovery, "--fetch-backoff", "0", *extra, **kwargs)
 
-    def start(self, timeout: float = 60.0) -> Agent:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.args,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -407,16 +405,13 @@ class Agent(AgentProcess):
             cwd=self.workdir,
             start_new_session=True,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent exited {self.process.returncode}:\n{self.logs()}")
-            if self.socket.exists() and self.status(allow_error=True) is not None:
-                return self
-            time.sleep(0.05)
+
+    def _gave_up(self) -> None:
         self.kill()
-        raise RuntimeError(f"agent did not start in {timeout}s:\n{self.logs()}")
+
+    def start(self, timeout: float = 60.0) -> Agent:
+        super().start(timeout)
+        return self
 
     def kill(self) -> None:
         """SIGKILL the agent and everything in its session (as a container kill would)."""
