@@ -285,3 +285,21 @@ def test_bodies_are_read_as_the_unchanged_content_length_frames_them() -> None:
     assert ex.client is not None and bytes(ex.client.body) == b"hello"
     ex = host.exchange({**REQ, ":path": "/shrink-resp"}, upstream=upstream)
     assert ex.client is None
+
+
+LOG_TRAILERS = """
+  (func (export "proxy_on_log") (param i32)
+    (call $st (call $proxy_get_header_map_value (i32.const 3) (i32.const 1024) (i32.const 1)
+                                               (i32.const 32) (i32.const 36))))
+"""
+
+
+def test_on_log_reads_missing_response_trailers_as_an_empty_map() -> None:
+    """Envoy 1.40: a response-trailers lookup in on_log without trailers answered NOT_FOUND
+    (the access log gets an empty map), not BAD_ARGUMENT."""
+    from tests.host.wat import BASIC
+    from tests.host.wat import plugin as wat
+
+    host = start_plugin(wat(BASIC + LOG_TRAILERS, data={1024: "x"}))
+    host.exchange({**REQ, ":path": "/"}, upstream=_ok)
+    assert host.log_messages()[-1:] == [chr(48 + 1)]

@@ -466,7 +466,9 @@ class HttpStream:
         ctx.maps = {
             MapType.HTTP_REQUEST_HEADERS: self.request.out.headers or self.request.headers,
             MapType.HTTP_RESPONSE_HEADERS: self.response.out.headers,
-            MapType.HTTP_RESPONSE_TRAILERS: self.response.out.trailers,
+            # the access log gets an empty trailers map when there are none (Envoy 1.40:
+            # a lookup in on_log answered NOT_FOUND, not BAD_ARGUMENT)
+            MapType.HTTP_RESPONSE_TRAILERS: self.response.out.trailers or HeaderMap(),
         }
         ctx.buffers = {}
         ctx.log_phase = True
