@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib.metadata
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -118,10 +119,22 @@ def forget_in_memory() -> None:
 
 
 def _load_serialized(eng: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
+    """The serialized module at ``path`` if it is a regular file of ours (or root's) that no one
+    else may write; a link, a FIFO or another writer's file is ignored (recompiled): it is
+    machine code that runs in this process."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022 or st.st_uid not in (os.geteuid(), 0):
+            return None
+        raw = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     try:
         return wasmtime.Module.deserialize(eng, raw)
     except Exception:
@@ -130,7 +143,7 @@ def _load_serialized(eng: wasmtime.Engine, path: Path) -> wasmtime.Module | None
 
 def _store_serialized(module: wasmtime.Module, path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
         with os.fdopen(fd, "wb") as out:
             out.write(module.serialize())
