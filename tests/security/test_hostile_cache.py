@@ -263,6 +263,7 @@ def test_planted_compiled_code_never_runs(tmp_path: Path, plugins: tuple[Path, P
         result = cli(command, str(plugin_a), "--cache-dir", str(cache))
         assert result.returncode == 1, result.stdout + result.stderr
         assert f"{cache} is writable by other users" in result.stderr
+        assert result.stderr.startswith(f"wasm-agent {command}: "), result.stderr
         assert "hello from plugin-b" not in result.stdout
     os.chmod(cache, 0o700)
     os.chmod(compiled_a, 0o666)  # a file others may write: never loaded

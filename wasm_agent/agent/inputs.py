@@ -77,26 +77,22 @@ def host_cache_dir(cache_dir: str | Path | None, env: Mapping[str, str] | None =
     exit, or no disk cache at all when none can be made (a missing ``$HOME`` is never created).
 
     The directory holds wasmtime-serialized machine code, which the host loads as is, so it
-    is made 0700 and refused (``SystemExit``, exit 1, with the reason) when it, or the
+    is made 0700 and refused (:class:`~wasm_agent.cache.integrity.InsecureCache`, which the
+    commands report with exit 1) when it, or the
     ``--cache-dir`` holding it, is a link, not a directory, writable by group or others, or
     owned by another user than us or root; an entry in it that is not a regular file of ours
     that only we may write is removed (the host compiles the module again).
     """
     env = os.environ if env is None else env
     named = config.values(config.HOST, env)["host_cache"]
-    from wasm_agent.cache.integrity import InsecureCache
-
-    try:
-        if named:
-            return _secured(Path(named).expanduser(), None)
-        if cache_dir:
-            root = Path(cache_dir).expanduser()
-            return _secured(root / "host", root)
-        home = env.get("HOME") or str(Path.home())
-        if Path(home).is_dir():
-            return _secured(Path(home) / ".cache" / "wasm-agent" / "host", None)
-    except InsecureCache as error:
-        raise SystemExit(f"wasm-agent: {error.cause}") from None
+    if named:
+        return _secured(Path(named).expanduser(), None)
+    if cache_dir:
+        root = Path(cache_dir).expanduser()
+        return _secured(root / "host", root)
+    home = env.get("HOME") or str(Path.home())
+    if Path(home).is_dir():
+        return _secured(Path(home) / ".cache" / "wasm-agent" / "host", None)
     import atexit  # rare: imported here, so a warm prefetch never pays for them
     import shutil
     import tempfile

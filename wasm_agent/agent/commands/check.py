@@ -184,9 +184,13 @@ def run(args: argparse.Namespace) -> int:
 
         secret = read_pull_secret(args.pull_secret)
     from wasm_agent.agent.inputs import host_cache_dir
+    from wasm_agent.cache.integrity import InsecureCache
 
-    # the reference host's compile cache follows --cache-dir (host/compile.py reads the variable)
-    os.environ["WASM_AGENT_HOST_CACHE"] = str(host_cache_dir(args.cache_dir))
+    try:  # the reference host's compile cache follows --cache-dir (host/compile.py reads it)
+        os.environ["WASM_AGENT_HOST_CACHE"] = str(host_cache_dir(args.cache_dir))
+    except InsecureCache as error:
+        print(f"wasm-agent check: {error.cause}", file=sys.stderr)
+        return EXIT_FAILED
     from wasm_agent.check.compat import check_plugin_type
     from wasm_agent.check.model import ModuleReport
     from wasm_agent.check.runner import Options

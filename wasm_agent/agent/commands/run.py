@@ -121,8 +121,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"wasm-agent run: {error}", file=sys.stderr)
         return EXIT_FAILED
     from wasm_agent.agent.inputs import host_cache_dir
+    from wasm_agent.cache.integrity import InsecureCache
     from wasm_agent.host.harness import LoadError, LogLevel, start_plugin
 
+    try:
+        compiled_dir = host_cache_dir(args.cache_dir)
+    except InsecureCache as error:
+        print(f"wasm-agent run: {error.cause}", file=sys.stderr)
+        return EXIT_FAILED
     level = LogLevel(_PLUGIN_LOG_LEVELS.get(getattr(args, "log_level", "info"), LogLevel.INFO))
     try:
         host = start_plugin(
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             log_level=level,
             root_id=args.root_id,
             vm_id=args.vm_id,
-            cache_dir=host_cache_dir(args.cache_dir),
+            cache_dir=compiled_dir,
         )
     except LoadError as exc:
         print(f"wasm-agent run: {exc}", file=sys.stderr)
