@@ -281,3 +281,56 @@ def test_planted_compiled_code_never_runs(tmp_path: Path, plugins: tuple[Path, P
     result = cli("check", str(plugin_a), "--cache-dir", str(world))
     assert result.returncode == 1 and "writable by other users" in result.stderr
     assert not (world / "host").exists()
+
+
+# -- review 4: a huge sparse module file, an index nested too deep --------------------------
+
+
+def cli_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """:func:`cli` with extra environment variables."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "WASM_AGENT_HOST_CACHE": "", **env}
+    argv = [sys.executable, "-m", "wasm_agent", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=ROOT, env=full)
+
+
+@pytest.mark.timeout(180)
+async def test_a_huge_file_under_a_module_name_is_never_read(
+    cache: ModuleCache, cache_dir: Path, modserver: ModServer
+) -> None:
+    """Must hold: a 64 GiB sparse file planted as a cached module (hashing it took minutes, on
+    the proxy's event loop) is refused unread, larger than any module accepted: ``prefetch``
+    downloads the module again at once and ``cache verify`` names the file (exit 1)."""
+    url = await filled(cache, modserver)
+    module = cache_dir / "modules" / f"{SHA_A}.wasm"
+    module.unlink()
+    with open(module, "wb") as planted:
+        planted.truncate(64 * 2**30)
+    result = cli("prefetch", url, "--sha256", SHA_A, "--cache-dir", str(cache_dir))
+    assert result.returncode == 0, result.stderr
+    assert module.read_bytes() == A  # fetched again, in place of the plant
+    assert modserver.count("/a.wasm") == 2
+    module.unlink()
+    with open(module, "wb") as planted:
+        planted.truncate(64 * 2**30)
+    limit = {"ISTIO_WASM_MAX_BINARY_SIZE_BYTES": str(1 << 20)}
+    result = cli_env(limit, "cache", "verify", "--cache-dir", str(cache_dir))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"than any module accepted ({1 << 20} bytes)" in result.stdout + result.stderr
+
+
+async def test_an_index_nested_too_deep_is_ignored_with_a_warning(
+    cache: ModuleCache, cache_dir: Path, modserver: ModServer
+) -> None:
+    """Must hold: an ``index.json`` of 100,000 nested arrays (a RecursionError in the JSON
+    parser) is ignored with a warning like any unreadable index: ``prefetch`` succeeds, ``cache
+    verify`` names it (exit 1); no traceback."""
+    url = await filled(cache, modserver)
+    index = cache_dir / "index.json"
+    os.chmod(index, 0o644)
+    index.write_text("[" * 100_000)
+    result = cli("prefetch", url, "--sha256", SHA_A, "--cache-dir", str(cache_dir))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    index.write_text("[" * 100_000)
+    result = cli("cache", "verify", "--cache-dir", str(cache_dir))
+    assert result.returncode == 1 and f"{index} cannot be read" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

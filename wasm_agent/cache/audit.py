@@ -95,13 +95,21 @@ def _present(layout: CacheLayout, sha256: str) -> bool:
     return True
 
 
-def verify_modules(layout: CacheLayout, quarantine: bool = True) -> list[Verified]:
-    """Re-hash every module file; move corrupt ones aside when ``quarantine`` is true."""
+def verify_modules(
+    layout: CacheLayout, quarantine: bool = True, max_bytes: int | None = None
+) -> list[Verified]:
+    """Re-hash every module file; move corrupt ones aside when ``quarantine`` is true. A file
+    larger than ``max_bytes`` (the largest module accepted) is reported and moved unread."""
     results = []
     for path in layout.module_files():
         name = path.stem
         try:
             size = path.lstat().st_size
+            if max_bytes is not None and size > max_bytes:
+                moved = _move_aside(layout, path) if quarantine else None
+                why = f"is larger ({size} bytes) than any module accepted ({max_bytes} bytes)"
+                results.append(Verified(path, name, "", size, quarantined=moved, error=why))
+                continue
             actual = file_sha256(path)
         except FileNotFoundError:
             continue  # purged meanwhile

@@ -126,8 +126,8 @@ class Index:
             return self._authentic(doc)
         except FileNotFoundError:
             return IndexData()
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            reason = _reason(error)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+            reason = _reason(error)  # RecursionError: JSON nested too deep to parse
             log.warning(
                 "ignoring unreadable cache index",
                 extra={"path": str(self.layout.index), "error": reason},

@@ -234,9 +234,10 @@ class Prover:
     """Proves module files by content; remembers each proof per (dev, inode, size, mtime,
     ctime) so a repeated hit costs an ``open`` and an ``fstat``."""
 
-    def __init__(self, size: int = PROOF_CACHE_SIZE) -> None:
+    def __init__(self, size: int = PROOF_CACHE_SIZE, max_bytes: int | None = None) -> None:
         self._proofs: OrderedDict[ProofKey, str] = OrderedDict()
         self._size = size
+        self._max_bytes = max_bytes  # no module is larger: a bigger file is refused unread
 
     def prove(self, path: Path, sha256: str) -> os.stat_result | None:
         """The file's stat if ``path`` is a regular file (not a symlink) whose content hashes
@@ -259,6 +260,12 @@ class Prover:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             log.warning("refusing a module that is not a regular file", extra={"path": str(path)})
+            return None
+        if self._max_bytes is not None and st.st_size > self._max_bytes:
+            log.warning(
+                "refusing a module file larger than any module accepted; not reading it",
+                extra={"path": str(path), "size": st.st_size, "limit": self._max_bytes},
+            )
             return None
         key = _proof_key(st)
         if self._proofs.get(key) == sha256:

@@ -64,7 +64,7 @@ class ModuleCache:
         self._validate_settings = validate_settings
         self._holds: dict[str, list[int]] = {}
         self._ready = False
-        self._prover = Prover()
+        self._prover = Prover(max_bytes=fetch_settings.max_binary_size)
         self.negative = NegativeCache(settings.fetch_backoff)  # docs/registries.md
         self.size_cap = SizeCap(self.layout, self.index, settings.max_bytes)  # docs/cache.md
 

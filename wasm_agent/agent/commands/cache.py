@@ -176,7 +176,11 @@ def _verify(cache: Any, as_json: bool, quarantine: bool) -> int:
     except InsecureCache as error:  # the index is not read, nothing is moved
         problems, secure = [error.cause], False
     urls = {e.sha256: e.urls for e in cache.entries()} if secure else {}
-    results = verify_modules(cache.layout, quarantine=quarantine and secure)
+    results = verify_modules(
+        cache.layout,
+        quarantine=quarantine and secure,
+        max_bytes=cache.fetch_settings.max_binary_size,
+    )
     bad = [r for r in results if not r.ok]
     if as_json:
         _dump(
