@@ -18,7 +18,7 @@ import logging
 import re
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
@@ -26,19 +26,54 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+# An OCI digest after "@" (``repo@sha256:<hex>``) is not a host: no user-info before it.
+_DIGEST_AFTER_AT = re.compile(r"[A-Za-z0-9]+(?:[+._-][A-Za-z0-9]+)*:[A-Za-z0-9=_-]{32,}(?:[/?#]|$)")
+_PATH_PARAMS = re.compile(r";[^/]*")
+
+
+def _cut_userinfo(rest: str) -> tuple[str, str]:
+    """``(marker, rest)``: ``rest`` (what follows ``scheme://``) from its host on.
+
+    A password may hold an unencoded ``/``, ``?``, ``#`` or ``@``, so the user-info runs to the
+    LAST ``@`` that is not an OCI digest's. When that ``@`` lies past where a URL parser would
+    end the authority (so it may have been a path's or query's ``@``), ``marker`` is
+    ``<redacted>@`` to show something was cut; otherwise it is empty."""
+    cut = -1
+    for at in range(len(rest) - 1, -1, -1):
+        if rest[at] == "@" and not _DIGEST_AFTER_AT.match(rest, at + 1):
+            cut = at
+            break
+    if cut < 0:
+        return "", rest
+    ends = [i for i in (rest.find(c) for c in "/?#") if 0 <= i < cut]
+    return ("<redacted>@" if ends else ""), rest[cut + 1 :]
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` without user-info or query string (either may carry credentials)."""
+    """``url`` without user-info, query string, fragment or ``;`` path parameters (any of them
+    may carry credentials). Never raises; a password with an unencoded ``/``, ``?``, ``#`` or
+    ``@`` is still cut (see :func:`_cut_userinfo`)."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    marker, rest = _cut_userinfo(rest)
     try:
-        parts = urlsplit(url)
+        parts = urlsplit("//" + rest)
     except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+        return f"{head}{sep}<unparseable url>" if sep else "<unparseable url>"
+    netloc = _PATH_PARAMS.sub(";<redacted>", parts.netloc)  # "host:port;token=..."
+    path = _PATH_PARAMS.sub(";<redacted>", parts.path)
+    query = "?<redacted>" if parts.query else ""
+    return f"{head}{sep}{marker}{netloc}{path}{query}"
 
 
 LIBRARY_LOGGERS = ("httpx", "httpcore", "hpack", "grpc", "urllib3")
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@\"'<>]*@")
+# user-info runs to the LAST "@" of the URL that is not an OCI digest's (a password may hold "/")
+_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>]*@"
+    r"(?![A-Za-z0-9]+(?:[+._-][A-Za-z0-9]+)*:[A-Za-z0-9=_-]{32,})"
+)
+_PARAMS = re.compile(r"(?P<base>://(?:[^\s\"'<>?#;]|;<redacted>)*);(?!<redacted>)[^\s\"'<>?#/]*")
 _QUERY = re.compile(r"(?P<base>://[^\s\"'<>?#]*)\?(?!<redacted>)[^\s\"'<>#]*")
 _AUTH_HEADER = re.compile(
     r"(?i)(?P<name>\b(?:proxy-)?authorization\b[\"']?\s*[:=,]\s*[\"']?)(?:(?:bearer|basic)\s+)?"
@@ -56,6 +91,10 @@ def scrub(text: str) -> str:
     if "://" in text:
         text = _USERINFO.sub(r"\g<scheme>", text)
         text = _QUERY.sub(r"\g<base>?<redacted>", text)
+        for _ in range(8):  # one ";params" segment per URL and pass
+            text, count = _PARAMS.subn(r"\g<base>;<redacted>", text)
+            if not count:
+                break
     text = _AUTH_HEADER.sub(r"\g<name><redacted>", text)
     return _SECRET_PAIR.sub(r"\g<name><redacted>", text)
 

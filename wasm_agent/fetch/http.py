@@ -70,6 +70,23 @@ class _Clients:
         return self._clients[insecure]
 
 
+def _check_url(url: str, target: str, context: str = "") -> httpx.URL:
+    """``target`` parsed (``url`` itself or a redirect from it), or a :class:`DownloadFailure`
+    naming what is wrong but never quoting the URL's parts (a password may sit there)."""
+    try:
+        parsed = httpx.URL(target)
+    except httpx.InvalidURL as exc:
+        what = str(exc).split(":", 1)[0].split("'", 1)[0].strip().lower()  # no quoted parts
+        if "<redacted>@" in redact_url(target):  # an "@" past a "/", "?" or "#"
+            what = f"{what}; user-info with '/', '?' or '#' must be percent-encoded"
+        raise DownloadFailure(url, f"invalid URL ({what}){context}") from None
+    if not parsed.host:
+        raise DownloadFailure(url, f"invalid URL (no host){context}")
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise DownloadFailure(url, f"invalid URL (port {parsed.port} is not in 1-65535){context}")
+    return parsed
+
+
 def _host_port(url: httpx.URL) -> str:
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{host}:{url.port}" if url.port else host
@@ -136,6 +153,7 @@ async def _walk(
                         raise DownloadFailure(
                             url, f"redirect to unsupported scheme {target.scheme!r}{where[0]}"
                         )
+                    _check_url(url, str(target), " in a redirect")
                     if str(target) in seen:
                         raise DownloadFailure(
                             url, f"redirect loop at {redact_url(str(target))}{where[0]}"
@@ -237,12 +255,7 @@ async def fetch_http(
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme not in ("http", "https"):
         raise UnsupportedScheme(url, f"not an http(s) URL (scheme {scheme!r})")
-    try:
-        host = httpx.URL(url).host
-    except httpx.InvalidURL as exc:
-        raise DownloadFailure(url, f"invalid URL: {exc}") from None
-    if not host:
-        raise DownloadFailure(url, "invalid URL: no host")
+    _check_url(url, url)
     deadline = request.timeout or settings.default_fetch_timeout
     raw = await download(url, settings, deadline, progress, backoff=backoff)
     data, digest = await asyncio.to_thread(_unbox_and_hash, raw, settings.max_binary_size, url)

@@ -96,6 +96,9 @@ def parse_reference(url: str) -> OciReference:
         registry, path = first, parts[1:]
         if not _HOST.fullmatch(registry):
             raise InvalidReference(f"invalid registry host {registry!r}")
+        port = registry.rpartition(":")[2] if not registry.endswith("]") else ""
+        if port.isdigit() and not 0 < int(port) <= 65535:
+            raise InvalidReference(f"invalid registry port {port} (not in 1-65535)")
     else:
         registry, path = DOCKER_HUB, parts
     if registry.lower() in DOCKER_HUB_ALIASES:

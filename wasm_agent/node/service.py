@@ -271,6 +271,13 @@ class NodeService:
             NODE_REQUESTS.inc(result="fetch_failed")
             log.error("cannot place a module", extra={"error": str(error)})
             return _refuse("unavailable", f"the node service cannot place the module: {error}")
+        except Exception as error:  # last resort: the pod gets a refusal, not a hang-up
+            NODE_REQUESTS.inc(result="fetch_failed")
+            log.error(
+                "unexpected error serving a pod request",
+                extra={"error": f"{type(error).__name__}: {error}"},
+            )
+            return _refuse("unavailable", "the node service failed unexpectedly (see its log)")
         NODE_REQUESTS.inc(result="placed")
         return answer
 
