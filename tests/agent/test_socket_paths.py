@@ -181,12 +181,30 @@ def test_listen_and_status_addresses_that_cannot_be_bound(tmp_path: Path) -> Non
             assert "Traceback" not in result.stderr and "[Errno" not in result.stderr
 
 
+def test_a_listen_path_longer_than_a_unix_socket_allows_is_a_usage_error(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * (120 - len(str(tmp_path))))
+    deep.mkdir()
+    listen = f"unix:{deep}/agent.sock"
+    with refused_port() as port:
+        result = agent(*proxy_args(tmp_path, f"127.0.0.1:{port}", listen), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"--listen {listen}: the socket path is" in result.stderr
+    assert "at most 107" in result.stderr and "Traceback" not in result.stderr
+    assert not (deep / "agent.sock").exists()
+
+
 def test_the_discovery_address_user_info_is_never_echoed(tmp_path: Path) -> None:
     listen = f"unix:{tmp_path}/x.sock"
-    for address in ("u:DISCPASS@127.0.0.1:1", "http://u:DISCPASS@127.0.0.1:1", "u:DISCPASS@h"):
+    addresses = (
+        "u:DISCPASS@127.0.0.1:1", "http://u:DISCPASS@127.0.0.1:1", "u:DISCPASS@h",
+        "u:DISC/PASS@127.0.0.1:1", "127.0.0.1:1?token=DISCPASS", "127.0.0.1:1#DISCPASS",
+        "unix://relative/x.sock?token=DISCPASS",
+    )  # fmt: skip
+    for address in addresses:
         result = agent(*proxy_args(tmp_path, address, listen), cwd=tmp_path)
         assert result.returncode == 2, result.stderr
-        assert "DISCPASS" not in result.stderr and "<redacted>@" in result.stderr
+        assert "DISCPASS" not in result.stderr and "<redacted>" in result.stderr
+        assert "PASS" not in result.stderr, result.stderr
         env_form = subprocess.run(
             [sys.executable, "-m", "wasm_agent", "proxy", "--plaintext", "--listen", listen],
             capture_output=True, text=True, timeout=60, cwd=tmp_path,

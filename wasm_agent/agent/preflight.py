@@ -26,6 +26,8 @@ from wasm_agent.core.unix_socket import claim_socket_path
 
 log = logging.getLogger("wasm_agent.proxy")
 
+SUN_PATH_MAX = 107  # bytes of a Unix socket path, without sun_path's terminating NUL
+
 
 def readable_file(flag: str, value: str | Path) -> Path:
     """``value`` as a path to a readable regular file, else :class:`UsageError` naming ``flag``."""
@@ -72,6 +74,12 @@ def prepare_listen(address: str) -> None:
     if not address.startswith("unix:"):
         return
     path = Path(address[len("unix:") :].removeprefix("//")).expanduser()
+    size = len(str(path).encode())
+    if size > SUN_PATH_MAX:  # gRPC binds the path as given: the kernel refuses a longer one
+        raise UsageError(
+            f"--listen {address}: the socket path is {size} bytes; a Unix socket path may have "
+            f"at most {SUN_PATH_MAX} (choose a shorter path)"
+        )
     parent = path.parent
     if parent.is_dir():
         claim_socket_path(path, f"--listen {address}")  # exit 2 not a socket, 1 a live one

@@ -44,14 +44,16 @@ class Invalid(ValueError):
 
 def shown(raw: str) -> str:
     """``raw`` for an error message, without user-info before an ``@`` (``user:pw@host:port``
-    or ``scheme://user:pw@host``): a mistyped address must not echo a password."""
-    if "@" not in raw:
-        return raw
-    scheme, sep, rest = raw.rpartition("://") if "://" in raw else ("", "", raw)
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "<redacted>@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    or ``scheme://user:pw@host``) and without a query or fragment (``?token=...``): a mistyped
+    address must not echo a password or a token."""
+    if "@" in raw:
+        scheme, sep, rest = raw.partition("://") if "://" in raw else ("", "", raw)
+        _user_info, at, after = rest.rpartition("@")  # a password may hold '/', '?' or '#'
+        raw = f"{scheme}{sep}<redacted>{at}{after}"
+    for mark in ("?", "#"):
+        if mark in raw:
+            raw = raw.partition(mark)[0] + mark + "<redacted>"
+    return raw
 
 
 class ConfigError(SettingsError):
@@ -185,9 +187,8 @@ def socket_address(lowest_port: int) -> Parser:
             path = text[5:]
             if path.startswith("//") and not path.startswith("///"):
                 # gRPC reads unix://HOST/PATH as an authority: only unix:///ABS is a path
-                raise Invalid(
-                    f"{allowed} (unix:PATH, or unix:///ABSOLUTE-PATH; not unix://{path[2:]})"
-                )
+                given = shown("unix://" + path[2:])
+                raise Invalid(f"{allowed} (unix:PATH, or unix:///ABSOLUTE-PATH; not {given})")
             return text
         try:
             return host_port(lowest_port)(raw)

@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except UpstreamError as error:  # never echo user-info of the address (a password)
         address = args.discovery_address
-        raise UsageError(str(error).replace(address, config.shown(address))) from None
+        message = str(error).replace(address, config.shown(address))
+        if message.startswith("address: "):  # name what the user set
+            message = "--discovery-address (WASM_AGENT_DISCOVERY_ADDRESS): " + message[9:]
+        raise UsageError(message) from None
     from wasm_agent.agent.preflight import check_tls_files, prepare_listen
     from wasm_agent.core.unix_socket import SocketInUse
 
