@@ -130,6 +130,8 @@ def test_pull_secret_missing_or_malformed_is_2_in_every_command(tmp_path: Path) 
     bad = tmp_path / "secret.json"
     bad.write_text("{not json")
     missing = tmp_path / "none.json"
+    helper = tmp_path / "helper.json"  # a helper name that can never be run (review 4, 6)
+    helper.write_text('{"auths": {}, "credsStore": "HELPERPW/../x"}')
     commands = [
         ("prefetch", "oci://127.0.0.1:9/x:1"),
         ("check", "oci://127.0.0.1:9/x:1"),
@@ -139,12 +141,18 @@ def test_pull_secret_missing_or_malformed_is_2_in_every_command(tmp_path: Path) 
         for secret, message in (
             (bad, f"--pull-secret: {bad}: malformed .dockerconfigjson: not valid JSON"),
             (missing, f"--pull-secret: cannot read {missing}: no such file"),
+            (
+                helper,
+                f"--pull-secret: {helper}: malformed .dockerconfigjson: 'credsStore' is "
+                "not a credential helper name",
+            ),
         ):
             result = _cli(command, module, "--pull-secret", str(secret), "--cache-dir",
                           str(tmp_path / "c"))  # fmt: skip
             assert result.returncode == 2, (command, result.stderr)
             assert message in result.stderr, (command, result.stderr)
             assert "Errno" not in result.stderr and "{not json" not in result.stderr
+            assert "HELPERPW" not in result.stderr
 
 
 def test_proxy_variables_are_named_once(tmp_path: Path, wat: Path) -> None:

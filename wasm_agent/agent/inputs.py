@@ -29,6 +29,7 @@ _warned_proxy = False
 
 def read_pull_secret(path: Path | str) -> bytes:
     """The bytes of a ``.dockerconfigjson`` file, checked to parse; else :class:`UsageError`."""
+    from wasm_agent.fetch.credential_helpers import parse_helpers
     from wasm_agent.fetch.dockerconfig import DockerConfigError, parse_docker_config
 
     try:
@@ -42,6 +43,7 @@ def read_pull_secret(path: Path | str) -> bytes:
         raise UsageError(f"--pull-secret: {path}: empty file, not a .dockerconfigjson")
     try:
         parse_docker_config(data)
+        parse_helpers(data)  # a credsStore / credHelpers name that can never be run
     except DockerConfigError as error:  # its message never quotes the secret
         raise UsageError(f"--pull-secret: {path}: malformed .dockerconfigjson: {error}") from None
     return data
