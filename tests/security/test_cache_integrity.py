@@ -35,7 +35,6 @@ from tests.support.oci_push import RawPusher
 from tests.support.registry import Registry, unique_repo
 from tests.support.wasm import padded_module, sha256_hex
 from wasm_agent.cache import ModuleCache, ModuleRequest
-from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.integrity import InsecureCache, Prover
 from wasm_agent.core.settings import CacheSettings, FetchSettings
 
@@ -277,17 +276,18 @@ async def test_forged_oci_digest_entry_is_ignored(
 async def test_no_symlink_inside_the_cache_is_followed(
     cache: ModuleCache, cache_dir: Path, modserver: ModServer, tmp_path: Path
 ) -> None:
-    """Must hold: a planted lock-file symlink fails that download with a clear error and
-    leaves its target alone; a module "file" that is a symlink is skipped by purge, reported
-    and moved aside by ``cache verify``, and its target is never read or changed."""
+    """Must hold: a planted lock-file symlink is replaced by a lock file of the download's own
+    (review 4: it used to fail that module's downloads for good) and its target is left alone;
+    a module "file" that is a symlink is skipped by purge, reported and moved aside by
+    ``cache verify``, and its target is never read or changed."""
     await two_modules(cache, modserver)
     outside = tmp_path / "outside"
     outside.write_bytes(b"keep me")
     lock = cache.layout.lock_path(modserver.url("/c.wasm"))
     lock.symlink_to(outside)
     modserver.serve("/c.wasm", A)
-    with pytest.raises(CacheWriteError, match=r"cannot lock .*symbolic links"):
-        await cache.get(ModuleRequest(url=modserver.url("/c.wasm")))
+    assert (await cache.get(ModuleRequest(url=modserver.url("/c.wasm")))).sha256 == SHA_A
+    assert lock.is_file() and not lock.is_symlink() and outside.read_bytes() == b"keep me"
     link = cache_dir / "modules" / f"{'e' * 64}.wasm"
     link.symlink_to(outside)
     os.utime(cache_dir / "modules" / f"{SHA_A}.wasm", (0, 0))  # expired: purge looks at all

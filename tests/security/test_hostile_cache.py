@@ -107,19 +107,40 @@ async def test_a_huge_index_is_not_read_whole(
     assert verify.returncode == 1 and "over the 64 MiB limit" in verify.stderr, verify.stderr
 
 
-@pytest.mark.parametrize("target", ["index.lock", "locks"])
-async def test_a_fifo_as_a_lock_file_is_refused_at_once(
-    cache: ModuleCache, cache_dir: Path, modserver: ModServer, target: str
-) -> None:
-    """Must hold: a FIFO planted as the index lock or a download lock fails that download
-    with an error naming it (no wait for a writer)."""
+@pytest.mark.parametrize(  # a symlink or directory as index.lock refuses the whole cache instead
+    ("target", "plant"),
+    [("index.lock", "fifo"), ("locks", "fifo"), ("locks", "symlink"), ("locks", "directory")],
+)
+async def test_a_planted_lock_file_is_reported_then_replaced_never_followed(
+    cache: ModuleCache, cache_dir: Path, modserver: ModServer, tmp_path: Path, target: str,
+    plant: str,
+) -> None:  # fmt: skip
+    """Must hold: a FIFO planted as the index lock, or a FIFO, a symlink or an empty directory
+    planted as a download lock, is named by ``cache verify`` (exit 1); the next download
+    replaces it with a lock file of its own (no wait on the FIFO, the link's target untouched)
+    and succeeds, so the plant cannot deny that module's downloads for good (review 4, 8)."""
     await filled(cache, modserver)
-    url = modserver.serve("/c.wasm", padded_module(2048, seed=33))
+    module = padded_module(2048, seed=33)
+    url = modserver.serve("/c.wasm", module)
     path = cache_dir / "index.lock" if target == "index.lock" else cache.layout.lock_path(url)
     path.unlink(missing_ok=True)
-    os.mkfifo(path, 0o644)
-    with pytest.raises(CacheWriteError, match="not a regular file"):
-        await cache.get(ModuleRequest(url=url))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    if plant == "fifo":
+        os.mkfifo(path, 0o644)
+    elif plant == "symlink":
+        path.symlink_to(victim)
+    else:
+        path.mkdir()
+    verify = cli("cache", "verify", "--cache-dir", str(cache_dir), "--no-quarantine")
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"{path} is not a regular file" in verify.stdout + verify.stderr
+    got = await cache.get(ModuleRequest(url=url, sha256=sha256_hex(module)))
+    assert got.sha256 == sha256_hex(module)
+    assert path.is_file() and not path.is_symlink()
+    assert victim.read_text() == "keep" and oct(victim.stat().st_mode & 0o777) == "0o644"
+    again = cli("cache", "verify", "--cache-dir", str(cache_dir), "--no-quarantine")
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 async def test_fifos_planted_among_modules_and_the_compile_config_hang_nothing(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,26 @@ def audit_index(index: Index) -> list[str]:
     for entry, sha in named:
         if not _present(index.layout, sha):
             problems.append(f"index entry {entry} names module {sha}, which is not in modules/")
+    return problems + audit_lock_files(index.layout)
+
+
+def audit_lock_files(layout: CacheLayout) -> list[str]:
+    """Every lock file that is not a regular file (a planted symlink, FIFO or directory), as a
+    sentence: the next download that needs it replaces it (cache/locks.py, ``open_lock_file``)."""
+    paths = [layout.index_lock]
+    with contextlib.suppress(OSError):
+        paths += [layout.locks / name for name in sorted(os.listdir(layout.locks))]
+    problems = []
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            problems.append(
+                f"{path} is not a regular file (planted?); it is never followed, and the next "
+                "download that needs this lock replaces it"
+            )
     return problems
 
 

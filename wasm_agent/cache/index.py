@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wasm_agent.cache.errors import CacheWriteError
-from wasm_agent.cache.integrity import IndexKey, load_key, open_regular, read_regular
-from wasm_agent.cache.layout import FILE_MODE, INDEX_MODE, CacheLayout
+from wasm_agent.cache.integrity import IndexKey, load_key, read_regular
+from wasm_agent.cache.layout import INDEX_MODE, CacheLayout
+from wasm_agent.cache.locks import open_lock_file
 from wasm_agent.core.logs import redact_url
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class Index:
         """
         key = self.key(create=True)
         try:
-            lock_fd = open_regular(self.layout.index_lock, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            lock_fd = open_lock_file(self.layout.index_lock)
         except OSError as error:
             raise CacheWriteError(
                 str(self.layout.root), f"cannot lock the cache index: {_reason(error)}"

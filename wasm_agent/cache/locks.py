@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
 
-from wasm_agent.cache.integrity import open_regular
+from wasm_agent.cache.integrity import NotRegularFile, open_regular
 from wasm_agent.cache.layout import FILE_MODE
 from wasm_agent.core.errors import WasmAgentError
 
 # Opening a module file to lock it must neither follow a link nor wait on a FIFO planted
 # under its name (a writer of the cache directory is not trusted with the agent's liveness).
 MODULE_LOCK_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+log = logging.getLogger(__name__)
 
 
 class LockTimeout(WasmAgentError):
@@ -32,6 +36,28 @@ def try_lock(fd: int, exclusive: bool = True) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def open_lock_file(path: Path) -> int:
+    """Open (create) the lock file ``path`` for flock. A lock file holds nothing, so something
+    else planted under its name (a symlink, a FIFO, an empty directory) is removed, never
+    followed, and the lock file created in its place: a writer of the cache directory cannot
+    deny a module's downloads forever by planting one. Raises ``OSError`` if that fails."""
+    try:
+        return open_regular(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except NotRegularFile:
+        pass
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.EISDIR):
+            raise
+    log.warning("replacing a planted lock file (not a regular file)", extra={"path": str(path)})
+    try:
+        os.unlink(path)  # a symlink itself, a FIFO, a socket, a device node
+    except IsADirectoryError:
+        os.rmdir(path)  # only if empty; otherwise the OSError names it
+    except FileNotFoundError:
+        pass
+    return open_regular(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
 
 
 class FileLock:
@@ -48,7 +74,7 @@ class FileLock:
     async def acquire(self) -> None:
         import asyncio  # noqa: PLC0415 - keeps warm `prefetch` < 100 ms (docs/design.md, Layers)
 
-        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)  # no link, no FIFO
+        fd = open_lock_file(self.path)  # a planted link or FIFO is replaced, never followed
         deadline = time.monotonic() + self.timeout
         delay = self.poll
         while not try_lock(fd):
