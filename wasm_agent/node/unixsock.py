@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 from wasm_agent.core.errors import WasmAgentError
@@ -26,7 +27,9 @@ def bind_unix(path: Path, mode: int = 0o666) -> socket.socket:
     try:
         with short_path(path) as name:
             sock.bind(name)
-        os.chmod(path, mode)
+            if not stat.S_ISSOCK(os.lstat(name).st_mode):  # replaced since: chmod no link target
+                raise FileExistsError(f"{path}: replaced by something else while being bound")
+            os.chmod(name, mode)
         sock.listen(64)
         sock.setblocking(False)
     except BaseException:
