@@ -361,6 +361,53 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
         node.cleanup()
 
 
+async def test_two_pods_with_stalled_downloads_do_not_hold_up_a_third(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    """Review 4, 5a: two pods each holding their 2 download slots on servers that barely answer
+    held every node slot (4), so a third pod's 2 KB module waited 42 s. With 16 node slots
+    (``--max-fetches``), the third pod's module is placed while theirs are still under way."""
+    import asyncio
+
+    stalled = [code_module(6000, seed=60 + i) for i in range(4)]
+    urls = [  # 6 s each at least, released below once the victim is served
+        modserver.slow(f"/stall{i}.wasm", m, chunk=1000, delay=1.0) for i, m in enumerate(stalled)
+    ]
+    small = minimal_module()
+    small_url = modserver.serve("/small.wasm", small)
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            attackers = [published(kubelet, "a1"), published(kubelet, "a2")]
+            victim = published(kubelet, "victim")
+            tasks = [
+                asyncio.create_task(
+                    NodeModuleSource(attackers[i // 2].socket).get(
+                        ModuleRequest(url=url, timeout=120)
+                    )
+                )
+                for i, url in enumerate(urls)
+            ]
+            deadline = time.monotonic() + 60
+            while (
+                time.monotonic() < deadline
+                and sum(modserver.count(f"/stall{i}.wasm") for i in range(4)) < 4
+            ):
+                await asyncio.sleep(0.05)
+            assert [modserver.count(f"/stall{i}.wasm") for i in range(4)] == [1, 1, 1, 1]
+            got = await NodeModuleSource(victim.socket).get(
+                ModuleRequest(url=small_url, sha256=sha256_hex(small), timeout=60)
+            )
+            assert got.path.read_bytes() == small
+            assert not any(task.done() for task in tasks)  # placed while theirs still stall
+            for i in range(4):
+                modserver.routes[f"/stall{i}.wasm"].drip_delay = 0.02
+            placed = await asyncio.gather(*tasks)
+            assert [p.path.read_bytes() for p in placed] == stalled
+    finally:
+        node.cleanup()
+
+
 async def test_token_registry_scopes_are_per_repository(
     tmp_path: Path, oci_registry_token: Registry
 ) -> None:

@@ -1,5 +1,6 @@
 """``wasm-agent node`` takes the cache flags ``proxy`` takes, from the one configuration table:
-``--cache-max-bytes`` and ``--fetch-backoff`` (and their variables), the flag winning."""
+``--cache-max-bytes`` and ``--fetch-backoff`` (and their variables), the flag winning; and its
+own ``--max-fetches``."""
 
 from __future__ import annotations
 
@@ -51,3 +52,19 @@ def test_a_bad_backoff_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "--fetch-backoff" in result.stderr and "soon" in result.stderr
     assert not (tmp_path / "csi.sock").exists()
+
+
+def test_max_fetches_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert _settings([], {}, monkeypatch).max_fetches == 16
+    assert _settings(["--max-fetches", "32"], {}, monkeypatch).max_fetches == 32
+    for bad in ("1", "many"):
+        result = subprocess.run(
+            [sys.executable, "-m", "wasm_agent", "node", "--csi-endpoint",
+             f"unix:{tmp_path / 'csi.sock'}", "--cache-dir", str(tmp_path / "cache"),
+             "--max-fetches", bad],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert f"--max-fetches: expected an integer of at least 2, got '{bad}'" in result.stderr
+        assert not (tmp_path / "csi.sock").exists()

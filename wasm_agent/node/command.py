@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a registry's acceptance of a pod's credentials is reused (default 5m)",
     )
     parser.add_argument(
+        "--max-fetches",
+        default="16",
+        metavar="N",
+        help="downloads (with their compile checks) all pods together may have in progress; "
+        "one pod may have 2 (default 16, at least 2)",
+    )
+    parser.add_argument(
         "--no-mounts",
         action="store_true",
         help="place modules by hardlink or copy instead of read-only bind mounts",
@@ -105,7 +112,19 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
         pods_dir=Path(os.path.normpath(args.kubelet_pods_dir)),
         access_ttl=parse_duration(args.access_ttl, "--access-ttl"),
         use_mounts=not args.no_mounts,
+        max_fetches=_max_fetches(args.max_fetches),
     )
+
+
+def _max_fetches(raw: str) -> int:
+    """``--max-fetches N``: an integer of at least 2 (one pod's own share)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise NodeSettingsError(f"--max-fetches: expected an integer of at least 2, got {raw!r}")
+    return value
 
 
 def check_paths(settings: NodeSettings, args: argparse.Namespace) -> None:

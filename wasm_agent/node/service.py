@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 16  # open node.sock connections per pod
 IDLE_TIMEOUT = 300.0  # a connection waiting this long for a request is closed
 FETCHES_PER_POD = 2  # downloads (and compiles) one pod may have in progress at once
-FETCHES_PER_NODE = 4  # ... and all pods together
+# All pods together: NodeSettings.max_fetches (--max-fetches, default 16). Waiting requests
+# take freed slots in arrival order (asyncio.Semaphore is FIFO).
 
 
 class PublishError(Exception):
@@ -63,7 +64,7 @@ class NodeService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._held: set[str] = set()
         self._connections: dict[str, int] = {}
-        self._node_fetches = asyncio.Semaphore(FETCHES_PER_NODE)
+        self._node_fetches = asyncio.Semaphore(settings.max_fetches)
         self._pod_fetches: dict[str, asyncio.Semaphore] = {}
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class NodeSettings:
     access_ttl: float = 300.0  # how long a registry's "yes" to a pod's credentials is reused
     max_volumes: int = 0  # NodeGetInfo max_volumes_per_node; 0 = no limit
     use_mounts: bool = True  # read-only bind mounts (root); False: hardlink or copy
+    # downloads (and compile checks) all pods together may have in progress; one pod may have
+    # FETCHES_PER_POD (service.py), so it takes max_fetches / 2 pods to hold every slot
+    max_fetches: int = 16
 
     @property
     def state_dir(self) -> Path:
