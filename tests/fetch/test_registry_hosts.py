@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ssl
 import subprocess
 import sys
@@ -312,6 +313,10 @@ async def test_client_certificate_from_hosts_toml(
     write_hosts(tmp_path, mtls_registry.host, f'ca = "{tls_files.ca}"\n{client}')
     got = await fetch_oci(FetchRequest(url), settings_for(tmp_path))
     assert got.data == module
+    # the node service fetching for a pod never presents the node's client certificate
+    for_pods = dataclasses.replace(settings_for(tmp_path), registry_client_certs=False)
+    with pytest.raises(DownloadFailure, match="not presented for pods' requests"):
+        await fetch_oci(FetchRequest(url), for_pods)
 
 
 @pytest.mark.registry

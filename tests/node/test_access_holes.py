@@ -31,7 +31,7 @@ from tests.support.registry import (
 )
 from tests.support.wasm import code_module, sha256_hex
 from wasm_agent.cache.model import ModuleRequest
-from wasm_agent.fetch.errors import AuthFailure
+from wasm_agent.fetch.errors import AuthFailure, FetchError
 from wasm_agent.node.client import NodeModuleSource
 
 TOKEN = "tok-S3cret-4711"
@@ -305,5 +305,44 @@ async def test_anonymous_public_modules_are_shared(tmp_path: Path) -> None:
                     )
                     assert got.hit
             assert (server.count("/public.wasm"), server.count("/mirror.wasm")) == (1, 1)
+        finally:
+            node.cleanup()
+
+
+async def test_the_nodes_client_certificate_is_never_presented_for_pods(tmp_path: Path) -> None:
+    """Review 4, 7a: a registry that authenticates the node by mTLS (``client`` in the node's
+    ``hosts.toml``) would have granted every pod the node's identity. A real mTLS
+    ``docker-registry``: the pod's request fails, naming the withheld certificate; the module
+    is neither fetched nor placed."""
+    import ssl
+
+    import httpx
+
+    from tests.support.mirror import TlsRegistry
+    from tests.support.tls import generate
+
+    files = generate(tmp_path / "pki", server_name="registry.test")
+    with TlsRegistry(tmp_path / "registry", files, client_ca=True) as registry:
+        context = ssl.create_default_context(cafile=str(files.ca))
+        context.load_cert_chain(str(files.client_cert), str(files.client_key))
+        repo, module = unique_repo(), code_module(3000, seed=90)
+        with RawPusher(registry.url, verify=context) as pusher:
+            pusher.client = httpx.Client(timeout=30.0, verify=context)
+            pusher.push_wasm_artifact(repo, "v1", module)
+        hosts = tmp_path / "hosts"
+        (hosts / registry.host).mkdir(parents=True)
+        (hosts / registry.host / "hosts.toml").write_text(
+            f'ca = "{files.ca}"\nclient = [["{files.client_cert}", "{files.client_key}"]]\n'
+        )
+        node = NodeProcess(tmp_path / "node", "--registry-config-dir", str(hosts)).start()
+        try:
+            with Kubelet(node) as kubelet:
+                pod = published(kubelet, "tenant")
+                request = ModuleRequest(url=registry.oci_url(repo, "v1"), timeout=20)
+                with pytest.raises(FetchError) as error:
+                    await NodeModuleSource(pod.socket).get(request)
+                assert "not presented for pods' requests" in str(error.value), error.value
+                assert placed(pod) == []
+            assert not list((node.cache_dir / "modules").glob("*.wasm"))
         finally:
             node.cleanup()

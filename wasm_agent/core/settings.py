@@ -88,6 +88,9 @@ class FetchSettings:
     max_redirects: int = 10
     verify_policy: VerifyPolicy | None = None  # cosign signatures required (docs/signing.md)
     registry_config_dir: Path | None = None  # <dir>/<host>/hosts.toml (docs/registries.md)
+    # False: hosts.toml / certs.d client certificates are not presented (the node service
+    # fetching for a pod: the node's TLS identity must not grant pods access)
+    registry_client_certs: bool = True
     credential_helper_ttl: float = 900.0  # a Docker credential helper's answer is reused
     credential_helper_timeout: float = 10.0  # a helper running longer is killed
 

@@ -27,7 +27,7 @@ import os
 import ssl
 import tomllib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -365,7 +365,11 @@ class HostConnection(RegistryConnection):
         *,
         endpoint: Endpoint | None = None,
     ) -> None:
-        self.endpoint = endpoint or Endpoint("https", ref.registry)
+        endpoint = endpoint or Endpoint("https", ref.registry)
+        self.client_withheld = bool(endpoint.client) and not settings.registry_client_certs
+        if self.client_withheld:  # never the node's TLS identity for a pod's request
+            endpoint = replace(endpoint, client=(), _context=[])
+        self.endpoint = endpoint
         super().__init__(url, ref, settings, credentials, timeout, backoff)
         ep = self.endpoint
         if ep.headers:
@@ -410,7 +414,12 @@ class HostConnection(RegistryConnection):
         cause = describe_transport_error(exc)
         text = str(exc).upper()
         where = f"<registry config dir>/{self.ref.registry}/hosts.toml"
-        if "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
+        if self.client_withheld:
+            hint = (
+                f"; the client certificate of {where} is not presented for pods' requests (the "
+                "node's TLS identity would grant every pod access)"
+            )
+        elif "BAD_CERTIFICATE" in text or "CERTIFICATE_REQUIRED" in text:
             hint = (
                 f"; the registry refused the client certificate (or wants one): 'client' in {where}"
             )

@@ -43,7 +43,9 @@ class AccessChecker:
     def __init__(
         self, settings: FetchSettings, ttl: float, resolver: Resolver | None = None
     ) -> None:
-        self.settings = dataclasses.replace(settings, docker_config_dir=None)
+        self.settings = dataclasses.replace(
+            settings, docker_config_dir=None, registry_client_certs=False
+        )
         self.ttl = ttl
         self._resolve = resolver or _resolve
         self._granted: dict[tuple[str, str], float] = {}

@@ -54,7 +54,10 @@ class NodeService:
     ) -> None:
         self.settings = settings
         # a pod's request never uses the node's own docker config (nor its credential helpers)
-        fetch = dataclasses.replace(settings.fetch, docker_config_dir=None)
+        # nor the node's TLS client certificates of hosts.toml / certs.d
+        fetch = dataclasses.replace(
+            settings.fetch, docker_config_dir=None, registry_client_certs=False
+        )
         self.cache = cache or ModuleCache(settings.cache, fetch)
         self.access = access or AccessChecker(fetch, settings.access_ttl)
         self.origins = Origins(settings.state_dir / "origins.json", self._in_cache)
