@@ -370,8 +370,8 @@ async def test_two_pods_with_stalled_downloads_do_not_hold_up_a_third(
     import asyncio
 
     stalled = [code_module(6000, seed=60 + i) for i in range(4)]
-    urls = [  # 6 s each at least, released below once the victim is served
-        modserver.slow(f"/stall{i}.wasm", m, chunk=1000, delay=1.0) for i, m in enumerate(stalled)
+    urls = [  # 24 s each at least (ample on a loaded machine), released once the victim is served
+        modserver.slow(f"/stall{i}.wasm", m, chunk=250, delay=1.0) for i, m in enumerate(stalled)
     ]
     small = minimal_module()
     small_url = modserver.serve("/small.wasm", small)
