@@ -10,6 +10,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -52,9 +53,11 @@ def open_lock_file(path: Path) -> int:
             raise
     log.warning("replacing a planted lock file (not a regular file)", extra={"path": str(path)})
     try:
-        os.unlink(path)  # a symlink itself, a FIFO, a socket, a device node
-    except IsADirectoryError:
-        os.rmdir(path)  # only if empty; otherwise the OSError names it
+        mode = os.lstat(path).st_mode
+        if stat.S_ISDIR(mode):
+            os.rmdir(path)  # only if empty; otherwise the OSError names it
+        elif not stat.S_ISREG(mode):  # another process may have replaced it already: keep that
+            os.unlink(path)  # a symlink itself, a FIFO, a socket, a device node
     except FileNotFoundError:
         pass
     return open_regular(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
