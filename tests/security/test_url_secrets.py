@@ -118,6 +118,24 @@ def test_a_redirect_to_a_port_out_of_range_is_refused(tmp_path: Path) -> None:
     assert "port 99999 is not in 1-65535) in a redirect" in out and "Traceback" not in out, out
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_redirect_to_a_credentialed_location_httpx_cannot_parse(
+    command: str, tmp_path: Path
+) -> None:
+    """Review 5: a 3xx ``Location`` whose password holds an unencoded '/', '?' or '#' made
+    httpx raise "Invalid URL in location header: Invalid port: 'PASS'", printed by every
+    command after 5 retries. Now: a fixed message, no retry, no part of the Location."""
+    with ModServer() as server:
+        for index, location in enumerate(secret_urls(server.url(""))):
+            url = server.redirect(f"/r{index}.wasm", location)
+            result = cli(*COMMANDS[command](tmp_path), url, cwd=tmp_path)
+            out = result.stdout + result.stderr
+            assert result.returncode == 1, out
+            assert not leaks(out), (leaks(out), out)
+            assert "invalid URL in a redirect's Location header" in out, out
+            assert server.count(f"/r{index}.wasm") == 1  # final: not retried
+
+
 def test_path_parameters_are_neither_printed_nor_stored(tmp_path: Path) -> None:
     """``;token=`` on a fetched and on a missing module: not in output, index or ``cache ls``."""
     with ModServer() as server:

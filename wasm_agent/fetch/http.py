@@ -44,6 +44,7 @@ from wasm_agent.fetch.retry import (
 from wasm_agent.fetch.transport import (
     TRANSPORT_ERRORS,
     AddressBlockedError,
+    is_invalid_location,
     make_client,
     to_fetch_error,
 )
@@ -182,7 +183,10 @@ async def _walk(
             raise BlockedAddress(url, f"{exc.cause}{where[0]}") from None
         except TRANSPORT_ERRORS as exc:
             error = to_fetch_error(url, exc)
-            raise Retryable(DownloadFailure(url, f"{error.cause}{where[0]}")) from None
+            failure = DownloadFailure(url, f"{error.cause}{where[0]}")
+            if is_invalid_location(exc):  # the same answer again: not retried
+                raise failure from None
+            raise Retryable(failure) from None
     raise DownloadFailure(url, f"too many redirects (more than {settings.max_redirects})")
 
 

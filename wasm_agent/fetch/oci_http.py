@@ -37,6 +37,7 @@ from wasm_agent.fetch.transport import (
     TRANSPORT_ERRORS,
     AddressBlockedError,
     describe_transport_error,
+    is_invalid_location,
     make_client,
     to_fetch_error,
 )
@@ -170,6 +171,8 @@ class RegistryConnection:
             except AddressBlockedError as exc:
                 raise to_fetch_error(self.url, exc) from None
             except TRANSPORT_ERRORS as exc:
+                if is_invalid_location(exc):  # the same answer again: not retried
+                    raise to_fetch_error(self.url, exc) from None
                 if _tls_failure(exc):
                     raise self._tls_error(exc) from None
                 raise Retryable(to_fetch_error(self.url, exc)) from None

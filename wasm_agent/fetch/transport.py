@@ -211,8 +211,23 @@ def _os_error_text(exc: BaseException) -> str:
     return "connection reset"
 
 
+INVALID_LOCATION = (
+    "invalid URL in a redirect's Location header (user-info with '/', '?' or '#' must be "
+    "percent-encoded)"
+)
+
+
+def is_invalid_location(exc: BaseException) -> bool:
+    """True for httpx's refusal of a redirect's ``Location`` it cannot parse. Its text quotes a
+    part of that URL (a password, when user-info holds an unencoded '/', '?' or '#'), so it is
+    never shown, and it is final: asking again gets the same answer."""
+    return isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Invalid URL")
+
+
 def describe_transport_error(exc: BaseException) -> str:
     """A short human cause for a transport-level exception (no URL, no credentials)."""
+    if is_invalid_location(exc):
+        return INVALID_LOCATION
     if isinstance(exc, GuardError):
         return exc.cause
     if isinstance(exc, httpx.ConnectTimeout):
@@ -258,6 +273,7 @@ __all__ = [
     "GuardedTransport",
     "ResolveError",
     "describe_transport_error",
+    "is_invalid_location",
     "is_retryable",
     "make_client",
     "tls_context",
