@@ -361,6 +361,63 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
         node.cleanup()
 
 
+async def test_a_pods_slots_are_per_pod_not_per_volume_and_a_wait_is_bounded(
+    tmp_path: Path, modserver: ModServer
+) -> None:
+    """Review 5, F2: the 2 download slots were counted per CSI volume, so a pod declaring 8
+    volumes took all 16 node slots, and a request waiting for a slot outlived its timeout.
+    One pod, three volumes: two stalled downloads take the pod's 2 slots; the third volume's
+    request (timeout 3 s) is refused naming the busy slots, without its download starting."""
+    import asyncio
+
+    from tests.node.harness import Pod
+
+    stalled = [code_module(6000, seed=70 + i) for i in range(2)]
+    urls = [  # 24 s each at least, released below
+        modserver.slow(f"/held{i}.wasm", m, chunk=250, delay=1.0) for i, m in enumerate(stalled)
+    ]
+    third = modserver.serve("/third.wasm", minimal_module())
+    node = start_node(tmp_path)
+    try:
+        with Kubelet(node) as kubelet:
+            first = kubelet.pod("multi")
+            volumes = [first]
+            for name in ("wasm2", "wasm3"):
+                other = kubelet.pod("multi", volume=name)
+                volumes.append(
+                    Pod(first.uid, first.name, first.namespace, other.volume_id,
+                        node.pods_dir / first.uid / "volumes" / "kubernetes.io~csi" / name
+                        / "mount")
+                )  # fmt: skip
+            for volume in volumes:
+                kubelet.publish(volume)
+            tasks = [
+                asyncio.create_task(
+                    NodeModuleSource(volumes[i].socket).get(ModuleRequest(url=url, timeout=120))
+                )
+                for i, url in enumerate(urls)
+            ]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (
+                modserver.count("/held0.wasm") + modserver.count("/held1.wasm") < 2
+            ):
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(DownloadFailure, match=r"every download slot .* stayed busy"):
+                await NodeModuleSource(volumes[2].socket).get(
+                    ModuleRequest(url=third, timeout=3)
+                )
+            assert time.monotonic() - started < 30  # bounded by its 3 s, not the 24 s stall
+            assert modserver.count("/third.wasm") == 0
+            assert not any(task.done() for task in tasks)
+            for i in range(2):
+                modserver.routes[f"/held{i}.wasm"].drip_delay = 0.02
+            placed = await asyncio.gather(*tasks)
+            assert [p.path.read_bytes() for p in placed] == stalled
+    finally:
+        node.cleanup()
+
+
 async def test_two_pods_with_stalled_downloads_do_not_hold_up_a_third(
     tmp_path: Path, modserver: ModServer
 ) -> None:

@@ -7,13 +7,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from wasm_agent.cache.model import CachedModule, ModuleRequest
 from wasm_agent.cache.module_cache import ModuleCache, ModuleGone, normalize_url
 from wasm_agent.core.logs import redact_url
 from wasm_agent.fetch.dispatch import fetch_module
-from wasm_agent.fetch.errors import FetchError
+from wasm_agent.fetch.errors import DownloadFailure, FetchError
 from wasm_agent.fetch.model import FetchRequest
 from wasm_agent.node.access import AccessChecker, AccessDenied
 from wasm_agent.node.metrics import NODE_REQUESTS, NODE_VOLUMES
@@ -182,7 +183,10 @@ class NodeService:
             NODE_VOLUMES.set(len(self.volumes))
             log.info("unpublished a view", extra={"volume_id": volume_id})
         self._locks.pop(volume_id, None)
-        self._pod_fetches.pop(volume_id, None)
+        if record is not None and not any(
+            _pod_key(other) == _pod_key(record) for other in self.volumes.values()
+        ):  # the pod's last volume: forget its slots (holders keep their reference)
+            self._pod_fetches.pop(_pod_key(record), None)
 
     def _lock(self, volume_id: str) -> asyncio.Lock:
         return self._locks.setdefault(volume_id, asyncio.Lock())
@@ -297,10 +301,7 @@ class NodeService:
         module = self.cache.lookup(request)
         if module is None or not self.origins.known(module.sha256, url):
             # a download (and compile), or a confirming download: bounded per pod and per node
-            pod_slots = self._pod_fetches.setdefault(
-                record.volume_id, asyncio.Semaphore(FETCHES_PER_POD)
-            )
-            async with pod_slots, self._node_fetches:
+            async with self._fetch_slot(record, url, request) as request:
                 if module is None:
                     module = await self.cache.get(request)
                     if not module.hit:  # fetched from this origin with this pod's credentials
@@ -325,6 +326,42 @@ class NodeService:
             },
         )
         return Answer(ok=True, path=name, sha256=module.sha256, size=module.size, hit=module.hit)
+
+    @contextlib.asynccontextmanager
+    async def _fetch_slot(
+        self, record: VolumeRecord, url: str, request: ModuleRequest
+    ) -> AsyncIterator[ModuleRequest]:
+        """Hold one of the pod's download slots (``FETCHES_PER_POD``, counted per pod uid: a
+        pod with several volumes has no more) and one of the node's (``--max-fetches``), both
+        taken in arrival order. The wait counts against the request's timeout; the request
+        yielded carries what is left of it. A wait that outlasts it is a :class:`DownloadFailure`.
+        """
+        pod_slots = self._pod_fetches.setdefault(
+            _pod_key(record), asyncio.Semaphore(FETCHES_PER_POD)
+        )
+        timeout = request.timeout or self.cache.fetch_settings.default_fetch_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await pod_slots.acquire()
+                try:
+                    await self._node_fetches.acquire()
+                except BaseException:
+                    pod_slots.release()
+                    raise
+        except TimeoutError:
+            raise DownloadFailure(
+                url,
+                f"every download slot of the node service stayed busy for the request's "
+                f"timeout ({timeout:g}s; 2 per pod, --max-fetches per node); try again",
+            ) from None
+        try:
+            left = max(deadline - loop.time(), 0.001)
+            yield dataclasses.replace(request, timeout=left)
+        finally:
+            self._node_fetches.release()
+            pod_slots.release()
 
     async def _confirm_origin(self, request: ModuleRequest, url: str, module: CachedModule) -> None:
         """The node cache holds ``module``, but not from this pod's origin: fetch it from the
@@ -363,6 +400,11 @@ class NodeService:
             "confirmed a module's source for a pod",
             extra={"url": redact_url(url), "sha256": module.sha256},
         )
+
+
+def _pod_key(record: VolumeRecord) -> str:
+    """Whose download slots a volume's requests take: its pod's (uid), else the volume's."""
+    return record.pod.uid or record.volume_id
 
 
 def _refuse(reason: str, error: str, result: str = "fetch_failure") -> Answer:
