@@ -404,3 +404,21 @@ def test_any_hosts_file_text_is_read_or_refused_clearly(tmp_path: Path, text: st
         assert str(path) in str(error)
     else:
         assert hosts.endpoints[-1].mirror is False
+
+
+async def test_an_unloadable_certificate_or_ca_is_a_fetch_error_naming_it(tmp_path: Path) -> None:
+    """Review 5, F3: a CA or client certificate file that cannot be loaded was raised when the
+    connection was built, outside the fetch's error handling: a traceback in prefetch and
+    check, "failed unexpectedly" from the node. Now a fetch error naming the file."""
+    with refused_port() as port:
+        host = f"127.0.0.1:{port}"
+        for line, named in (
+            ('client = [["/nonexistent.pem", "/nonexistent.key"]]', "/nonexistent.pem"),
+            ('ca = "/nonexistent-ca.pem"', "/nonexistent-ca.pem"),
+        ):
+            write_hosts(tmp_path, host, line + "\n")
+            with pytest.raises(DownloadFailure) as info:
+                await fetch_oci(FetchRequest(f"oci://{host}/wasm/x:v1"), settings_for(tmp_path))
+            message = str(info.value)
+            assert f"registry host configuration for {host}" in message, message
+            assert f"{named} cannot be loaded" in message, message

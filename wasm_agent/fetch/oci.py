@@ -132,6 +132,10 @@ async def _with_session(
             raise AssertionError("unreachable")
     except TimeoutError:
         raise DownloadFailure(url, f"timed out after {timeout:g}s") from None
+    except HostsConfigError as exc:  # a CA or client certificate file, loaded on first use
+        raise DownloadFailure(
+            url, f"registry host configuration for {ref.registry}: {exc}"
+        ) from None
 
 
 class _ImagePull:
