@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from wasm_agent.cache import ModuleCache, ModuleRequest
 from wasm_agent.cache.errors import CacheWriteError
 from wasm_agent.cache.index import MAX_INDEX_BYTES
 from wasm_agent.core.settings import CacheSettings, FetchSettings
+from wasm_agent.core.unix_socket import short_path
 
 ROOT = Path(__file__).resolve().parents[2]
 A = padded_module(4096, seed=31)
@@ -109,7 +111,13 @@ async def test_a_huge_index_is_not_read_whole(
 
 @pytest.mark.parametrize(  # a symlink or directory as index.lock refuses the whole cache instead
     ("target", "plant"),
-    [("index.lock", "fifo"), ("locks", "fifo"), ("locks", "symlink"), ("locks", "directory")],
+    [
+        ("index.lock", "fifo"),
+        ("locks", "fifo"),
+        ("locks", "symlink"),
+        ("locks", "directory"),
+        ("locks", "socket"),
+    ],
 )
 async def test_a_planted_lock_file_is_reported_then_replaced_never_followed(
     cache: ModuleCache, cache_dir: Path, modserver: ModServer, tmp_path: Path, target: str,
@@ -130,6 +138,9 @@ async def test_a_planted_lock_file_is_reported_then_replaced_never_followed(
         os.mkfifo(path, 0o644)
     elif plant == "symlink":
         path.symlink_to(victim)
+    elif plant == "socket":  # review 5, F4: opening it fails with ENXIO
+        with socket.socket(socket.AF_UNIX) as planted, short_path(path) as name:
+            planted.bind(name)
     else:
         path.mkdir()
     verify = cli("cache", "verify", "--cache-dir", str(cache_dir), "--no-quarantine")
@@ -141,6 +152,24 @@ async def test_a_planted_lock_file_is_reported_then_replaced_never_followed(
     assert victim.read_text() == "keep" and oct(victim.stat().st_mode & 0o777) == "0o644"
     again = cli("cache", "verify", "--cache-dir", str(cache_dir), "--no-quarantine")
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+async def test_a_lock_planted_as_a_directory_with_entries_is_named_for_removal(
+    cache: ModuleCache, cache_dir: Path, modserver: ModServer
+) -> None:
+    """A non-empty directory cannot be replaced without deleting what is in it: the download
+    fails naming it, and ``cache verify`` says it must be removed by hand (review 5, F4)."""
+    await filled(cache, modserver)
+    url = modserver.serve("/d.wasm", padded_module(2048, seed=34))
+    path = cache.layout.lock_path(url)
+    (path / "sub").mkdir(parents=True)
+    with pytest.raises(CacheWriteError, match="cannot lock"):
+        await cache.get(ModuleRequest(url=url))
+    assert (path / "sub").is_dir()
+    verify = cli("cache", "verify", "--cache-dir", str(cache_dir), "--no-quarantine")
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"{path} is a directory with entries" in verify.stdout + verify.stderr
+    assert "removed by hand" in verify.stdout + verify.stderr
 
 
 async def test_fifos_planted_among_modules_and_the_compile_config_hang_nothing(

@@ -99,12 +99,24 @@ def audit_lock_files(layout: CacheLayout) -> list[str]:
             mode = os.lstat(path).st_mode
         except OSError:
             continue
-        if not stat.S_ISREG(mode):
+        if stat.S_ISDIR(mode) and _has_entries(path):
+            problems.append(
+                f"{path} is a directory with entries, not a lock file (planted?); downloads "
+                "that need this lock fail until it is removed by hand"
+            )
+        elif not stat.S_ISREG(mode):
             problems.append(
                 f"{path} is not a regular file (planted?); it is never followed, and the next "
                 "download that needs this lock replaces it"
             )
     return problems
+
+
+def _has_entries(directory: Path) -> bool:
+    try:
+        return bool(os.listdir(directory))
+    except OSError:
+        return True
 
 
 def _present(layout: CacheLayout, sha256: str) -> bool:

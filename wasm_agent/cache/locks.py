@@ -49,7 +49,9 @@ def open_lock_file(path: Path) -> int:
     except NotRegularFile:
         pass
     except OSError as error:
-        if error.errno not in (errno.ELOOP, errno.EISDIR):
+        # ELOOP: a symlink; EISDIR: a directory; ENXIO/ENODEV/EOPNOTSUPP: a socket or device
+        if error.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.ENODEV,
+                               errno.EOPNOTSUPP):  # fmt: skip
             raise
     log.warning("replacing a planted lock file (not a regular file)", extra={"path": str(path)})
     try:
