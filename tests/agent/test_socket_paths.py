@@ -198,7 +198,7 @@ def test_the_discovery_address_user_info_is_never_echoed(tmp_path: Path) -> None
     addresses = (
         "u:DISCPASS@127.0.0.1:1", "http://u:DISCPASS@127.0.0.1:1", "u:DISCPASS@h",
         "u:DISC/PASS@127.0.0.1:1", "127.0.0.1:1?token=DISCPASS", "127.0.0.1:1#DISCPASS",
-        "unix://relative/x.sock?token=DISCPASS",
+        "unix://relative/x.sock?token=DISCPASS", "127.0.0.1:1;token=DISCPASS",
     )  # fmt: skip
     for address in addresses:
         result = agent(*proxy_args(tmp_path, address, listen), cwd=tmp_path)

@@ -53,6 +53,8 @@ def shown(raw: str) -> str:
     for mark in ("?", "#"):
         if mark in raw:
             raw = raw.partition(mark)[0] + mark + "<redacted>"
+    if ";" in raw:  # path or host parameters (;token=...)
+        raw = re.sub(r";[^/?#]*", ";<redacted>", raw)
     return raw
 
 
