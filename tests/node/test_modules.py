@@ -404,9 +404,7 @@ async def test_a_pods_slots_are_per_pod_not_per_volume_and_a_wait_is_bounded(
                 await asyncio.sleep(0.05)
             started = time.monotonic()
             with pytest.raises(DownloadFailure, match=r"every download slot .* stayed busy"):
-                await NodeModuleSource(volumes[2].socket).get(
-                    ModuleRequest(url=third, timeout=3)
-                )
+                await NodeModuleSource(volumes[2].socket).get(ModuleRequest(url=third, timeout=3))
             assert time.monotonic() - started < 30  # bounded by its 3 s, not the 24 s stall
             assert modserver.count("/third.wasm") == 0
             assert not any(task.done() for task in tasks)
