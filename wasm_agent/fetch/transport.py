@@ -211,10 +211,17 @@ def _os_error_text(exc: BaseException) -> str:
     return "connection reset"
 
 
-INVALID_LOCATION = (
-    "invalid URL in a redirect's Location header (user-info with '/', '?' or '#' must be "
-    "percent-encoded)"
-)
+def _invalid_location_text(exc: BaseException) -> str:
+    """httpx's reason without the part of the URL it quotes ("Invalid URL in location header:
+    Invalid port: 'PASS'." -> "invalid port")."""
+    reason = str(exc).split(":", 1)[1] if ":" in str(exc) else ""
+    reason = reason.split(":", 1)[0].split("'", 1)[0].strip().rstrip(".").lower()
+    hint = "if it holds user-info, '/', '?' and '#' in it must be percent-encoded"
+    return (
+        f"invalid URL in a redirect's Location header ({reason}; {hint})"
+        if reason
+        else (f"invalid URL in a redirect's Location header ({hint})")
+    )
 
 
 def is_invalid_location(exc: BaseException) -> bool:
@@ -227,7 +234,7 @@ def is_invalid_location(exc: BaseException) -> bool:
 def describe_transport_error(exc: BaseException) -> str:
     """A short human cause for a transport-level exception (no URL, no credentials)."""
     if is_invalid_location(exc):
-        return INVALID_LOCATION
+        return _invalid_location_text(exc)
     if isinstance(exc, GuardError):
         return exc.cause
     if isinstance(exc, httpx.ConnectTimeout):

@@ -294,23 +294,29 @@ class ProxyStream:
             log.info("envoy stream cancelled", extra={"stream": self.id})
             raise
         finally:
-            if self.ecds is not None:
-                await self.ecds.close()
-            # A write to Envoy cancelled half-way leaves its operation pending in gRPC, and the
-            # handler's final status then fails (TOO_MANY_OPERATIONS): Envoy sees UNAVAILABLE
-            # instead of a clean end. Let a write under way finish first (briefly).
-            settled = False
-            with contextlib.suppress(TimeoutError):
-                settled = await asyncio.wait_for(self._down_lock.acquire(), WRITE_SETTLE_SECONDS)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if settled:
-                self._down_lock.release()
-            self._close_call()
-            if self.upstream_up:
-                self.proxy.stream_down(self)
-            metrics.XDS_STREAMS_ACTIVE.dec()
+            try:
+                if self.ecds is not None:
+                    await self.ecds.close()
+                # A write to Envoy cancelled half-way leaves its operation pending in gRPC, and
+                # the handler's final status then fails (TOO_MANY_OPERATIONS): Envoy sees
+                # UNAVAILABLE instead of a clean end. Let a write under way finish (briefly).
+                settled = False
+                with contextlib.suppress(TimeoutError):
+                    settled = await asyncio.wait_for(
+                        self._down_lock.acquire(), WRITE_SETTLE_SECONDS
+                    )
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if settled:
+                    self._down_lock.release()
+            finally:  # even when the waits above are cancelled in turn: nothing may leak
+                for task in tasks:
+                    task.cancel()
+                self._close_call()
+                if self.upstream_up:
+                    self.proxy.stream_down(self)
+                metrics.XDS_STREAMS_ACTIVE.dec()
         log.info(
             "envoy stream closed",
             extra={"stream": self.id, "side": end.side, "reason": end.details},
