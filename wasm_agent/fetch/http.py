@@ -47,6 +47,7 @@ from wasm_agent.fetch.transport import (
     is_invalid_location,
     make_client,
     to_fetch_error,
+    url_error_reason,
 )
 from wasm_agent.fetch.unbox import unbox
 
@@ -77,7 +78,7 @@ def _check_url(url: str, target: str, context: str = "") -> httpx.URL:
     try:
         parsed = httpx.URL(target)
     except httpx.InvalidURL as exc:
-        what = str(exc).split(":", 1)[0].split("'", 1)[0].strip().lower()  # no quoted parts
+        what = url_error_reason(str(exc))  # no quoted parts
         if "<redacted>@" in redact_url(target):  # an "@" past a "/", "?" or "#"
             what = f"{what}; user-info with '/', '?' or '#' must be percent-encoded"
         raise DownloadFailure(url, f"invalid URL ({what}){context}") from None

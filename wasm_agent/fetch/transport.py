@@ -211,17 +211,18 @@ def _os_error_text(exc: BaseException) -> str:
     return "connection reset"
 
 
+def url_error_reason(text: str) -> str:
+    """The words of an httpx URL error before any part of the URL it quotes, lowercased
+    ("Invalid port: 'PASS'" -> "invalid port"): a quoted part may be a password."""
+    return text.split(":", 1)[0].split("'", 1)[0].strip().rstrip(".").lower()
+
+
 def _invalid_location_text(exc: BaseException) -> str:
-    """httpx's reason without the part of the URL it quotes ("Invalid URL in location header:
-    Invalid port: 'PASS'." -> "invalid port")."""
-    reason = str(exc).split(":", 1)[1] if ":" in str(exc) else ""
-    reason = reason.split(":", 1)[0].split("'", 1)[0].strip().rstrip(".").lower()
+    """httpx's refusal of a Location ("Invalid URL in location header: Invalid port: 'PASS'.")
+    as its reason alone, with the percent-encoding hint."""
+    reason = url_error_reason(str(exc).partition(":")[2])
     hint = "if it holds user-info, '/', '?' and '#' in it must be percent-encoded"
-    return (
-        f"invalid URL in a redirect's Location header ({reason}; {hint})"
-        if reason
-        else (f"invalid URL in a redirect's Location header ({hint})")
-    )
+    return f"invalid URL in a redirect's Location header ({reason + '; ' if reason else ''}{hint})"
 
 
 def is_invalid_location(exc: BaseException) -> bool:
@@ -285,4 +286,5 @@ __all__ = [
     "make_client",
     "tls_context",
     "to_fetch_error",
+    "url_error_reason",
 ]

@@ -119,12 +119,11 @@ def settings_from_args(args: argparse.Namespace) -> NodeSettings:
 def _max_fetches(raw: str) -> int:
     """``--max-fetches N``: an integer of at least 2 (one pod's own share)."""
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise NodeSettingsError(f"--max-fetches: expected an integer of at least 2, got {raw!r}")
-    return value
+        return config.integer(2)(raw)
+    except config.Invalid:
+        raise NodeSettingsError(
+            f"--max-fetches: expected an integer of at least 2, got {raw!r}"
+        ) from None
 
 
 def check_paths(settings: NodeSettings, args: argparse.Namespace) -> None:

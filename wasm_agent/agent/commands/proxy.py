@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except UpstreamError as error:  # never echo user-info of the address (a password)
         address = args.discovery_address
         message = str(error).replace(address, config.shown(address))
-        if message.startswith("address: "):  # name what the user set
-            message = "--discovery-address (WASM_AGENT_DISCOVERY_ADDRESS): " + message[9:]
+        if (detail := message.removeprefix("address: ")) != message:  # name what was set
+            message = f"--discovery-address (WASM_AGENT_DISCOVERY_ADDRESS): {detail}"
         raise UsageError(message) from None
     from wasm_agent.agent.preflight import check_tls_files, prepare_listen
     from wasm_agent.core.unix_socket import SocketInUse
