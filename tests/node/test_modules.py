@@ -327,6 +327,29 @@ async def test_bad_lines_and_too_many_connections_are_refused(tmp_path: Path) ->
         node.cleanup()
 
 
+def stalled(modserver: ModServer, prefix: str, modules: list[bytes]) -> list[str]:
+    """URLs serving each module 250 bytes a second (24 s for 6,000 bytes: ample on a loaded
+    machine) until :func:`release`."""
+    return [
+        modserver.slow(f"/{prefix}{i}.wasm", m, chunk=250, delay=1.0) for i, m in enumerate(modules)
+    ]
+
+
+async def until_started(modserver: ModServer, paths: list[str], count: int) -> None:
+    """Wait (up to 60 s) until ``count`` of the downloads of ``paths`` have begun."""
+    import asyncio
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(modserver.count(p) for p in paths) < count:
+        await asyncio.sleep(0.05)
+
+
+def release(modserver: ModServer, paths: list[str]) -> None:
+    """Let stalled downloads finish (the next chunk comes within 1 s)."""
+    for path in paths:
+        modserver.routes[path].drip_delay = 0.02
+
+
 async def test_one_pod_has_at_most_two_downloads_in_progress(
     tmp_path: Path, modserver: ModServer
 ) -> None:
@@ -344,17 +367,12 @@ async def test_one_pod_has_at_most_two_downloads_in_progress(
             tasks = [
                 asyncio.create_task(source.get(ModuleRequest(url=u, timeout=60))) for u in urls
             ]
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-                and sum(modserver.count(f"/slot{i}.wasm") for i in range(3)) < 2
-            ):
-                await asyncio.sleep(0.05)
+            paths = [f"/slot{i}.wasm" for i in range(3)]
+            await until_started(modserver, paths, 2)
             await asyncio.sleep(0.5)
-            started = [modserver.count(f"/slot{i}.wasm") for i in range(3)]
+            started = [modserver.count(p) for p in paths]
             assert sorted(started) == [0, 1, 1], started  # the third waits for a slot
-            for i in range(3):  # release the downloads (the next chunk comes within 1 s)
-                modserver.routes[f"/slot{i}.wasm"].drip_delay = 0.02
+            release(modserver, paths)
             got = await asyncio.gather(*tasks)
             assert [g.path.read_bytes() for g in got] == modules
     finally:
@@ -372,10 +390,9 @@ async def test_a_pods_slots_are_per_pod_not_per_volume_and_a_wait_is_bounded(
 
     from tests.node.harness import Pod
 
-    stalled = [code_module(6000, seed=70 + i) for i in range(2)]
-    urls = [  # 24 s each at least, released below
-        modserver.slow(f"/held{i}.wasm", m, chunk=250, delay=1.0) for i, m in enumerate(stalled)
-    ]
+    held = [code_module(6000, seed=70 + i) for i in range(2)]
+    urls = stalled(modserver, "held", held)
+    paths = [f"/held{i}.wasm" for i in range(2)]
     third = modserver.serve("/third.wasm", minimal_module())
     node = start_node(tmp_path)
     try:
@@ -397,21 +414,16 @@ async def test_a_pods_slots_are_per_pod_not_per_volume_and_a_wait_is_bounded(
                 )
                 for i, url in enumerate(urls)
             ]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and (
-                modserver.count("/held0.wasm") + modserver.count("/held1.wasm") < 2
-            ):
-                await asyncio.sleep(0.05)
+            await until_started(modserver, paths, 2)
             started = time.monotonic()
             with pytest.raises(DownloadFailure, match=r"every download slot .* stayed busy"):
                 await NodeModuleSource(volumes[2].socket).get(ModuleRequest(url=third, timeout=3))
             assert time.monotonic() - started < 30  # bounded by its 3 s, not the 24 s stall
             assert modserver.count("/third.wasm") == 0
             assert not any(task.done() for task in tasks)
-            for i in range(2):
-                modserver.routes[f"/held{i}.wasm"].drip_delay = 0.02
+            release(modserver, paths)
             placed = await asyncio.gather(*tasks)
-            assert [p.path.read_bytes() for p in placed] == stalled
+            assert [p.path.read_bytes() for p in placed] == held
     finally:
         node.cleanup()
 
@@ -424,10 +436,9 @@ async def test_two_pods_with_stalled_downloads_do_not_hold_up_a_third(
     (``--max-fetches``), the third pod's module is placed while theirs are still under way."""
     import asyncio
 
-    stalled = [code_module(6000, seed=60 + i) for i in range(4)]
-    urls = [  # 24 s each at least (ample on a loaded machine), released once the victim is served
-        modserver.slow(f"/stall{i}.wasm", m, chunk=250, delay=1.0) for i, m in enumerate(stalled)
-    ]
+    held = [code_module(6000, seed=60 + i) for i in range(4)]
+    urls = stalled(modserver, "stall", held)  # released once the victim is served
+    paths = [f"/stall{i}.wasm" for i in range(4)]
     small = minimal_module()
     small_url = modserver.serve("/small.wasm", small)
     node = start_node(tmp_path)
@@ -443,22 +454,16 @@ async def test_two_pods_with_stalled_downloads_do_not_hold_up_a_third(
                 )
                 for i, url in enumerate(urls)
             ]
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-                and sum(modserver.count(f"/stall{i}.wasm") for i in range(4)) < 4
-            ):
-                await asyncio.sleep(0.05)
-            assert [modserver.count(f"/stall{i}.wasm") for i in range(4)] == [1, 1, 1, 1]
+            await until_started(modserver, paths, 4)
+            assert [modserver.count(p) for p in paths] == [1, 1, 1, 1]
             got = await NodeModuleSource(victim.socket).get(
                 ModuleRequest(url=small_url, sha256=sha256_hex(small), timeout=60)
             )
             assert got.path.read_bytes() == small
             assert not any(task.done() for task in tasks)  # placed while theirs still stall
-            for i in range(4):
-                modserver.routes[f"/stall{i}.wasm"].drip_delay = 0.02
+            release(modserver, paths)
             placed = await asyncio.gather(*tasks)
-            assert [p.path.read_bytes() for p in placed] == stalled
+            assert [p.path.read_bytes() for p in placed] == held
     finally:
         node.cleanup()
 
